@@ -1,0 +1,39 @@
+"""kerasopt: Keras 3's Adam and Adamax, with Keras's exact numerics, for NumPy, PyTorch and JAX.
+
+``kerasopt.torch`` and ``kerasopt.optax`` hold the PyTorch and JAX front ends; they are
+imported on first use so that ``import kerasopt`` needs only NumPy.
+"""
+
+from kerasopt import schedules
+from kerasopt.adam import Adam
+from kerasopt.adamax import Adamax
+from kerasopt.loss_scale import LossScaleOptimizer
+from kerasopt.optimizer import Optimizer
+from kerasopt.serialization import register_serializable
+from kerasopt.serialization_api import deserialize, get, serialize
+from kerasopt.sparse import IndexedSlices
+from kerasopt.variable import Variable
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Adam",
+    "Adamax",
+    "IndexedSlices",
+    "LossScaleOptimizer",
+    "Optimizer",
+    "Variable",
+    "deserialize",
+    "get",
+    "register_serializable",
+    "schedules",
+    "serialize",
+]
+
+
+def __getattr__(name: str):
+    if name in ("torch", "optax"):
+        import importlib
+
+        return importlib.import_module(f"kerasopt.{name}")
+    raise AttributeError(f"module 'kerasopt' has no attribute {name!r}")

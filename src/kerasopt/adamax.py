@@ -1,0 +1,101 @@
+"""``kerasopt.Adamax``: Keras 3's Adamax optimizer."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from kerasopt import serialization, validation
+from kerasopt.algorithms.adamax import SLOTS, adamax_update
+from kerasopt.optimizer import Optimizer
+from kerasopt.variable import Variable
+
+
+@serialization.builtin("optimizer")
+class Adamax(Optimizer):
+    """Adamax, Adam's variant on the infinity norm, exactly as Keras 3 computes it::
+
+        m = m + (g - m) * (1 - beta_1)
+        u = max(beta_2 * u, |g|)
+        w = w - lr * m / ((1 - beta_1 ** t) * (u + epsilon))
+
+    Args:
+        learning_rate: float, schedule, or zero-argument callable. Defaults to 0.001.
+        beta_1: Decay of the first moment, in [0, 1). Defaults to 0.9.
+        beta_2: Decay of the infinity norm, in [0, 1). Defaults to 0.999.
+        epsilon: Added to the norm for numerical stability, > 0. Defaults to 1e-7.
+        The remaining arguments are those of :class:`kerasopt.Optimizer`.
+    """
+
+    def __init__(
+        self,
+        learning_rate: Any = 0.001,
+        beta_1: Any = 0.9,
+        beta_2: Any = 0.999,
+        epsilon: float = 1e-7,
+        weight_decay: float | None = None,
+        clipnorm: float | None = None,
+        clipvalue: float | None = None,
+        global_clipnorm: float | None = None,
+        use_ema: bool = False,
+        ema_momentum: float = 0.99,
+        ema_overwrite_frequency: int | None = None,
+        loss_scale_factor: float | None = None,
+        gradient_accumulation_steps: int | None = None,
+        name: str = "adamax",
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(
+            learning_rate=learning_rate,
+            weight_decay=weight_decay,
+            clipnorm=clipnorm,
+            clipvalue=clipvalue,
+            global_clipnorm=global_clipnorm,
+            use_ema=use_ema,
+            ema_momentum=ema_momentum,
+            ema_overwrite_frequency=ema_overwrite_frequency,
+            loss_scale_factor=loss_scale_factor,
+            gradient_accumulation_steps=gradient_accumulation_steps,
+            name=name,
+            **kwargs,
+        )
+        self.beta_1 = validation.beta("beta_1", beta_1)
+        self.beta_2 = validation.beta("beta_2", beta_2)
+        self.epsilon = validation.real(
+            "epsilon", epsilon, minimum=0.0, min_inclusive=False, allowed="a finite float > 0"
+        )
+
+    def build(self, var_list: Sequence[Variable]) -> None:
+        if self.built:
+            return
+        super().build(var_list)
+        self._m, self._u = self.add_optimizer_variables(var_list, list(SLOTS))
+
+    def update_step(self, gradient: Any, variable: Variable, learning_rate: Any) -> None:
+        i = self._get_variable_index(variable)
+        self._apply_rule(
+            adamax_update,
+            gradient,
+            variable,
+            (self._m[i], self._u[i]),
+            learning_rate=learning_rate,
+            beta_1=validation.resolved_beta("beta_1", self.beta_1),
+            beta_2=validation.resolved_beta("beta_2", self.beta_2),
+            epsilon=self.epsilon,
+            step=self._iteration_count() + 1,
+        )
+
+    def get_config(self) -> dict[str, Any]:
+        config = super().get_config()
+        config.update(
+            {
+                "beta_1": _serializable_beta(self.beta_1),
+                "beta_2": _serializable_beta(self.beta_2),
+                "epsilon": self.epsilon,
+            }
+        )
+        return config
+
+
+def _serializable_beta(value: Any) -> Any:
+    return serialization.serialize(value) if callable(value) else value

@@ -1,0 +1,95 @@
+"""Argument checks shared by every optimizer; each error names the argument, the value
+received and what is allowed."""
+
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Any
+
+
+def _describe(name: str, value: Any) -> str:
+    return f"received {name}={value!r}"
+
+
+def is_real(value: Any) -> bool:
+    """A real number that is not a bool (``True`` is an int in Python)."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def real(
+    name: str,
+    value: Any,
+    *,
+    minimum: float | None = None,
+    maximum: float | None = None,
+    min_inclusive: bool = True,
+    max_inclusive: bool = True,
+    allowed: str,
+) -> float:
+    """Check that ``value`` is a finite real number in the given range; return it as a float."""
+    if not is_real(value):
+        raise TypeError(f"Argument `{name}` must be {allowed}; {_describe(name, value)}.")
+    number = float(value)
+    too_low = minimum is not None and (
+        number < minimum or (not min_inclusive and number == minimum)
+    )
+    too_high = maximum is not None and (
+        number > maximum or (not max_inclusive and number == maximum)
+    )
+    if not math.isfinite(number) or too_low or too_high:
+        raise ValueError(f"Argument `{name}` must be {allowed}; {_describe(name, value)}.")
+    return value
+
+
+def optional_real(name: str, value: Any, **kwargs: Any) -> float | None:
+    return None if value is None else real(name, value, **kwargs)
+
+
+def integer(name: str, value: Any, *, minimum: int, allowed: str) -> int:
+    """Check that ``value`` is an integer (not a bool) of at least ``minimum``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"Argument `{name}` must be {allowed}; {_describe(name, value)}.")
+    if value < minimum:
+        raise ValueError(f"Argument `{name}` must be {allowed}; {_describe(name, value)}.")
+    return int(value)
+
+
+def boolean(name: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"Argument `{name}` must be True or False; {_describe(name, value)}.")
+    return value
+
+
+def beta(name: str, value: Any) -> Any:
+    """A beta: a real number in [0, 1), or a zero-argument callable returning one."""
+    if callable(value):
+        return value
+    return real(
+        name,
+        value,
+        minimum=0.0,
+        maximum=1.0,
+        max_inclusive=False,
+        allowed="a float in [0, 1) or a zero-argument callable returning one",
+    )
+
+
+def resolved_beta(name: str, value: Any) -> float:
+    """The value of a beta, calling it when it is a callable, checked again."""
+    if callable(value):
+        result = value()
+        try:
+            return float(beta(name, float(result) if not is_real(result) else result))
+        except (TypeError, ValueError) as error:
+            raise ValueError(
+                f"The callable given as `{name}` returned {result!r}; it must return a float "
+                "in [0, 1)."
+            ) from error
+    return value
+
+
+def unknown_keywords(cls_name: str, kwargs: dict[str, Any]) -> None:
+    if kwargs:
+        names = ", ".join(f"`{k}`={v!r}" for k, v in kwargs.items())
+        raise TypeError(f"{cls_name} got unknown keyword argument(s): {names}.")
