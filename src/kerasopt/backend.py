@@ -55,6 +55,17 @@ def cast_scalar(value: Any, like: Any) -> Any:
     return np.asarray(value, dtype=like.dtype)
 
 
+def float32_scalar(value: Any) -> Any:
+    """``value`` as a float32 scalar (a JAX array when ``value`` is one, e.g. under jit)."""
+    if is_jax(value):
+        import jax.numpy as jnp
+
+        return jnp.asarray(value, dtype=jnp.float32)
+    if is_torch(value):
+        return float32_scalar(float(value))
+    return np.float32(value)
+
+
 def to_numpy(x: Any) -> np.ndarray:
     """A NumPy array with the values of ``x`` (a copy for torch and JAX arrays)."""
     if is_torch(x):
@@ -69,5 +80,3 @@ def dtype_name(dtype: Any) -> str:
     """A dtype as a plain string: ``float32``, ``bfloat16``..."""
     return str(dtype).removeprefix("torch.")
 
-
-FLOAT_KINDS = "f"

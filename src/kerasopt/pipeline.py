@@ -11,7 +11,19 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from kerasopt.backend import cast_scalar, namespace
+import numpy as np
+
+from kerasopt.backend import cast_scalar, float32_scalar, namespace
+
+
+def keras_float(value: float) -> float:
+    """A Python float as Keras's ops see it: converted to a float32 tensor first.
+
+    Keras passes ``clipnorm``, ``clipvalue``, ``ema_momentum`` and the weight-decay product
+    through ``ops.*``, which turn Python floats into float32 tensors; for float64 variables
+    that rounding is visible (about 1e-8 relative), so kerasopt reproduces it.
+    """
+    return float(np.float32(value))
 
 
 def unscale(grads: Sequence[Any], loss_scale_factor: float) -> list[Any]:
@@ -30,12 +42,18 @@ def accumulated_mean(grads: Sequence[Any], accumulators: Sequence[Any], steps: i
 
 
 def clip_by_norm(g: Any, clipnorm: float) -> Any:
-    """``g * clipnorm / max(||g||, clipnorm)``, with Keras's guard for an all-zero ``g``."""
+    """``g * clipnorm / max(||g||, clipnorm)``, with Keras's guard for an all-zero ``g``.
+
+    Keras's ``ops.maximum(norm, clipnorm)`` with a Python float returns float32 on its torch
+    backend, so the divisor is rounded to float32 (visible only for float64 gradients).
+    """
     xp = namespace(g)
     l2sum = xp.sum(g * g)
     positive = l2sum > 0
     l2norm = xp.where(positive, xp.sqrt(xp.where(positive, l2sum, 1)), l2sum)
-    return g * clipnorm / xp.maximum(l2norm, cast_scalar(clipnorm, l2norm))
+    clipnorm = keras_float(clipnorm)
+    divisor = xp.maximum(l2norm, cast_scalar(clipnorm, l2norm))
+    return g * clipnorm / cast_scalar(float32_scalar(divisor), g)
 
 
 def global_norm(grads: Sequence[Any]) -> Any:
@@ -50,32 +68,41 @@ def clip_by_global_norm(grads: Sequence[Any], clipnorm: float, norm: Any = None)
 
     As in Keras, the scale is ``clipnorm * min(1 / norm, 1 / clipnorm) + (norm - norm)``, so a
     non-finite global norm turns every gradient into NaN instead of being silently ignored.
+    The ``min`` is rounded to float32, as Keras's torch backend returns it.
     ``norm`` may be passed in when it was computed elsewhere (for example across processes).
     """
     if norm is None:
         norm = global_norm(grads)
     xp = namespace(norm)
     inverse_norm = cast_scalar(1.0, norm) / norm
-    scale = clipnorm * xp.minimum(inverse_norm, cast_scalar(1.0 / clipnorm, norm)) + (norm - norm)
+    inverse_clipnorm = cast_scalar(keras_float(1.0 / clipnorm), norm)
+    smaller = cast_scalar(float32_scalar(xp.minimum(inverse_norm, inverse_clipnorm)), norm)
+    scale = clipnorm * smaller + (norm - norm)
     return [g * cast_scalar(scale, g) for g in grads]
 
 
 def clip_by_value(g: Any, clipvalue: float) -> Any:
     """Every element of ``g`` into ``[-clipvalue, clipvalue]``."""
     xp = namespace(g)
+    clipvalue = keras_float(clipvalue)
     if xp.__name__ == "torch":
         return xp.clamp(g, -clipvalue, clipvalue)
     return xp.clip(g, -clipvalue, clipvalue)
 
 
 def decay(w: Any, weight_decay: float, learning_rate: Any) -> Any:
-    """Decoupled weight decay: ``w - w * weight_decay * lr`` (scalars in ``w``'s dtype)."""
-    return w - w * cast_scalar(weight_decay, w) * cast_scalar(learning_rate, w)
+    """Decoupled weight decay: ``w * (1 - weight_decay * lr)``, i.e. ``w -= w * wd * lr``.
+
+    The factor is computed in float32, as Keras's torch backend does (the learning rate is a
+    float32 variable there), then applied in ``w``'s dtype.
+    """
+    factor = 1 - float32_scalar(weight_decay) * float32_scalar(learning_rate)
+    return w * cast_scalar(factor, w)
 
 
 def ema_momentum_at(iterations: Any, ema_momentum: float) -> Any:
     """The EMA momentum for a step: 0 while ``iterations == 0`` (the average starts at ``w``)."""
-    return (iterations != 0) * ema_momentum
+    return (iterations != 0) * keras_float(ema_momentum)
 
 
 def ema(average: Any, w: Any, momentum: Any) -> Any:

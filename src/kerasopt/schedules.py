@@ -103,7 +103,8 @@ class PiecewiseConstantDecay(LearningRateSchedule):
             validation.real(f"values[{i}]", v, allowed="a finite number")
         if any(b1 >= b2 for b1, b2 in zip(boundaries, boundaries[1:])):
             raise ValueError(
-                f"Argument `boundaries` must be strictly increasing; received {list(boundaries)!r}.")
+                "Argument `boundaries` must be strictly increasing; received "
+                f"{list(boundaries)!r}.")
         self.boundaries = list(boundaries)
         self.values = list(values)
         self.name = name
