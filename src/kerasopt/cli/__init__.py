@@ -1,0 +1,1 @@
+"""The ``kerasopt`` command line (``kerasopt demo``); see :mod:`kerasopt.cli.main`."""
