@@ -215,3 +215,25 @@ def test_adamax_long_trajectory_matches_formula():
     for g, e in zip(grads, expected):
         opt.apply([g], [var])
         np.testing.assert_allclose(var.numpy(), e, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+@pytest.mark.parametrize("cls", OPTIMIZERS)
+def test_global_clipnorm_non_finite_norm_gives_nan(cls):
+    """SPEC/Keras: a non-finite global norm turns every gradient into NaN."""
+    optimizer = cls(learning_rate=0.1, global_clipnorm=1.0)
+    a = kerasopt.Variable(np.array([1.0, 2.0], np.float32))
+    b = kerasopt.Variable(np.array([3.0], np.float32))
+    optimizer.apply([np.array([np.inf, 0.0], np.float32), np.array([1.0], np.float32)], [a, b])
+    assert np.all(np.isnan(a.numpy()))
+    assert np.all(np.isnan(b.numpy()))
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+@pytest.mark.parametrize("cls", OPTIMIZERS)
+def test_non_finite_gradient_propagates_by_default(cls):
+    optimizer = cls(learning_rate=0.1)
+    a = kerasopt.Variable(np.array([1.0, 2.0], np.float32))
+    optimizer.apply([np.array([np.nan, 1.0], np.float32)], [a])
+    assert np.isnan(a.numpy()[0]) and np.isfinite(a.numpy()[1])
+    assert int(optimizer.iterations.numpy()) == 1

@@ -139,7 +139,9 @@ class Optimizer:
             "learning_rate",
             learning_rate,
             minimum=0.0,
-            allowed="a finite float >= 0, a LearningRateSchedule, or a zero-argument callable",
+            maximum=float(np.finfo(np.float32).max),
+            allowed="a finite float >= 0 (stored as float32), a LearningRateSchedule, or a "
+            "zero-argument callable",
         )
         if not isinstance(learning_rate, (float, np.floating)):
             raise TypeError(
@@ -164,7 +166,11 @@ class Optimizer:
                 self._learning_rate = learning_rate
                 return
             validation.real(
-                "learning_rate", learning_rate, minimum=0.0, allowed="a finite float >= 0"
+                "learning_rate",
+                learning_rate,
+                minimum=0.0,
+                maximum=float(np.finfo(np.float32).max),
+                allowed="a finite float >= 0 (stored as float32)",
             )
             self._learning_rate.assign(np.float32(learning_rate))
             return
@@ -253,11 +259,7 @@ class Optimizer:
         algorithm's own state in subclasses)."""
         variables = list(variables)
         for variable in variables:
-            if not isinstance(variable, Variable):
-                raise TypeError(
-                    "Optimizers update kerasopt.Variable objects; received "
-                    f"{type(variable).__name__}. Wrap the array: kerasopt.Variable(array)."
-                )
+            _check_trainable(variable)
         if self.use_ema:
             self._ema_averages = self.add_optimizer_variables(variables, "average")
         if self.gradient_accumulation_steps:
@@ -292,11 +294,7 @@ class Optimizer:
                     )
             else:
                 for variable in variables:
-                    if not isinstance(variable, Variable):
-                        raise TypeError(
-                            f"{self.name}: trainable_variables must be kerasopt.Variable "
-                            f"objects; received {type(variable).__name__}."
-                        )
+                    _check_trainable(variable)
         if n_grads != len(variables):
             raise ValueError(
                 f"{self.name}: received {n_grads} gradients for {len(variables)} variables; "
@@ -625,13 +623,22 @@ class Optimizer:
                 f"{self.name}: set_weights() received {len(weights)} arrays; the optimizer has "
                 f"{len(own)} variables."
             )
+        converted = []
         for variable, weight in zip(own, weights):
             if tuple(np.shape(weight)) != variable.shape:
                 raise ValueError(
                     f"{self.name}: optimizer variable '{variable.name}' has shape "
                     f"{variable.shape}; received a weight of shape {tuple(np.shape(weight))}."
                 )
-        for variable, weight in zip(own, weights):
+            if _dtype_kind(weight) not in "fiub":
+                raise TypeError(
+                    f"{self.name}: optimizer variable '{variable.name}' has dtype "
+                    f"{variable.dtype}; received a weight of dtype "
+                    f"{getattr(weight, 'dtype', type(weight).__name__)}, which cannot be cast "
+                    "to it. Pass real-valued arrays."
+                )
+            converted.append(_like(weight, variable.value))
+        for variable, weight in zip(own, converted):
             variable.assign(weight)
 
     # ----------------------------------------------------------------- config
@@ -670,6 +677,19 @@ class Optimizer:
 
     def __repr__(self) -> str:
         return f"<kerasopt.{type(self).__name__} name={self.name!r} built={self.built}>"
+
+
+def _check_trainable(variable: Any) -> None:
+    if not isinstance(variable, Variable):
+        raise TypeError(
+            "Optimizers update kerasopt.Variable objects; received "
+            f"{type(variable).__name__}. Wrap the array: kerasopt.Variable(array)."
+        )
+    if _dtype_kind(variable) != "f":
+        raise TypeError(
+            f"Variable '{variable.name}' has dtype {variable.dtype}; optimizers update "
+            "floating-point variables only (float16, bfloat16, float32, float64)."
+        )
 
 
 def _drop_missing_gradients(grads: list[Any], variables: list[Variable]):

@@ -30,7 +30,12 @@ def real(
     """Check that ``value`` is a finite real number in the given range; return it as a float."""
     if not is_real(value):
         raise TypeError(f"Argument `{name}` must be {allowed}; {_describe(name, value)}.")
-    number = float(value)
+    try:
+        number = float(value)
+    except OverflowError:
+        raise ValueError(
+            f"Argument `{name}` must be {allowed}; {_describe(name, value)} (too large)."
+        ) from None
     too_low = minimum is not None and (
         number < minimum or (not min_inclusive and number == minimum)
     )
