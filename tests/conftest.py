@@ -6,12 +6,9 @@ import os
 os.environ.setdefault("KERAS_BACKEND", "torch")
 
 import json  # noqa: E402
-import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
-
-sys.path.insert(0, str(Path(__file__).parent))
 
 PARITY_REPORT = Path(os.environ.get("KERASOPT_PARITY_REPORT", "/tmp/kerasopt_parity_errors.json"))
 

@@ -10,9 +10,12 @@ the difference against the parity tolerance::
 
 where ``travel`` is the path length the Keras weight has covered since its start
 (``sum_k |ref_k - ref_{k-1}|``, elementwise). float32 uses atol=1e-6, rtol=1e-5 and
-float64 atol=rtol=1e-12. State variables have no trajectory, so their "travel" is the
-largest magnitude in the same state tensor (rounding in a running mean is relative to the
-terms being averaged, not to a mean that happens to cancel to ~0). Integer state (the
+float64 atol=rtol=1e-12. For state variables the "travel" term is the largest magnitude
+the same Keras state tensor has held up to that step: rounding in a running mean is
+relative to the terms being averaged, not to a mean that happens to be ~0 now (Keras on
+torch computes ``m = beta_1*m + (1-beta_1)*g``, the NumPy core ``m + (g-m)*(1-beta_1)``,
+as Keras's generic optimizers do; the two differ by an ulp of the *previous* ``m``, which
+shows when a tiny gradient follows a large one). Integer state (the
 iteration counters) must match exactly by value (Keras stores int32, kerasopt int64).
 
 Backend-neutral specs keep configs shareable between the two sides (and with future
@@ -108,9 +111,11 @@ class Run:
         initial: the starting weights, one array per variable.
         weights: ``weights[k][i]`` is variable ``i`` after step ``k`` (``len == n_steps``).
         state: the optimizer's ``variables`` at the end, as NumPy arrays, in its order.
+        states: ``states[k]`` is the optimizer's ``variables`` after step ``k``.
         state_names: their names (Keras's ``path``; kerasopt's ``name``).
         finalized: the weights after ``finalize_variable_values`` (only with ``use_ema``).
         learning_rates: the optimizer's ``learning_rate`` read before every step.
+        iterations: ``int(optimizer.iterations)`` after every step.
     """
 
     initial: list[np.ndarray]
@@ -119,6 +124,8 @@ class Run:
     state_names: list[str]
     finalized: list[np.ndarray] | None = None
     learning_rates: list[float] = field(default_factory=list)
+    states: list[list[np.ndarray]] = field(default_factory=list)
+    iterations: list[int] = field(default_factory=list)
 
 
 # --------------------------------------------------------------------------- gradients
@@ -229,6 +236,8 @@ def _run(
                 opt.apply(converted, variables)
         counter.step += 1
         run.weights.append([_numpy(v) for v in variables])
+        run.states.append([_numpy(v) for v in opt.variables])
+        run.iterations.append(int(_numpy(opt.iterations)))
     run.state = [_numpy(v) for v in opt.variables]
     run.state_names = [str(getattr(v, "path", None) or v.name) for v in opt.variables]
     if getattr(target, "use_ema", False):
@@ -252,6 +261,13 @@ def _constraint_fn(spec: Any, clip: Callable[[Any, float, float], Any]) -> Any:
         low, high = spec
         return lambda w: clip(w, low, high)
     return spec
+
+
+def to_torch(g: np.ndarray) -> Any:
+    """A NumPy gradient as a CPU torch tensor of the same dtype (what Keras on torch takes)."""
+    import torch
+
+    return torch.from_numpy(np.array(g, copy=True))
 
 
 def run_keras(
@@ -285,7 +301,6 @@ def run_keras(
         use_apply_gradients: call ``apply_gradients(zip(...))`` instead of ``apply``.
     """
     import keras
-    import torch
 
     schedules = keras.optimizers.schedules
 
@@ -305,7 +320,7 @@ def run_keras(
     return _run(
         make_optimizer,
         make_variable,
-        lambda g: torch.from_numpy(np.array(g, copy=True)),
+        to_torch,
         init_weights,
         grad_sequence,
         var_names=var_names,
@@ -405,7 +420,7 @@ def tolerance(dtype: Any) -> tuple[float, float]:
 
 
 def _diff(ref: np.ndarray, got: np.ndarray, scale: np.ndarray, label: str, stats: ParityStats,
-          kind: str) -> None:
+          kind: str, tol: tuple[float, float] | None = None) -> None:
     ref64 = np.asarray(ref, np.float64)
     got64 = np.asarray(got, np.float64)
     if ref64.shape != got64.shape:
@@ -423,7 +438,7 @@ def _diff(ref: np.ndarray, got: np.ndarray, scale: np.ndarray, label: str, stats
     ref64, got64, scale = ref64[ok], got64[ok], np.broadcast_to(scale, ok.shape)[ok]
     if ref64.size == 0:
         return
-    atol, rtol = tolerance(np.asarray(ref).dtype)
+    atol, rtol = tol or tolerance(np.asarray(ref).dtype)
     diff = np.abs(got64 - ref64)
     diff = np.where(ref64 == got64, 0.0, diff)  # equal infinities
     bound = atol + rtol * (np.abs(np.where(np.isfinite(ref64), ref64, 0.0)) + scale)
@@ -443,8 +458,80 @@ def _diff(ref: np.ndarray, got: np.ndarray, scale: np.ndarray, label: str, stats
         )
 
 
-def compare_runs(ref: Run, got: Run, *, compare_names: bool = True) -> ParityStats:
-    """Compare ``got`` to the Keras run ``ref``; returns the stats with any failures listed."""
+def _slot(path: str) -> str:
+    """A state variable's name without its scopes: Keras makes the optimizer's scope unique
+    per instance (``adam_3/kernel_momentum``) and nests a wrapped optimizer's slots under
+    the wrapper (``loss_scale_optimizer/adam/kernel_momentum``)."""
+    return path.rsplit("/", 1)[-1]
+
+
+def _compare_state(
+    ref_state: Sequence[np.ndarray],
+    got_state: Sequence[np.ndarray],
+    ref_names: Sequence[str],
+    got_names: Sequence[str],
+    when: str,
+    stats: ParityStats,
+    compare_names: bool,
+    tol: tuple[float, float] | None,
+    scales: Sequence[float],
+) -> None:
+    if len(got_state) != len(ref_state):
+        stats.failures.append(
+            f"optimizer.variables ({when}): {len(got_state)} variables {list(got_names)}, "
+            f"Keras has {len(ref_state)} {list(ref_names)}"
+        )
+        return
+    for j, (r, g) in enumerate(zip(ref_state, got_state)):
+        name = ref_names[j] if j < len(ref_names) else str(j)
+        label = f"optimizer.variables[{j}] ({name}, {when})"
+        if compare_names and j < len(got_names) and _slot(name) != _slot(got_names[j]):
+            stats.failures.append(f"{label}: kerasopt names it {got_names[j]!r}")
+        r_arr, g_arr = np.asarray(r), np.asarray(g)
+        if r_arr.dtype.kind in "iub" or g_arr.dtype.kind in "iub":
+            if r_arr.shape != g_arr.shape or not np.array_equal(
+                r_arr.astype(np.int64), g_arr.astype(np.int64)
+            ):
+                stats.failures.append(f"{label}: {g_arr!r} != Keras {r_arr!r}")
+            continue
+        _diff(r_arr, g_arr, np.float64(scales[j]), label, stats, "state", tol)
+
+
+def _largest_finite(x: np.ndarray) -> float:
+    magnitude = np.abs(np.asarray(x, np.float64))
+    magnitude = magnitude[np.isfinite(magnitude)]
+    return float(magnitude.max()) if magnitude.size else 0.0
+
+
+def _state_scales(states: Sequence[Sequence[np.ndarray]]) -> list[list[float]]:
+    """Per step and state variable, the largest magnitude it has held so far (restarting
+    when the number of state variables changes, e.g. when the learning-rate variable is
+    dropped for a schedule)."""
+    scales: list[list[float]] = []
+    running: list[float] = []
+    for state in states:
+        if len(running) != len(state):
+            running = [0.0] * len(state)
+        running = [max(r, _largest_finite(x)) for r, x in zip(running, state)]
+        scales.append(running)
+    return scales
+
+
+def compare_runs(
+    ref: Run,
+    got: Run,
+    *,
+    compare_names: bool = True,
+    compare_states_every_step: bool = True,
+    tol: tuple[float, float] | None = None,
+) -> ParityStats:
+    """Compare ``got`` to the Keras run ``ref``: the weights after every step, the
+    ``iterations`` after every step (exactly), the ``learning_rate`` before every step (to
+    1e-6 relative: schedules compute in float32 and torch's and NumPy's float32
+    ``pow``/``cos`` may differ by an ulp), the optimizer state after every step (when both
+    have the same number of state variables then) and at the end (count, order, names,
+    values), and the finalized (EMA) weights. ``tol`` overrides the ``(atol, rtol)`` pair
+    chosen from the dtype. Returns the stats with any failures listed."""
     stats = ParityStats(steps=len(ref.weights))
     if len(got.weights) != len(ref.weights):
         stats.failures.append(f"{len(got.weights)} steps recorded, Keras {len(ref.weights)}")
@@ -458,43 +545,51 @@ def compare_runs(ref: Run, got: Run, *, compare_names: bool = True) -> ParitySta
                 delta = np.abs(r64 - previous[i])
             travel[i] = travel[i] + np.where(np.isfinite(delta), delta, 0.0)
             previous[i] = r64
-            _diff(r, g, travel[i], f"step {k + 1}, variable {i}", stats, "weight")
+            _diff(r, g, travel[i], f"step {k + 1}, variable {i}", stats, "weight", tol)
         if len(stats.failures) >= 5:
             break
-    if len(got.state) != len(ref.state):
+    if got.iterations != ref.iterations:
+        k = next(i for i, (a, b) in enumerate(zip(ref.iterations, got.iterations)) if a != b)
         stats.failures.append(
-            f"optimizer.variables: {len(got.state)} variables {got.state_names}, Keras has "
-            f"{len(ref.state)} {ref.state_names}"
+            f"optimizer.iterations after step {k + 1}: {got.iterations[k]}, Keras "
+            f"{ref.iterations[k]}"
         )
-    else:
-        for j, (r, g) in enumerate(zip(ref.state, got.state)):
-            label = f"optimizer.variables[{j}] ({ref.state_names[j]})"
-            if compare_names and ref.state_names[j] != got.state_names[j]:
-                stats.failures.append(
-                    f"{label}: kerasopt names it {got.state_names[j]!r}"
-                )
-            r_arr, g_arr = np.asarray(r), np.asarray(g)
-            if r_arr.dtype.kind in "iub" or g_arr.dtype.kind in "iub":
-                if r_arr.shape != g_arr.shape or not np.array_equal(
-                    r_arr.astype(np.int64), g_arr.astype(np.int64)
-                ):
-                    stats.failures.append(f"{label}: {g_arr!r} != Keras {r_arr!r}")
-                continue
-            finite = np.abs(np.asarray(r, np.float64))
-            finite = finite[np.isfinite(finite)]
-            scale = np.float64(finite.max()) if finite.size else np.float64(0.0)
-            _diff(r, g, scale, label, stats, "state")
+    lr_ref = np.asarray(ref.learning_rates, np.float64)
+    lr_got = np.asarray(got.learning_rates, np.float64)
+    lr_bad = np.abs(lr_got - lr_ref) > 1e-6 * np.abs(lr_ref) + 1e-12
+    if lr_ref.shape != lr_got.shape or lr_bad.any():
+        k = int(np.argmax(lr_bad)) if lr_ref.shape == lr_got.shape else 0
+        stats.failures.append(
+            f"optimizer.learning_rate before step {k + 1}: {lr_got[k]!r}, Keras {lr_ref[k]!r}"
+        )
+    scales = _state_scales(ref.states)
+    end_scales = scales[-1] if scales and len(scales[-1]) == len(ref.state) else [
+        _largest_finite(x) for x in ref.state
+    ]
+    _compare_state(ref.state, got.state, ref.state_names, got.state_names, "end", stats,
+                   compare_names, tol, end_scales)
+    if compare_states_every_step and len(ref.states) == len(got.states):
+        for k, (r, g) in enumerate(zip(ref.states, got.states)):
+            if len(stats.failures) >= 5:
+                break
+            if len(r) == len(g):
+                _compare_state(r, g, ref.state_names, got.state_names, f"step {k + 1}", stats,
+                               False, tol, scales[k])
     if (ref.finalized is None) != (got.finalized is None):
         stats.failures.append("finalize_variable_values: only one side ran it")
     elif ref.finalized is not None:
         for i, (r, g) in enumerate(zip(ref.finalized, got.finalized)):
-            _diff(r, g, travel[i], f"finalized variable {i}", stats, "weight")
+            _diff(r, g, travel[i], f"finalized variable {i}", stats, "weight", tol)
     return stats
 
 
-def assert_parity(ref: Run, got: Run, *, compare_names: bool = True) -> ParityStats:
+def assert_parity(ref: Run, got: Run, **kwargs: Any) -> ParityStats:
     """:func:`compare_runs`, raising ``AssertionError`` with the first failures."""
-    stats = compare_runs(ref, got, compare_names=compare_names)
+    return raise_on_failures(compare_runs(ref, got, **kwargs))
+
+
+def raise_on_failures(stats: ParityStats) -> ParityStats:
+    """Raise ``AssertionError`` listing the first failures of a comparison, if any."""
     if stats.failures:
         shown = "\n  ".join(stats.failures[:8])
         raise AssertionError(
