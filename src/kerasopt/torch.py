@@ -1,0 +1,922 @@
+"""``kerasopt.torch``: Keras 3's Adam and Adamax as real ``torch.optim.Optimizer`` subclasses.
+
+The numerics are Keras's (``epsilon`` hat, epsilon outside Adamax's max, hyperparameters cast
+to the parameter's dtype, Keras's EMA and accumulation quirks), the conventions are torch's
+(param groups, ``step(closure)``, ``zero_grad``, ``state_dict``, LR schedulers)::
+
+    opt = kerasopt.torch.Adam(model.named_parameters(), learning_rate=1e-3,
+                              weight_decay=0.004, global_clipnorm=1.0, use_ema=True)
+    opt.exclude_from_weight_decay(var_names=["bias", "norm"])
+    for x, y in data:
+        opt.zero_grad()
+        loss_fn(model(x), y).backward()
+        opt.step()
+    with opt.ema_weights():
+        evaluate(model)
+
+This module holds no math: every step calls :func:`kerasopt.algorithms.adam_update` /
+:func:`~kerasopt.algorithms.adamax_update` and the functions of :mod:`kerasopt.pipeline` on
+torch tensors, in Keras 3's order, and copies their results into the parameters and state.
+
+Param groups
+    Each group carries Keras's hyperparameters under Keras's names (``beta_1``,
+    ``epsilon``, ``weight_decay``, ``clipnorm``, ``use_ema``...). A float learning rate lives
+    under torch's key ``"lr"`` (so ``torch.optim.lr_scheduler`` works); a
+    ``kerasopt.schedules`` schedule or a zero-argument callable lives under
+    ``"learning_rate"`` and then decides the rate (``"lr"`` then reports the last rate used).
+    ``"iterations"`` holds the optimizer's raw step count (Keras's ``iterations`` variable;
+    the same in every group), so it travels with every ``state_dict`` format, including
+    ``torch.distributed.checkpoint``'s.
+    ``gradient_accumulation_steps`` and ``loss_scale_factor`` belong to the whole optimizer.
+    ``global_clipnorm`` uses the norm over the gradients of every group that sets it (the
+    model's global norm); each group scales by its own ``global_clipnorm``.
+
+State
+    ``optimizer.state[p]`` holds tensors named as Keras's slots: ``momentum``,
+    ``velocity`` (and ``velocity_hat`` with amsgrad) for Adam, ``momentum``, ``norm`` for
+    Adamax, plus ``average`` (EMA) and ``gradient_accumulator``. They have the parameter's
+    dtype (Keras's rule) unless ``state_dtype`` is given (e.g. ``torch.float32`` for bf16
+    parameters: then the whole step is computed in that dtype and the parameter gets the
+    rounded result). Under FSDP2 the state tensors are DTensors sharded like the parameters;
+    the step works on the local shards.
+
+Distributed
+    DDP, FSDP2 (``fully_shard``; ``global_clipnorm`` and ``clipnorm`` all-reduce the squared
+    norms of the local shards) and ``ZeroRedundancyOptimizer`` work. Under ZeRO each rank
+    holds only part of the parameters: pass ``norm_process_group=torch.distributed.group.WORLD``
+    so that ``global_clipnorm`` sums the squared norms of all partitions.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+import numpy as np
+import torch
+
+from kerasopt import pipeline, validation
+from kerasopt.adam import Adam as _CoreAdam
+from kerasopt.adamax import Adamax as _CoreAdamax
+from kerasopt.algorithms.adam import AMSGRAD_SLOT, adam_update
+from kerasopt.algorithms.adam import SLOTS as ADAM_SLOTS
+from kerasopt.algorithms.adamax import SLOTS as ADAMAX_SLOTS
+from kerasopt.algorithms.adamax import adamax_update
+from kerasopt.schedules import LearningRateSchedule
+
+__all__ = ["Adam", "Adamax", "KerasOptimizer"]
+
+AVERAGE = "average"
+ACCUMULATOR = "gradient_accumulator"
+MARKER = "kerasopt"
+
+# Keys of a param group besides "params": the Keras hyperparameters that every group has.
+_BASE_GROUP_KEYS = (
+    "lr",
+    "learning_rate",
+    "weight_decay",
+    "clipnorm",
+    "clipvalue",
+    "global_clipnorm",
+    "use_ema",
+    "ema_momentum",
+    "ema_overwrite_frequency",
+    "state_dtype",
+)
+# Keys torch or this module put into groups that are not hyperparameters. The optimizer-wide
+# arguments are tolerated (and ignored) in groups: ZeroRedundancyOptimizer copies every
+# constructor argument into the groups it hands to its local optimizer.
+_BOOKKEEPING_KEYS = (
+    "params",
+    "param_names",
+    "initial_lr",
+    "iterations",
+    MARKER,
+    "loss_scale_factor",
+    "gradient_accumulation_steps",
+    "norm_process_group",
+)
+
+
+def _dtensor_type() -> type | None:
+    try:
+        from torch.distributed.tensor import DTensor
+    except ImportError:  # pragma: no cover - torch without distributed
+        return None
+    return DTensor
+
+
+_DTensor = _dtensor_type()
+
+
+def _is_dtensor(t: Any) -> bool:
+    return _DTensor is not None and isinstance(t, _DTensor)
+
+
+def _local(t: torch.Tensor) -> torch.Tensor:
+    """The tensor the step works on: the local shard of a DTensor, else the tensor."""
+    return t.to_local() if _is_dtensor(t) else t
+
+
+def _describe_param(p: torch.Tensor, name: str | None) -> str:
+    label = f"'{name}'" if name is not None else "a parameter"
+    return f"{label} of shape {tuple(p.shape)}"
+
+
+class KerasOptimizer(torch.optim.Optimizer):
+    """Base class of :class:`Adam` and :class:`Adamax` (the pipeline around the rule)."""
+
+    _core_class: type = _CoreAdam
+    _slots: tuple[str, ...] = ()
+    _algorithm_keys: tuple[str, ...] = ()
+
+    def __init__(
+        self,
+        params: Any,
+        defaults: dict[str, Any],
+        *,
+        loss_scale_factor: float | None,
+        gradient_accumulation_steps: int | None,
+        norm_process_group: Any = None,
+        **kwargs: Any,
+    ) -> None:
+        validation.unknown_keywords(type(self).__name__, kwargs)
+        learning_rate = defaults.pop("learning_rate")
+        if isinstance(learning_rate, LearningRateSchedule) or callable(learning_rate):
+            defaults["learning_rate"] = learning_rate
+            defaults["lr"] = 0.0
+        else:
+            defaults["learning_rate"] = None
+            defaults["lr"] = learning_rate
+        self.loss_scale_factor = loss_scale_factor
+        self.gradient_accumulation_steps = gradient_accumulation_steps
+        self.norm_process_group = norm_process_group
+        self._excluded_ids: set[int] = set()
+        self._excluded_pattern: re.Pattern[str] | None = None
+        self._validate_state_dtype(defaults["state_dtype"])
+        # The core optimizer's constructor is the one place where Keras's arguments are
+        # checked, so errors name the argument and value exactly as kerasopt.Adam does.
+        self._core_optimizer(defaults)
+        if isinstance(params, torch.Tensor):
+            raise TypeError(
+                f"{type(self).__name__}: `params` must be an iterable of tensors, of "
+                "(name, tensor) pairs or of param-group dicts; received a single tensor "
+                f"of shape {tuple(params.shape)}. Pass [tensor] or model.parameters()."
+            )
+        super().__init__(params, defaults)
+
+    # ----------------------------------------------------------------- validation
+
+    @staticmethod
+    def _validate_state_dtype(state_dtype: Any) -> None:
+        if state_dtype is not None and not (
+            isinstance(state_dtype, torch.dtype) and state_dtype.is_floating_point
+        ):
+            raise TypeError(
+                "Argument `state_dtype` must be None (the parameter's dtype, as Keras) or a "
+                f"floating torch.dtype such as torch.float32; received state_dtype={state_dtype!r}."
+            )
+
+    def _core_optimizer(self, group: dict[str, Any]) -> Any:
+        """A core optimizer built from a group's hyperparameters: validates them all."""
+        learning_rate = group.get("learning_rate")
+        if learning_rate is None:
+            learning_rate = group["lr"]
+        keras_args = {k: group[k] for k in self._core_keys() if k in group}
+        return self._core_class(
+            learning_rate=learning_rate,
+            loss_scale_factor=self.loss_scale_factor,
+            gradient_accumulation_steps=self.gradient_accumulation_steps,
+            **keras_args,
+        )
+
+    def _core_keys(self) -> tuple[str, ...]:
+        return (
+            "weight_decay",
+            "clipnorm",
+            "clipvalue",
+            "global_clipnorm",
+            "use_ema",
+            "ema_momentum",
+            "ema_overwrite_frequency",
+            *self._algorithm_keys,
+        )
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """Add a group; its hyperparameters (Keras names; ``lr`` or ``learning_rate`` for the
+        rate) default to the optimizer's and are checked like the constructor's."""
+        if not isinstance(param_group, dict):
+            raise TypeError(
+                f"{type(self).__name__}: a param group must be a dict; received "
+                f"{type(param_group).__name__}."
+            )
+        group = dict(param_group)
+        allowed = {*_BASE_GROUP_KEYS, *self._algorithm_keys, *_BOOKKEEPING_KEYS}
+        unknown = sorted(str(k) for k in group if k not in allowed)
+        if unknown:
+            raise TypeError(
+                f"{type(self).__name__}: param group got unknown key(s) {unknown}; the "
+                f"hyperparameters are {sorted(allowed - set(_BOOKKEEPING_KEYS))}."
+            )
+        if "learning_rate" in group and "lr" in group and group["learning_rate"] is not None:
+            raise ValueError(
+                f"{type(self).__name__}: a param group sets both `lr`={group['lr']!r} and "
+                f"`learning_rate`={group['learning_rate']!r}; set one of them."
+            )
+        if "learning_rate" in group:
+            rate = group.pop("learning_rate")
+            if isinstance(rate, LearningRateSchedule) or callable(rate):
+                group["learning_rate"], group["lr"] = rate, 0.0
+            elif rate is not None:
+                group["learning_rate"], group["lr"] = None, rate
+        elif "lr" in group:
+            group["learning_rate"] = None
+        if "params" not in group:
+            raise ValueError(f"{type(self).__name__}: a param group needs a 'params' entry.")
+        merged = {**self.defaults, **group}
+        self._validate_state_dtype(merged["state_dtype"])
+        self._core_optimizer(merged)
+        params = group["params"]
+        params = [params] if isinstance(params, torch.Tensor) else list(params)
+        tensors = [p[1] if isinstance(p, tuple) else p for p in params]
+        names = [p[0] if isinstance(p, tuple) else None for p in params]
+        seen: dict[int, int] = {}
+        for i, p in enumerate(tensors):
+            if not isinstance(p, torch.Tensor):
+                raise TypeError(
+                    f"{type(self).__name__}: optimizer parameters must be torch tensors; "
+                    f"received {type(p).__name__} at position {i}."
+                )
+            if not p.is_floating_point():
+                raise TypeError(
+                    f"{type(self).__name__}: {_describe_param(p, names[i])} has dtype "
+                    f"{p.dtype}; Adam and Adamax update floating-point parameters only."
+                )
+            if id(p) in seen:
+                raise ValueError(
+                    f"{type(self).__name__}: {_describe_param(p, names[i])} appears twice in "
+                    f"one param group (positions {seen[id(p)]} and {i})."
+                )
+            seen[id(p)] = i
+        for index, existing in enumerate(self.param_groups):
+            existing_ids = {id(q) for q in existing["params"]}
+            for i, p in enumerate(tensors):
+                if id(p) in existing_ids:
+                    raise ValueError(
+                        f"{type(self).__name__}: {_describe_param(p, names[i])} is already in "
+                        f"param group {index}; a parameter may belong to one group only."
+                    )
+        group["params"] = params
+        group["iterations"] = self.param_groups[0]["iterations"] if self.param_groups else 0
+        super().add_param_group(group)
+
+    # ----------------------------------------------------------------- counters, rate
+
+    @property
+    def raw_iterations(self) -> int:
+        """``step()`` calls so far (Keras's ``_iterations``; micro-steps under accumulation)."""
+        return int(self.param_groups[0]["iterations"]) if self.param_groups else 0
+
+    @property
+    def iterations(self) -> int:
+        """Completed updates: ``raw_iterations // gradient_accumulation_steps``."""
+        n = self.gradient_accumulation_steps
+        return self.raw_iterations // n if n else self.raw_iterations
+
+    def _learning_rate(self, group: dict[str, Any], raw: int) -> torch.Tensor:
+        """The group's rate as a float32 tensor (Keras stores a float rate in float32)."""
+        rate = group.get("learning_rate")
+        if rate is None:
+            value = group["lr"]
+            if isinstance(value, torch.Tensor):
+                return value.detach().to(device="cpu", dtype=torch.float32)
+            return torch.tensor(float(value), dtype=torch.float32)
+        if isinstance(rate, LearningRateSchedule):
+            value = rate(np.int64(raw))
+        else:
+            value = rate()
+        if isinstance(value, torch.Tensor):
+            tensor = value.detach().cpu()
+        else:
+            tensor = torch.from_numpy(np.array(value))
+        group["lr"] = float(tensor)
+        return tensor if tensor.is_floating_point() else tensor.to(torch.float32)
+
+    # ----------------------------------------------------------------- state
+
+    def _state_dtype(self, group: dict[str, Any], p: torch.Tensor) -> torch.dtype:
+        return group.get("state_dtype") or p.dtype
+
+    def _slot_names(self, group: dict[str, Any]) -> list[str]:
+        return list(self._slots)
+
+    def _ensure_state(self, group: dict[str, Any], p: torch.Tensor) -> dict[str, Any]:
+        """Create the missing state of ``p`` (zeros; the EMA average starts at ``p``)."""
+        state = self.state[p]
+        dtype = self._state_dtype(group, p)
+        names = self._slot_names(group)
+        if self.gradient_accumulation_steps:
+            names.append(ACCUMULATOR)
+        for name in names:
+            if name not in state:
+                state[name] = torch.zeros_like(p, dtype=dtype, memory_format=torch.preserve_format)
+        if group["use_ema"] and AVERAGE not in state:
+            state[AVERAGE] = p.detach().to(dtype=dtype, copy=True)
+        return state
+
+    # ----------------------------------------------------------------- weight decay
+
+    def exclude_from_weight_decay(
+        self,
+        var_list: Iterable[torch.Tensor] | None = None,
+        var_names: Iterable[str] | None = None,
+    ) -> None:
+        """Exclude parameters from weight decay: those in ``var_list``, and those whose name
+        (from ``model.named_parameters()``) contains a match of any regular expression in
+        ``var_names``. Replaces earlier exclusions."""
+        var_list = list(var_list or [])
+        for p in var_list:
+            if not isinstance(p, torch.Tensor):
+                raise TypeError(
+                    "Argument `var_list` must hold torch tensors; received "
+                    f"{type(p).__name__}."
+                )
+        names = list(var_names or [])
+        for pattern in names:
+            if not isinstance(pattern, str):
+                raise TypeError(
+                    "Argument `var_names` must be a list of strings; received an element "
+                    f"{pattern!r}."
+                )
+        pattern_obj = None
+        if names:
+            if not any("param_names" in g for g in self.param_groups):
+                raise ValueError(
+                    f"exclude_from_weight_decay(var_names={names!r}) needs parameter names: "
+                    "create the optimizer with model.named_parameters() (or (name, tensor) "
+                    "pairs), or pass the tensors as `var_list`."
+                )
+            try:
+                pattern_obj = re.compile("|".join(sorted(set(names))))
+            except re.error as error:
+                raise ValueError(
+                    f"Argument `var_names` must hold valid regular expressions; received "
+                    f"var_names={names!r} ({error})."
+                ) from error
+        self._excluded_ids = {id(p) for p in var_list}
+        self._excluded_pattern = pattern_obj
+
+    def _use_weight_decay(self, p: torch.Tensor, name: str | None) -> bool:
+        if id(p) in self._excluded_ids:
+            return False
+        pattern = self._excluded_pattern
+        return pattern is None or name is None or pattern.search(name) is None
+
+    # ----------------------------------------------------------------- loss scaling, EMA
+
+    def scale_loss(self, loss: Any) -> Any:
+        """``loss * loss_scale_factor`` when set, else ``loss`` (gradients are unscaled in
+        ``step``)."""
+        if self.loss_scale_factor is not None:
+            return loss * self.loss_scale_factor
+        return loss
+
+    def _averaged_params(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        return [
+            (p, self.state[p][AVERAGE])
+            for group in self.param_groups
+            for p in group["params"]
+            if AVERAGE in self.state.get(p, {})
+        ]
+
+    @torch.no_grad()
+    def finalize_variable_values(self) -> None:
+        """With ``use_ema``: copy the moving averages into the parameters (Keras's
+        ``finalize_variable_values``); otherwise nothing."""
+        for p, average in self._averaged_params():
+            _local(p).copy_(_local(average))
+
+    @contextlib.contextmanager
+    def ema_weights(self) -> Iterator[None]:
+        """Swap the EMA weights into the parameters for the ``with`` block (evaluation), and
+        restore the training weights on exit, also when the block raises."""
+        pairs = self._averaged_params()
+        with torch.no_grad():
+            saved = [_local(p).clone() for p, _ in pairs]
+            for p, average in pairs:
+                _local(p).copy_(_local(average))
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for (p, _), value in zip(pairs, saved):
+                    _local(p).copy_(value)
+
+    # ----------------------------------------------------------------- step
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
+        """One Keras ``apply()``: unscale, accumulate, clip, decay, update, count, EMA."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        entries = self._collect()
+        if not any(True for group in self.param_groups for _ in group["params"]):
+            return loss
+        if not entries:
+            raise ValueError(
+                f"{type(self).__name__}.step(): no parameter has a gradient (every .grad is "
+                "None or requires_grad is False). Call loss.backward() before step()."
+            )
+        raw = self.raw_iterations
+        n = self.gradient_accumulation_steps
+        iterations = raw // n if n else raw
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.requires_grad or p in self.state:
+                    self._ensure_state(group, p)
+        grads = [self._prepared_gradient(e) for e in entries]
+        if self.loss_scale_factor is not None:
+            grads = [_map(lambda g: g / self.loss_scale_factor, g) for g in grads]
+        update = True
+        if n:
+            grads = self._accumulate(entries, grads, raw, n)
+            update = grads is not None
+        if update:
+            grads = self._clip(entries, grads)
+            rates = {id(group): self._learning_rate(group, raw) for group in self.param_groups}
+            for entry, g in zip(entries, grads):
+                self._update(entry, g, rates[id(entry.group)], iterations + 1)
+        self._update_ema(iterations)
+        for group in self.param_groups:
+            group["iterations"] = raw + 1
+        return loss
+
+    def _collect(self) -> list[_Entry]:
+        entries = []
+        for group in self.param_groups:
+            names = group.get("param_names")
+            for i, p in enumerate(group["params"]):
+                if p.grad is None or not p.requires_grad:
+                    continue
+                entries.append(_Entry(group, p, names[i] if names else None))
+        return entries
+
+    def _compute_dtype(self, entry: _Entry) -> torch.dtype:
+        return self._state_dtype(entry.group, entry.param)
+
+    def _prepared_gradient(self, entry: _Entry) -> Any:
+        """The gradient as a local tensor of the compute dtype, or a ``_Rows`` for sparse."""
+        p, grad = entry.param, entry.param.grad
+        dtype = self._compute_dtype(entry)
+        if grad.is_sparse:
+            if tuple(grad.shape) != tuple(p.shape):
+                raise ValueError(
+                    f"{type(self).__name__}: the sparse gradient of "
+                    f"{_describe_param(p, entry.name)} has shape {tuple(grad.shape)}."
+                )
+            grad = grad.coalesce()
+            if grad.sparse_dim() == 1:
+                return _Rows(grad.indices()[0], grad.values().to(dtype), tuple(grad.shape))
+            return grad.to_dense().to(dtype)
+        grad = _local(grad)
+        if grad.shape != _local(p).shape:
+            raise ValueError(
+                f"{type(self).__name__}: the gradient of {_describe_param(p, entry.name)} has "
+                f"shape {tuple(grad.shape)}."
+            )
+        return grad.to(dtype)
+
+    def _accumulate(self, entries: list[_Entry], grads: list[Any], raw: int, n: int):
+        dense = [g.to_dense() if isinstance(g, _Rows) else g for g in grads]
+        accumulators = [_local(self.state[e.param][ACCUMULATOR]) for e in entries]
+        if (raw + 1) % n != 0:
+            for acc, total in zip(accumulators, pipeline.accumulate(dense, accumulators)):
+                acc.copy_(total)
+            return None
+        mean = pipeline.accumulated_mean(dense, accumulators, n)
+        for group in self.param_groups:
+            for p in group["params"]:
+                state = self.state.get(p)
+                if state and ACCUMULATOR in state:
+                    _local(state[ACCUMULATOR]).zero_()
+        return mean
+
+    def _clip(self, entries: list[_Entry], grads: list[Any]) -> list[Any]:
+        grads = list(grads)
+        global_indices = []
+        for i, (entry, g) in enumerate(zip(entries, grads)):
+            group = entry.group
+            if group["clipnorm"]:
+                values = _values(g)
+                if _is_dtensor(entry.param):
+                    norm = self._norm([values], [entry.param])
+                    clipped = pipeline.clip_by_global_norm([values], group["clipnorm"], norm)[0]
+                else:
+                    clipped = pipeline.clip_by_norm(values, group["clipnorm"])
+                grads[i] = _with_values(g, clipped)
+            elif group["global_clipnorm"]:
+                global_indices.append(i)
+            elif group["clipvalue"]:
+                grads[i] = _map(lambda v, c=group["clipvalue"]: pipeline.clip_by_value(v, c), g)
+        uses_global = any(group["global_clipnorm"] for group in self.param_groups)
+        if global_indices or (uses_global and self.norm_process_group is not None):
+            values = [_values(grads[i]) for i in global_indices]
+            norm = self._norm(values, [entries[i].param for i in global_indices])
+            for i in global_indices:
+                clipnorm = entries[i].group["global_clipnorm"]
+                clipped = pipeline.clip_by_global_norm([_values(grads[i])], clipnorm, norm)[0]
+                grads[i] = _with_values(grads[i], clipped)
+        return grads
+
+    def _norm(self, values: list[torch.Tensor], params: list[torch.Tensor]) -> torch.Tensor:
+        """The L2 norm over ``values`` (local tensors), summed across ranks where needed.
+
+        DTensor shards are summed over their mesh (replicated placements counted once);
+        plain tensors over ``norm_process_group`` when it is set (ZeRO partitions).
+        """
+        import torch.distributed as dist
+
+        plain = [v for v, p in zip(values, params) if not _is_dtensor(p)]
+        sharded = [(v, p) for v, p in zip(values, params) if _is_dtensor(p)]
+        if not sharded and self.norm_process_group is None:
+            return pipeline.global_norm(values) if values else torch.zeros(())
+        device = (values[0].device if values else _first_device(self.param_groups))
+        dtype = values[0].dtype if values else torch.float32
+        total = torch.zeros((), dtype=dtype, device=device)
+        if plain:
+            total = total + sum(torch.sum(v * v) for v in plain)
+        if self.norm_process_group is not None:
+            dist.all_reduce(total, group=self.norm_process_group)
+        # Group DTensor contributions by (mesh, sharded mesh dims).
+        buckets: dict[tuple[int, tuple[int, ...]], list[Any]] = {}
+        for v, p in sharded:
+            dims = tuple(i for i, pl in enumerate(p.placements) if pl.is_shard())
+            key = (id(p.device_mesh), dims)
+            buckets.setdefault(key, [p.device_mesh, dims, torch.zeros_like(total)])
+            buckets[key][2] = buckets[key][2] + torch.sum(v * v).to(total.dtype)
+        for mesh, dims, partial in buckets.values():
+            for dim in dims:
+                dist.all_reduce(partial, group=mesh.get_group(dim))
+            total = total + partial
+        return torch.sqrt(total)
+
+    def _update(self, entry: _Entry, g: Any, learning_rate: torch.Tensor, step: int) -> None:
+        group, p = entry.group, entry.param
+        state = self.state[p]
+        w = _local(p)
+        dtype = self._compute_dtype(entry)
+        slots = [_local(state[name]) for name in self._slot_names(group)]
+        hyper = self._hyperparameters(group)
+        decay = group["weight_decay"] is not None and self._use_weight_decay(p, entry.name)
+        if isinstance(g, _Rows):
+            rows = g.indices
+            w_rows = w.index_select(0, rows).to(dtype)
+            if decay:
+                w_rows = pipeline.decay(w_rows, group["weight_decay"], learning_rate)
+            new = self._rule(
+                w_rows,
+                g.values,
+                *(s.index_select(0, rows) for s in slots),
+                learning_rate=learning_rate,
+                step=step,
+                **hyper,
+            )
+            w.index_copy_(0, rows, new[0].to(w.dtype))
+            for slot, value in zip(slots, new[1:]):
+                slot.index_copy_(0, rows, value.to(slot.dtype))
+            return
+        w_c = w.to(dtype)
+        if decay:
+            w_c = pipeline.decay(w_c, group["weight_decay"], learning_rate)
+        new = self._rule(w_c, g, *slots, learning_rate=learning_rate, step=step, **hyper)
+        w.copy_(new[0])
+        for slot, value in zip(slots, new[1:]):
+            slot.copy_(value)
+
+    def _update_ema(self, iterations: int) -> None:
+        for group in self.param_groups:
+            if not group["use_ema"]:
+                continue
+            momentum = pipeline.ema_momentum_at(iterations, group["ema_momentum"])
+            frequency = group["ema_overwrite_frequency"]
+            overwrite = bool(frequency) and (iterations + 1) % frequency == 0
+            for p in group["params"]:
+                state = self.state.get(p)
+                if not state or AVERAGE not in state:
+                    continue
+                average, w = _local(state[AVERAGE]), _local(p)
+                average.copy_(pipeline.ema(average, w.to(average.dtype), momentum))
+                if overwrite:
+                    w.copy_(average)
+
+    # Subclasses: the pure rule and its hyperparameters.
+    def _rule(self, w, g, *slots, **hyper):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _hyperparameters(self, group: dict[str, Any]) -> dict[str, Any]:  # pragma: no cover
+        raise NotImplementedError
+
+    # ----------------------------------------------------------------- state_dict
+
+    def state_dict(self) -> dict[str, Any]:
+        """torch's ``state_dict``; each group also names the optimizer class, so that
+        ``load_state_dict`` can refuse a state from another optimizer."""
+        state_dict = super().state_dict()
+        for group in state_dict["param_groups"]:
+            group[MARKER] = type(self).__name__
+        return state_dict
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Load a ``state_dict()``: everything is checked first (optimizer class, group and
+        parameter counts, state names, shapes); tensors are copied bit for bit onto each
+        parameter's device, in the state dtype of its group."""
+        name = type(self).__name__
+        if not isinstance(state_dict, dict) or not {"state", "param_groups"} <= set(state_dict):
+            raise ValueError(
+                f"{name}.load_state_dict expects a dict with 'state' and 'param_groups' (from "
+                f"{name}.state_dict()); received {type(state_dict).__name__}"
+                + (f" with keys {sorted(map(str, state_dict))}" if isinstance(state_dict, dict)
+                   else "")
+                + "."
+            )
+        saved_groups = state_dict["param_groups"]
+        for group in saved_groups:
+            marker = group.get(MARKER)
+            if marker != name:
+                source = (
+                    f"kerasopt.torch.{marker}" if marker
+                    else "another optimizer (it has no 'kerasopt' marker; torch.optim?)"
+                )
+                raise ValueError(
+                    f"{name}.load_state_dict: this state_dict comes from {source}, not from "
+                    f"kerasopt.torch.{name}; its state cannot be reused."
+                )
+        if len(saved_groups) != len(self.param_groups):
+            raise ValueError(
+                f"{name}.load_state_dict: the state_dict has {len(saved_groups)} param groups; "
+                f"this optimizer has {len(self.param_groups)}."
+            )
+        id_to_param: dict[Any, tuple[torch.Tensor, dict[str, Any], dict[str, Any]]] = {}
+        for index, (group, saved) in enumerate(zip(self.param_groups, saved_groups)):
+            if len(group["params"]) != len(saved["params"]):
+                raise ValueError(
+                    f"{name}.load_state_dict: param group {index} has {len(saved['params'])} "
+                    f"parameters in the state_dict and {len(group['params'])} here."
+                )
+            for saved_id, p in zip(saved["params"], group["params"]):
+                id_to_param[saved_id] = (p, group, saved)
+        iterations = {int(g.get("iterations", 0)) for g in saved_groups}
+        if len(iterations) > 1:
+            raise ValueError(
+                f"{name}.load_state_dict: the param groups disagree on 'iterations' "
+                f"({sorted(iterations)}); the state_dict is corrupted."
+            )
+        new_state: dict[torch.Tensor, dict[str, Any]] = {}
+        for saved_id, entries in state_dict["state"].items():
+            if saved_id not in id_to_param:
+                raise ValueError(
+                    f"{name}.load_state_dict: the state refers to parameter {saved_id!r}, which "
+                    "no param group of the state_dict lists."
+                )
+            p, group, saved = id_to_param[saved_id]
+            merged = {**group, **{k: v for k, v in saved.items() if k != "params"}}
+            dtype = merged.get("state_dtype") or p.dtype
+            slot_state = {}
+            for key, value in entries.items():
+                if not isinstance(value, torch.Tensor):
+                    raise ValueError(
+                        f"{name}.load_state_dict: state '{key}' of {_describe_param(p, None)} "
+                        f"is a {type(value).__name__}, not a tensor."
+                    )
+                if tuple(value.shape) != tuple(p.shape):
+                    raise ValueError(
+                        f"{name}.load_state_dict: state '{key}' has shape {tuple(value.shape)} "
+                        f"but its parameter has shape {tuple(p.shape)}."
+                    )
+                slot_state[key] = (value, dtype)
+            new_state[p] = slot_state
+        # Everything checked: now change the optimizer.
+        loaded: dict[torch.Tensor, dict[str, Any]] = {}
+        for p, slots in new_state.items():
+            loaded[p] = {key: _copy_like(value, p, dtype) for key, (value, dtype) in slots.items()}
+        self.state.clear()
+        for p, slots in loaded.items():
+            self.state[p] = slots
+        for group, saved in zip(self.param_groups, saved_groups):
+            for key, value in saved.items():
+                if key not in ("params", "param_names", MARKER):
+                    group[key] = value
+
+
+class _Entry:
+    """A parameter with a gradient this step, with its group and name."""
+
+    __slots__ = ("group", "param", "name")
+
+    def __init__(self, group: dict[str, Any], param: torch.Tensor, name: str | None) -> None:
+        self.group, self.param, self.name = group, param, name
+
+
+class _Rows:
+    """A coalesced sparse row gradient: ``values[i]`` is the gradient of row ``indices[i]``."""
+
+    __slots__ = ("indices", "values", "shape")
+
+    def __init__(self, indices: torch.Tensor, values: torch.Tensor, shape: tuple[int, ...]):
+        self.indices, self.values, self.shape = indices, values, shape
+
+    def to_dense(self) -> torch.Tensor:
+        dense = torch.zeros(self.shape, dtype=self.values.dtype, device=self.values.device)
+        return dense.index_add_(0, self.indices, self.values)
+
+
+def _values(g: Any) -> torch.Tensor:
+    return g.values if isinstance(g, _Rows) else g
+
+
+def _with_values(g: Any, values: torch.Tensor) -> Any:
+    return _Rows(g.indices, values, g.shape) if isinstance(g, _Rows) else values
+
+
+def _map(fn: Callable[[torch.Tensor], torch.Tensor], g: Any) -> Any:
+    return _with_values(g, fn(_values(g)))
+
+
+def _first_device(groups: list[dict[str, Any]]) -> torch.device:
+    for group in groups:
+        for p in group["params"]:
+            return _local(p).device
+    return torch.device("cpu")
+
+
+def _copy_like(value: torch.Tensor, p: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """A private copy of a saved state tensor on ``p``'s device (a DTensor like ``p``)."""
+    if _is_dtensor(p):
+        if _is_dtensor(value):
+            return value.to(dtype=dtype).clone()
+        from torch.distributed.tensor import distribute_tensor
+
+        return distribute_tensor(
+            value.to(device=_local(p).device, dtype=dtype), p.device_mesh, p.placements
+        )
+    if _is_dtensor(value):
+        value = value.full_tensor()
+    return value.detach().to(device=p.device, dtype=dtype, copy=True)
+
+
+class Adam(KerasOptimizer):
+    """Keras 3's Adam as a ``torch.optim.Optimizer`` (see the module docstring).
+
+    Args:
+        params: Tensors, ``(name, tensor)`` pairs (``model.named_parameters()``) or
+            param-group dicts.
+        learning_rate: A float (torch schedulers change it through ``group["lr"]``), a
+            ``kerasopt.schedules`` schedule (called with the raw step count), or a
+            zero-argument callable. Defaults to 0.001.
+        beta_1, beta_2: Decay rates in [0, 1), or zero-argument callables.
+        epsilon: Added to ``sqrt(v)`` (Keras's "epsilon hat"). Defaults to 1e-7.
+        amsgrad: Use the running maximum of ``v``.
+        weight_decay, clipnorm, clipvalue, global_clipnorm, use_ema, ema_momentum,
+        ema_overwrite_frequency: Keras's arguments, per param group.
+        loss_scale_factor, gradient_accumulation_steps: Keras's arguments, for the whole
+            optimizer (``step()`` calls count as micro-steps).
+        state_dtype: None (state in the parameter's dtype, as Keras) or a float dtype to keep
+            the state, and compute the step, in (``torch.float32`` for bf16/fp16 params).
+        norm_process_group: A process group over which ``global_clipnorm`` sums the squared
+            norms of plain (non-DTensor) gradients, for ZeroRedundancyOptimizer.
+    """
+
+    _core_class = _CoreAdam
+    _slots = ADAM_SLOTS
+    _algorithm_keys = ("beta_1", "beta_2", "epsilon", "amsgrad")
+
+    def __init__(
+        self,
+        params: Any,
+        learning_rate: Any = 0.001,
+        beta_1: Any = 0.9,
+        beta_2: Any = 0.999,
+        epsilon: float = 1e-7,
+        amsgrad: bool = False,
+        weight_decay: float | None = None,
+        clipnorm: float | None = None,
+        clipvalue: float | None = None,
+        global_clipnorm: float | None = None,
+        use_ema: bool = False,
+        ema_momentum: float = 0.99,
+        ema_overwrite_frequency: int | None = None,
+        loss_scale_factor: float | None = None,
+        gradient_accumulation_steps: int | None = None,
+        state_dtype: torch.dtype | None = None,
+        norm_process_group: Any = None,
+        **kwargs: Any,
+    ) -> None:
+        defaults = {
+            "learning_rate": learning_rate,
+            "beta_1": beta_1,
+            "beta_2": beta_2,
+            "epsilon": epsilon,
+            "amsgrad": amsgrad,
+            "weight_decay": weight_decay,
+            "clipnorm": clipnorm,
+            "clipvalue": clipvalue,
+            "global_clipnorm": global_clipnorm,
+            "use_ema": use_ema,
+            "ema_momentum": ema_momentum,
+            "ema_overwrite_frequency": ema_overwrite_frequency,
+            "state_dtype": state_dtype,
+        }
+        super().__init__(
+            params,
+            defaults,
+            loss_scale_factor=loss_scale_factor,
+            gradient_accumulation_steps=gradient_accumulation_steps,
+            norm_process_group=norm_process_group,
+            **kwargs,
+        )
+
+    def _slot_names(self, group: dict[str, Any]) -> list[str]:
+        names = list(ADAM_SLOTS)
+        if group["amsgrad"]:
+            names.append(AMSGRAD_SLOT)
+        return names
+
+    def _hyperparameters(self, group: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "beta_1": validation.resolved_beta("beta_1", group["beta_1"]),
+            "beta_2": validation.resolved_beta("beta_2", group["beta_2"]),
+            "epsilon": group["epsilon"],
+        }
+
+    def _rule(self, w, g, *slots, **hyper):
+        return adam_update(w, g, *slots, **hyper)
+
+
+class Adamax(KerasOptimizer):
+    """Keras 3's Adamax as a ``torch.optim.Optimizer`` (see the module docstring).
+
+    Same arguments as :class:`Adam` without ``amsgrad``; the state is ``momentum`` and
+    ``norm`` (the exponentially weighted infinity norm). Epsilon is added after the max,
+    unlike ``torch.optim.Adamax``.
+    """
+
+    _core_class = _CoreAdamax
+    _slots = ADAMAX_SLOTS
+    _algorithm_keys = ("beta_1", "beta_2", "epsilon")
+
+    def __init__(
+        self,
+        params: Any,
+        learning_rate: Any = 0.001,
+        beta_1: float = 0.9,
+        beta_2: float = 0.999,
+        epsilon: float = 1e-7,
+        weight_decay: float | None = None,
+        clipnorm: float | None = None,
+        clipvalue: float | None = None,
+        global_clipnorm: float | None = None,
+        use_ema: bool = False,
+        ema_momentum: float = 0.99,
+        ema_overwrite_frequency: int | None = None,
+        loss_scale_factor: float | None = None,
+        gradient_accumulation_steps: int | None = None,
+        state_dtype: torch.dtype | None = None,
+        norm_process_group: Any = None,
+        **kwargs: Any,
+    ) -> None:
+        defaults = {
+            "learning_rate": learning_rate,
+            "beta_1": beta_1,
+            "beta_2": beta_2,
+            "epsilon": epsilon,
+            "weight_decay": weight_decay,
+            "clipnorm": clipnorm,
+            "clipvalue": clipvalue,
+            "global_clipnorm": global_clipnorm,
+            "use_ema": use_ema,
+            "ema_momentum": ema_momentum,
+            "ema_overwrite_frequency": ema_overwrite_frequency,
+            "state_dtype": state_dtype,
+        }
+        super().__init__(
+            params,
+            defaults,
+            loss_scale_factor=loss_scale_factor,
+            gradient_accumulation_steps=gradient_accumulation_steps,
+            norm_process_group=norm_process_group,
+            **kwargs,
+        )
+
+    def _hyperparameters(self, group: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "beta_1": validation.resolved_beta("beta_1", group["beta_1"]),
+            "beta_2": validation.resolved_beta("beta_2", group["beta_2"]),
+            "epsilon": group["epsilon"],
+        }
+
+    def _rule(self, w, g, *slots, **hyper):
+        return adamax_update(w, g, *slots, **hyper)
