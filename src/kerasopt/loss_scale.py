@@ -15,7 +15,8 @@ import numpy as np
 
 from kerasopt import pipeline, serialization, validation
 from kerasopt.backend import cast_scalar
-from kerasopt.optimizer import Optimizer, _values, _with_values
+from kerasopt.optimizer import Optimizer
+from kerasopt.sparse import values_of, with_values
 from kerasopt.variable import Variable
 
 _INNER_ONLY = ("weight_decay", "clipnorm", "global_clipnorm", "clipvalue", "use_ema",
@@ -94,7 +95,7 @@ class LossScaleOptimizer(Optimizer):
         if not self.built:
             self.build(variables)
         present = [g for g in grads if g is not None]
-        if not pipeline.is_finite([_values(g) for g in present]):
+        if not pipeline.is_finite([values_of(g) for g in present]):
             self.step_counter.assign(0)
             self.dynamic_scale.assign(self.dynamic_scale.value * np.float32(0.5))
             return
@@ -152,5 +153,5 @@ class LossScaleOptimizer(Optimizer):
 
 def _divide(gradient: Any, scale: Any) -> Any:
     """``gradient / scale`` in the gradient's dtype (the scale is a power of two)."""
-    values = _values(gradient)
-    return _with_values(gradient, values / cast_scalar(scale, values))
+    values = values_of(gradient)
+    return with_values(gradient, values / cast_scalar(scale, values))

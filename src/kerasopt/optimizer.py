@@ -30,7 +30,14 @@ import numpy as np
 from kerasopt import pipeline, serialization, validation
 from kerasopt.backend import is_jax, is_torch, namespace, to_numpy
 from kerasopt.schedules import LearningRateSchedule
-from kerasopt.sparse import IndexedSlices, canonical, validate_indexed_slices
+from kerasopt.sparse import (
+    IndexedSlices,
+    canonical,
+    map_values,
+    validate_indexed_slices,
+    values_of,
+    with_values,
+)
 from kerasopt.variable import Variable
 
 UpdateRule = Callable[..., tuple[Any, ...]]
@@ -372,7 +379,7 @@ class Optimizer:
     def _apply_checked(self, grads: list[Any], variables: list[Variable]) -> None:
         grads, variables = _drop_missing_gradients(grads, variables)
         if self.loss_scale_factor is not None:
-            grads = _map_values(lambda g: g / self.loss_scale_factor, grads)
+            grads = [map_values(lambda v: v / self.loss_scale_factor, g) for g in grads]
         if self.gradient_accumulation_steps:
             grads = self._accumulate(grads, variables)
         if grads is not None:
@@ -410,13 +417,14 @@ class Optimizer:
 
     def _clip_gradients(self, grads: list[Any]) -> list[Any]:
         if self.clipnorm:
-            return _map_values(lambda g: pipeline.clip_by_norm(g, self.clipnorm), grads)
+            return [map_values(lambda v: pipeline.clip_by_norm(v, self.clipnorm), g) for g in grads]
         if self.global_clipnorm:
-            values = [_values(g) for g in grads]
+            values = [values_of(g) for g in grads]
             clipped = pipeline.clip_by_global_norm(values, self.global_clipnorm)
-            return [_with_values(g, c) for g, c in zip(grads, clipped)]
+            return [with_values(g, c) for g, c in zip(grads, clipped)]
         if self.clipvalue:
-            return _map_values(lambda g: pipeline.clip_by_value(g, self.clipvalue), grads)
+            clipvalue = self.clipvalue
+            return [map_values(lambda v: pipeline.clip_by_value(v, clipvalue), g) for g in grads]
         return grads
 
     def _apply_weight_decay(
@@ -701,18 +709,6 @@ def _drop_missing_gradients(grads: list[Any], variables: list[Variable]):
         )
     kept = [(g, v) for g, v in zip(grads, variables) if g is not None]
     return [g for g, _ in kept], [v for _, v in kept]
-
-
-def _values(g: Any) -> Any:
-    return g.values if isinstance(g, IndexedSlices) else g
-
-
-def _with_values(g: Any, values: Any) -> Any:
-    return g.with_values(values) if isinstance(g, IndexedSlices) else values
-
-
-def _map_values(fn: Callable[[Any], Any], grads: list[Any]) -> list[Any]:
-    return [_with_values(g, fn(_values(g))) for g in grads]
 
 
 def _dtype_kind(x: Any) -> str:

@@ -8,7 +8,7 @@ every other row keeps its value and its state. Duplicate indices are summed firs
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -59,6 +59,21 @@ class IndexedSlices:
             f"IndexedSlices(values shape={tuple(self.values.shape)}, "
             f"indices shape={tuple(np.shape(self.indices))}, dense_shape={self.dense_shape})"
         )
+
+
+def values_of(gradient: Any) -> Any:
+    """The array a pipeline step works on: the rows' values, or the dense gradient itself."""
+    return gradient.values if isinstance(gradient, IndexedSlices) else gradient
+
+
+def with_values(gradient: Any, values: Any) -> Any:
+    """``gradient`` with its values replaced (same rows for an ``IndexedSlices``)."""
+    return gradient.with_values(values) if isinstance(gradient, IndexedSlices) else values
+
+
+def map_values(fn: Callable[[Any], Any], gradient: Any) -> Any:
+    """Apply an element-wise step to a dense gradient or to a sparse gradient's values."""
+    return with_values(gradient, fn(values_of(gradient)))
 
 
 def validate_indexed_slices(gradient: IndexedSlices, variable_shape: tuple[int, ...], where: str):

@@ -65,6 +65,7 @@ from kerasopt.algorithms.adam import SLOTS as ADAM_SLOTS
 from kerasopt.algorithms.adamax import SLOTS as ADAMAX_SLOTS
 from kerasopt.algorithms.adamax import adamax_update
 from kerasopt.schedules import LearningRateSchedule
+from kerasopt.sparse import IndexedSlices, map_values, values_of, with_values
 
 __all__ = ["Adam", "Adamax", "KerasOptimizer"]
 
@@ -440,7 +441,7 @@ class KerasOptimizer(torch.optim.Optimizer):
                     self._ensure_state(group, p)
         grads = [self._prepared_gradient(e) for e in entries]
         if self.loss_scale_factor is not None:
-            grads = [_map(lambda g: g / self.loss_scale_factor, g) for g in grads]
+            grads = [map_values(lambda g: g / self.loss_scale_factor, g) for g in grads]
         update = True
         if n:
             grads = self._accumulate(entries, grads, raw, n)
@@ -469,7 +470,7 @@ class KerasOptimizer(torch.optim.Optimizer):
         return self._state_dtype(entry.group, entry.param)
 
     def _prepared_gradient(self, entry: _Entry) -> Any:
-        """The gradient as a local tensor of the compute dtype, or a ``_Rows`` for sparse."""
+        """The gradient as a local tensor of the compute dtype (``IndexedSlices`` if sparse)."""
         p, grad = entry.param, entry.param.grad
         dtype = self._compute_dtype(entry)
         if grad.is_sparse:
@@ -480,7 +481,7 @@ class KerasOptimizer(torch.optim.Optimizer):
                 )
             grad = grad.coalesce()
             if grad.sparse_dim() == 1:
-                return _Rows(grad.indices()[0], grad.values().to(dtype), tuple(grad.shape))
+                return IndexedSlices(grad.values().to(dtype), grad.indices()[0], tuple(grad.shape))
             return grad.to_dense().to(dtype)
         grad = _local(grad)
         if grad.shape != _local(p).shape:
@@ -491,7 +492,7 @@ class KerasOptimizer(torch.optim.Optimizer):
         return grad.to(dtype)
 
     def _accumulate(self, entries: list[_Entry], grads: list[Any], raw: int, n: int):
-        dense = [g.to_dense() if isinstance(g, _Rows) else g for g in grads]
+        dense = [g.to_dense() if isinstance(g, IndexedSlices) else g for g in grads]
         accumulators = [_local(self.state[e.param][ACCUMULATOR]) for e in entries]
         if (raw + 1) % n != 0:
             for acc, total in zip(accumulators, pipeline.accumulate(dense, accumulators)):
@@ -511,25 +512,26 @@ class KerasOptimizer(torch.optim.Optimizer):
         for i, (entry, g) in enumerate(zip(entries, grads)):
             group = entry.group
             if group["clipnorm"]:
-                values = _values(g)
+                values = values_of(g)
                 if _is_dtensor(entry.param):
                     norm = self._norm([values], [entry.param])
                     clipped = pipeline.clip_by_global_norm([values], group["clipnorm"], norm)[0]
                 else:
                     clipped = pipeline.clip_by_norm(values, group["clipnorm"])
-                grads[i] = _with_values(g, clipped)
+                grads[i] = with_values(g, clipped)
             elif group["global_clipnorm"]:
                 global_indices.append(i)
             elif group["clipvalue"]:
-                grads[i] = _map(lambda v, c=group["clipvalue"]: pipeline.clip_by_value(v, c), g)
+                clipvalue = group["clipvalue"]
+                grads[i] = map_values(lambda v, c=clipvalue: pipeline.clip_by_value(v, c), g)
         uses_global = any(group["global_clipnorm"] for group in self.param_groups)
         if global_indices or (uses_global and self.norm_process_group is not None):
-            values = [_values(grads[i]) for i in global_indices]
+            values = [values_of(grads[i]) for i in global_indices]
             norm = self._norm(values, [entries[i].param for i in global_indices])
             for i in global_indices:
                 clipnorm = entries[i].group["global_clipnorm"]
-                clipped = pipeline.clip_by_global_norm([_values(grads[i])], clipnorm, norm)[0]
-                grads[i] = _with_values(grads[i], clipped)
+                clipped = pipeline.clip_by_global_norm([values_of(grads[i])], clipnorm, norm)[0]
+                grads[i] = with_values(grads[i], clipped)
         return grads
 
     def _norm(self, values: list[torch.Tensor], params: list[torch.Tensor]) -> torch.Tensor:
@@ -572,7 +574,7 @@ class KerasOptimizer(torch.optim.Optimizer):
         slots = [_local(state[name]) for name in self._slot_names(group)]
         hyper = self._hyperparameters(group)
         decay = group["weight_decay"] is not None and self._use_weight_decay(p, entry.name)
-        if isinstance(g, _Rows):
+        if isinstance(g, IndexedSlices):
             rows = g.indices
             w_rows = w.index_select(0, rows).to(dtype)
             if decay:
@@ -719,31 +721,6 @@ class _Entry:
 
     def __init__(self, group: dict[str, Any], param: torch.Tensor, name: str | None) -> None:
         self.group, self.param, self.name = group, param, name
-
-
-class _Rows:
-    """A coalesced sparse row gradient: ``values[i]`` is the gradient of row ``indices[i]``."""
-
-    __slots__ = ("indices", "values", "shape")
-
-    def __init__(self, indices: torch.Tensor, values: torch.Tensor, shape: tuple[int, ...]):
-        self.indices, self.values, self.shape = indices, values, shape
-
-    def to_dense(self) -> torch.Tensor:
-        dense = torch.zeros(self.shape, dtype=self.values.dtype, device=self.values.device)
-        return dense.index_add_(0, self.indices, self.values)
-
-
-def _values(g: Any) -> torch.Tensor:
-    return g.values if isinstance(g, _Rows) else g
-
-
-def _with_values(g: Any, values: torch.Tensor) -> Any:
-    return _Rows(g.indices, values, g.shape) if isinstance(g, _Rows) else values
-
-
-def _map(fn: Callable[[torch.Tensor], torch.Tensor], g: Any) -> Any:
-    return _with_values(g, fn(_values(g)))
 
 
 def _first_device(groups: list[dict[str, Any]]) -> torch.device:
