@@ -1,0 +1,210 @@
+"""kerasopt.optax vs Keras 3 on its JAX backend: after every one of 100 steps, under
+``jax.jit``, |diff| <= 1e-6 + 1e-5 * (|w| + distance travelled), per feature, for Adam and
+Adamax. Keras runs once, in a subprocess (``KERAS_BACKEND=jax``), for every case; the largest
+normalized error per feature is recorded (conftest's summary table and
+``/tmp/kerasopt_optax_parity.json``)."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from optax_cases import (
+    SHAPES,
+    SLOT_FIELDS,
+    STEPS,
+    VARS,
+    from_tree,
+    make_problem,
+    normalized_error,
+    run_keras,
+    to_tree,
+)
+
+import kerasopt
+import kerasopt.optax as kx
+
+pytest.importorskip("keras")
+
+FLOAT = {"type": "float", "value": 0.01}
+FEATURES = {
+    "defaults": {"lr": {"type": "float", "value": 0.001}, "kwargs": {}},
+    "amsgrad": {"lr": FLOAT, "kwargs": {"amsgrad": True}, "only": "adam"},
+    "betas_epsilon": {"lr": FLOAT, "kwargs": {"beta_1": 0.8, "beta_2": 0.95, "epsilon": 1e-3}},
+    "schedule_exponential": {
+        "lr": {"type": "schedule", "class": "ExponentialDecay",
+               "config": {"initial_learning_rate": 0.02, "decay_steps": 10, "decay_rate": 0.8}},
+        "kwargs": {},
+    },
+    "schedule_cosine": {
+        "lr": {"type": "schedule", "class": "CosineDecay",
+               "config": {"initial_learning_rate": 0.02, "decay_steps": 80, "alpha": 0.1}},
+        "kwargs": {},
+    },
+    "callable_lr": {"lr": {"type": "callable", "value": 0.005}, "kwargs": {}},
+    "weight_decay_exclude_regex": {
+        "lr": FLOAT, "kwargs": {"weight_decay": 0.1}, "exclude_names": ["bias"],
+        "ours": {"exclude_from_weight_decay": ["bias"]},
+    },
+    "weight_decay_mask": {
+        "lr": FLOAT, "kwargs": {"weight_decay": 0.1}, "exclude_names": ["bias"],
+        "ours": {"weight_decay_mask": {"dense": {"kernel": True, "bias": False}, "emb": True}},
+    },
+    "clipnorm": {"lr": FLOAT, "kwargs": {"clipnorm": 1.0}},
+    "global_clipnorm": {"lr": FLOAT, "kwargs": {"global_clipnorm": 1.5}},
+    "clipvalue": {"lr": FLOAT, "kwargs": {"clipvalue": 0.5}},
+    "ema_overwrite": {
+        "lr": FLOAT,
+        "kwargs": {"use_ema": True, "ema_momentum": 0.9, "ema_overwrite_frequency": 7},
+    },
+    "accumulation": {"lr": FLOAT, "kwargs": {"gradient_accumulation_steps": 3}},
+    "ema_accumulation": {
+        "lr": FLOAT,
+        "kwargs": {"gradient_accumulation_steps": 3, "use_ema": True, "ema_momentum": 0.8,
+                   "ema_overwrite_frequency": 2},
+    },
+    "loss_scale_factor": {"lr": FLOAT, "kwargs": {"loss_scale_factor": 128.0}, "grad_scale": 128.0},
+}
+
+
+def _combo(rng: random.Random) -> dict:
+    kwargs: dict = {}
+    if rng.random() < 0.5:
+        kwargs["weight_decay"] = rng.choice([0.01, 0.1])
+    clip = rng.choice([None, ("clipnorm", 1.0), ("global_clipnorm", 2.0), ("clipvalue", 0.7)])
+    if clip:
+        kwargs[clip[0]] = clip[1]
+    if rng.random() < 0.5:
+        kwargs.update(use_ema=True, ema_momentum=rng.choice([0.5, 0.9]),
+                      ema_overwrite_frequency=rng.choice([None, 3, 5]))
+    if rng.random() < 0.5:
+        kwargs["gradient_accumulation_steps"] = rng.choice([2, 4])
+    if rng.random() < 0.5:
+        kwargs["loss_scale_factor"] = 64.0
+    lr = rng.choice([FLOAT, FEATURES["schedule_exponential"]["lr"]])
+    case = {"lr": lr, "kwargs": kwargs, "grad_scale": kwargs.get("loss_scale_factor", 1.0)}
+    if "weight_decay" in kwargs and rng.random() < 0.5:
+        case.update(exclude_names=["emb"], ours={"exclude_from_weight_decay": ["emb"]})
+    return case
+
+
+_rng = random.Random(1234)
+for _i in range(4):
+    FEATURES[f"combo_{_i}"] = _combo(_rng)
+
+CASES = []
+for _algo in ("adam", "adamax"):
+    for _feature, _spec in FEATURES.items():
+        if _spec.get("only", _algo) != _algo:
+            continue
+        _kwargs = dict(_spec["kwargs"])
+        if _algo == "adam" and _feature.startswith("combo") and int(_feature[-1]) % 2:
+            _kwargs["amsgrad"] = True
+        CASES.append({
+            "name": f"{_algo}/{_feature}", "algo": _algo, "feature": _feature, "lr": _spec["lr"],
+            "kwargs": _kwargs, "exclude_names": _spec.get("exclude_names"),
+            "ours": _spec.get("ours", {}), "grad_scale": _spec.get("grad_scale", 1.0),
+        })
+
+
+def _our_learning_rate(spec: dict):
+    if spec["type"] == "float":
+        return spec["value"]
+    if spec["type"] == "schedule":
+        return getattr(kerasopt.schedules, spec["class"])(**spec["config"])
+    value = spec["value"]
+    return lambda: value
+
+
+def run_ours(case: dict, w0: dict, grads: dict):
+    """Our trajectory under jax.jit (lax.scan over the steps) and the final state."""
+    factory = {"adam": kx.adam, "adamax": kx.adamax}[case["algo"]]
+    tx = factory(learning_rate=_our_learning_rate(case["lr"]), **case["kwargs"], **case["ours"])
+    params = to_tree({k: jnp.asarray(v) for k, v in w0.items()})
+    grads = to_tree({k: jnp.asarray(v) for k, v in grads.items()})
+
+    @jax.jit
+    def run(params, grads):
+        def step(carry, g):
+            params, state = carry
+            updates, state = tx.update(g, state, params)
+            params = optax.apply_updates(params, updates)
+            return (params, state), params
+
+        (_, state), trajectory = jax.lax.scan(step, (params, tx.init(params)), grads)
+        return trajectory, state
+
+    trajectory, state = run(params, grads)
+    return {k: np.asarray(v) for k, v in from_tree(trajectory).items()}, state
+
+
+def _state_errors(case, state, keras_out) -> tuple[float, float]:
+    """Largest |diff| / (1e-6 + 1e-5 |ref|) and |diff| over the final optimizer state."""
+    worst_norm = worst_abs = 0.0
+    prefix = f"{case['name']}/state/"
+    for key, reference in keras_out.items():
+        if not key.startswith(prefix):
+            continue
+        keras_name = key[len(prefix):]
+        if keras_name == "iteration":
+            assert int(state.count) == int(reference)
+            continue
+        if keras_name == "learning_rate":
+            continue
+        var, slot = keras_name.split("_", 1)
+        ours = np.asarray(from_tree(getattr(state, SLOT_FIELDS[slot]))[var], np.float64)
+        diff = np.abs(ours - reference)
+        worst_norm = max(worst_norm, float(np.max(diff / (1e-6 + 1e-5 * np.abs(reference)))))
+        worst_abs = max(worst_abs, float(np.max(diff)))
+    return worst_norm, worst_abs
+
+
+@pytest.fixture(scope="module")
+def keras_results():
+    problems = {c["name"]: make_problem(_seed(c), grad_scale=c["grad_scale"]) for c in CASES}
+    return problems, run_keras(CASES, problems)
+
+
+def _seed(case: dict) -> int:
+    return sum(map(ord, case["name"])) * 7919 % 100_003
+
+
+RESULTS: dict[str, dict] = {}
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c["name"] for c in CASES])
+def test_parity_with_keras_jax(case, keras_results, parity_record):
+    problems, keras_out = keras_results
+    w0, grads = problems[case["name"]]
+    ours, state = run_ours(case, w0, grads)
+    worst_norm = worst_abs = 0.0
+    for var in SHAPES:
+        reference = keras_out[f"{case['name']}/{var}"]
+        assert reference.shape == (STEPS, *SHAPES[var])
+        norm, absolute = normalized_error(ours[var], reference, w0[var])
+        worst_norm, worst_abs = max(worst_norm, norm), max(worst_abs, absolute)
+    state_norm, state_abs = _state_errors(case, state, keras_out)
+    stats = {"steps": STEPS, "weight_norm": worst_norm, "weight_abs": worst_abs,
+             "state_norm": state_norm, "state_abs": state_abs}
+    parity_record(f"optax/{case['name']}", stats)
+    RESULTS[case["name"]] = stats
+    with open("/tmp/kerasopt_optax_parity.json", "w") as f:
+        json.dump(RESULTS, f, indent=1, sort_keys=True)
+    assert worst_norm <= 1.0, (case["name"], worst_norm, worst_abs)
+    # The final state (m, v / u, v_hat, accumulators, averages) agrees to rounding too.
+    assert state_norm <= 50.0, (case["name"], state_norm, state_abs)
+
+
+def test_cases_cover_every_feature():
+    features = {c["feature"] for c in CASES}
+    for required in ("defaults", "amsgrad", "schedule_exponential", "callable_lr",
+                     "weight_decay_exclude_regex", "weight_decay_mask", "clipnorm",
+                     "global_clipnorm", "clipvalue", "ema_overwrite", "accumulation",
+                     "loss_scale_factor"):
+        assert required in features
+    assert set(VARS) == set(SHAPES)
