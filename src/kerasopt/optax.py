@@ -103,7 +103,7 @@ import optax
 from kerasopt import pipeline, validation
 from kerasopt.algorithms import adam_update, adamax_update
 from kerasopt.schedules import LearningRateSchedule
-from kerasopt.sparse import IndexedSlices
+from kerasopt.sparse import IndexedSlices, values_of, with_values
 
 __all__ = [
     "AdamState",
@@ -402,16 +402,6 @@ def _is_static_zero(value: Any) -> bool:
     return not _is_array(value) and not value
 
 
-def _values(g: Any) -> Any:
-    return g.values if isinstance(g, IndexedSlices) else g
-
-
-def _with_values(g: Any, values: Any) -> Any:
-    if isinstance(g, IndexedSlices):
-        return IndexedSlices(values, g.indices, g.dense_shape)
-    return values
-
-
 def _clip(grads: list[Any], config: _Config) -> list[Any]:
     """Keras's ``_clip_gradients`` over the non-None gradients (sparse: on their values)."""
     present = [i for i, g in enumerate(grads) if g is not None]
@@ -424,19 +414,19 @@ def _clip(grads: list[Any], config: _Config) -> list[Any]:
 
     if config.clipnorm is not None and not _is_static_zero(config.clipnorm):
         for i in present:
-            v = _values(grads[i])
-            out[i] = _with_values(
+            v = values_of(grads[i])
+            out[i] = with_values(
                 grads[i], gated(config.clipnorm, pipeline.clip_by_norm(v, config.clipnorm), v)
             )
     elif config.global_clipnorm is not None and not _is_static_zero(config.global_clipnorm):
-        values = [_values(grads[i]) for i in present]
+        values = [values_of(grads[i]) for i in present]
         clipped = pipeline.clip_by_global_norm(values, config.global_clipnorm)
         for i, v, c in zip(present, values, clipped):
-            out[i] = _with_values(grads[i], gated(config.global_clipnorm, c, v))
+            out[i] = with_values(grads[i], gated(config.global_clipnorm, c, v))
     elif config.clipvalue is not None and not _is_static_zero(config.clipvalue):
         for i in present:
-            v = _values(grads[i])
-            out[i] = _with_values(
+            v = values_of(grads[i])
+            out[i] = with_values(
                 grads[i], gated(config.clipvalue, pipeline.clip_by_value(v, config.clipvalue), v)
             )
     return out
@@ -662,7 +652,7 @@ def _keras_transformation(
             gs.append(g)
         if config.loss_scale_factor is not None:
             factor = config.loss_scale_factor
-            gs = [None if g is None else _with_values(g, _values(g) / factor) for g in gs]
+            gs = [None if g is None else with_values(g, values_of(g) / factor) for g in gs]
 
         n_updates = count // n_steps if n_steps is not None else count
         learning_rate = _current_learning_rate(config.learning_rate, count)
