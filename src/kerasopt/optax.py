@@ -116,6 +116,7 @@ __all__ = [
     "restore_state",
     "save_state",
     "scale_loss",
+    "stateless_apply_jax",
 ]
 
 
@@ -987,3 +988,87 @@ def restore_state(path: str | os.PathLike, like: Any) -> Any:
                 jax.device_put(array, sharding) if sharding is not None else jnp.asarray(array)
             )
     return treedef.unflatten(restored)
+
+
+# --------------------------------------------------------------------------- Keras stateless API
+
+
+def stateless_apply_jax(
+    optimizer: Any, optimizer_variables: Any, grads: Any, trainable_variables: Any
+) -> tuple[list[Any], list[Any]]:
+    """``kerasopt.Adam/Adamax.stateless_apply`` on JAX arrays, traceable by ``jax.jit``.
+
+    ``optimizer_variables`` are in ``optimizer.variables`` order (Keras's); they are mapped
+    onto this module's state, one :func:`adam` / :func:`adamax` update runs over the lists,
+    and the results are mapped back. Returns ``(new_trainable, new_optimizer_variables)``.
+    """
+    from kerasopt.adam import Adam
+    from kerasopt.adamax import Adamax
+    from kerasopt.variable import Variable
+
+    if type(optimizer) not in (Adam, Adamax):
+        raise TypeError(
+            "stateless_apply with JAX arrays supports kerasopt.Adam and kerasopt.Adamax; "
+            f"received {type(optimizer).__name__}. Use NumPy arrays, or kerasopt.optax."
+        )
+    position = {id(v): i for i, v in enumerate(optimizer.variables)}
+    given = [jnp.asarray(x) for x in optimizer_variables]
+
+    def values(variables: list[Any]) -> list[Any]:
+        return [given[position[id(v)]] for v in variables]
+
+    lr_storage = optimizer._learning_rate
+    learning_rate = (
+        given[position[id(lr_storage)]] if isinstance(lr_storage, Variable) else lr_storage
+    )
+    params = [jnp.asarray(w) for w in trainable_variables]
+    common = {
+        "learning_rate": learning_rate,
+        "beta_1": optimizer.beta_1,
+        "beta_2": optimizer.beta_2,
+        "epsilon": optimizer.epsilon,
+        "weight_decay": optimizer.weight_decay,
+        "clipnorm": optimizer.clipnorm,
+        "clipvalue": optimizer.clipvalue,
+        "global_clipnorm": optimizer.global_clipnorm,
+        "use_ema": optimizer.use_ema,
+        "ema_momentum": optimizer.ema_momentum,
+        "ema_overwrite_frequency": optimizer.ema_overwrite_frequency,
+        "loss_scale_factor": optimizer.loss_scale_factor,
+        "gradient_accumulation_steps": optimizer.gradient_accumulation_steps,
+        "weight_decay_mask": [
+            optimizer._use_weight_decay(v) for v in optimizer._trainable_variables
+        ],
+    }
+    if isinstance(optimizer, Adam):
+        tx = adam(amsgrad=optimizer.amsgrad, **common)
+        slot_lists = {"momentum": optimizer._momentums, "velocity": optimizer._velocities,
+                      "velocity_hat": getattr(optimizer, "_velocity_hats", None)}
+        state_cls = AdamState
+    else:
+        tx = adamax(**common)
+        slot_lists = {"momentum": optimizer._m, "norm": optimizer._u}
+        state_cls = AdamaxState
+    owned = {
+        **slot_lists,
+        "accumulator": getattr(optimizer, "_accumulators", None),
+        "average": getattr(optimizer, "_ema_averages", None),
+    }
+    state = state_cls(
+        count=given[position[id(optimizer._iterations)]].astype(_counter_dtype()),
+        loss_scale_factor=(
+            jnp.asarray(optimizer.loss_scale_factor, jnp.float32)
+            if optimizer.loss_scale_factor is not None
+            else None
+        ),
+        **{field: values(vs) if vs is not None else None for field, vs in owned.items()},
+    )
+    updates, new_state = tx.update(list(grads), state, params)
+    new_trainable = [p + u for p, u in zip(params, updates)]
+    out = list(given)
+    out[position[id(optimizer._iterations)]] = new_state.count
+    for field, variables in owned.items():
+        if variables is not None:
+            for variable, value in zip(variables, getattr(new_state, field)):
+                out[position[id(variable)]] = value
+    return new_trainable, out

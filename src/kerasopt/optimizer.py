@@ -563,7 +563,9 @@ class Optimizer:
     ) -> tuple[list[Any], list[Any]]:
         """Apply one step to the given values; return ``(new_trainable, new_optimizer)``.
 
-        Neither the inputs nor this optimizer's own variables change.
+        Neither the inputs nor this optimizer's own variables change. With JAX arrays the
+        step runs functionally (the ``kerasopt.optax`` pipeline over these lists), so it can
+        be traced by ``jax.jit``.
         """
         if not self.built:
             raise ValueError(
@@ -586,6 +588,10 @@ class Optimizer:
                         f"{self.name}: `{label}` entry for '{variable.name}' has shape "
                         f"{tuple(np.shape(value))}; expected {variable.shape}."
                     )
+        if any(is_jax(x) for x in (*optimizer_variables, *trainable_variables)):
+            from kerasopt.optax import stateless_apply_jax
+
+            return stateless_apply_jax(self, optimizer_variables, grads, trainable_variables)
         targets = own + self._trainable_variables
         saved = [v._value for v in targets]
         try:
