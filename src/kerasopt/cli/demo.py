@@ -6,7 +6,8 @@ the package (``kerasopt/data/digits.csv.gz``; origin and licence in
 the same initial weights and sees the same mini-batches in the same order; only the
 optimizer differs. Each optimizer uses its own library's defaults apart from the
 learning rate (Keras: ``epsilon=1e-7``, epsilon-hat in Adam, epsilon outside the max in
-Adamax; torch.optim: ``eps=1e-8``), which is why the curves are close but not identical.
+Adamax; torch.optim: ``eps=1e-8``, inside the max in Adamax), which is why the curves
+are close but not identical.
 
 Needs PyTorch, tqdm and matplotlib: ``pip install "kerasopt[demo]"``.
 """
@@ -18,7 +19,6 @@ import importlib.util
 import math
 import os
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +28,7 @@ import numpy as np
 
 OPTIMIZERS = ("kerasopt-adamax", "kerasopt-adam", "torch-adamax", "torch-adam")
 DEFAULT_EPOCHS = 20
-DEFAULT_LEARNING_RATE = 0.002
+DEFAULT_LEARNING_RATE = 0.005
 DEFAULT_BATCH_SIZE = 32
 DEFAULT_SEED = 0
 DEFAULT_OUTPUT = "kerasopt-demo-output"
@@ -47,8 +47,9 @@ table (final training loss, test accuracy, wall time) and writes a PNG plot of t
 curves, whose path it prints. Runs on the CPU; the defaults take well under a minute.
 
 Apart from the learning rate, each optimizer keeps its library's defaults: Keras's
-epsilon=1e-7 (added after bias correction in Adam, outside the max in Adamax) versus
-torch.optim's eps=1e-8.
+epsilon=1e-7 (in Adam added to the uncorrected sqrt(v), "epsilon hat"; in Adamax added
+outside the max) versus torch.optim's eps=1e-8 (added to the bias-corrected sqrt(v) in
+Adam, inside the max in Adamax).
 
 Needs PyTorch, tqdm and matplotlib: pip install "kerasopt[demo]".
 """
@@ -61,7 +62,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         help="train a small model on a bundled data set with kerasopt's and torch's "
         "Adamax and Adam; print a comparison table and write a plot",
         description=DESCRIPTION,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=_HelpFormatter,
     )
     parser.add_argument(
         "--epochs",
@@ -113,8 +114,15 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         type=_positive_int,
         default=None,
         metavar="N",
-        help="train on only the first N training images (default: all of them); "
-        "for a quicker run",
+        help="train on only the first N training images (default: all of them); for a quicker run",
+    )
+    parser.add_argument(
+        "--threads",
+        type=_positive_int,
+        default=1,
+        metavar="N",
+        help="CPU threads for torch (default: 1; the model is too small to gain from more, "
+        "and extra threads slow it down badly when other programs use the cores)",
     )
     parser.add_argument(
         "--no-progress",
@@ -123,6 +131,16 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     parser.set_defaults(func=run)
     return parser
+
+
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Keeps the description as written; wraps option help without splitting names such as
+    ``kerasopt-adamax`` at their hyphens."""
+
+    def _split_lines(self, text: str, width: int) -> list[str]:
+        import textwrap
+
+        return textwrap.wrap(" ".join(text.split()), width, break_on_hyphens=False)
 
 
 def _positive_int(text: str) -> int:
@@ -198,33 +216,6 @@ def split_digits(
 # ------------------------------------------------------------------ optimizers
 
 
-class CoreOptimizerAdapter:
-    """Drives kerasopt's core (NumPy-API) optimizer over a torch model's parameters, with
-    the ``zero_grad()`` / ``step()`` interface of a torch optimizer.
-
-    The core optimizers update ``kerasopt.Variable`` objects that wrap the parameter tensors
-    themselves, in place. Used only while ``kerasopt.torch`` is not installed.
-    """
-
-    def __init__(self, optimizer: Any, model: Any) -> None:
-        import kerasopt
-
-        named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
-        self.optimizer = optimizer
-        self.params = [p for _, p in named]
-        self.variables = [kerasopt.Variable(p, name=name) for name, p in named]
-
-    def zero_grad(self) -> None:
-        for p in self.params:
-            p.grad = None
-
-    def step(self) -> None:
-        import torch
-
-        with torch.no_grad():
-            self.optimizer.apply([p.grad for p in self.params], self.variables)
-
-
 def make_optimizer(name: str, model: Any, lr: float) -> Any:
     """The optimizer ``name`` (one of :data:`OPTIMIZERS`) over ``model``'s parameters.
 
@@ -239,15 +230,10 @@ def make_optimizer(name: str, model: Any, lr: float) -> Any:
         return torch.optim.Adamax(model.parameters(), lr=lr)
     if name not in ("kerasopt-adam", "kerasopt-adamax"):
         raise ValueError(f"Unknown optimizer {name!r}; expected one of {', '.join(OPTIMIZERS)}.")
+    import kerasopt.torch
+
     algorithm = "Adam" if name == "kerasopt-adam" else "Adamax"
-    if importlib.util.find_spec("kerasopt.torch") is not None:
-        import kerasopt.torch
-
-        return getattr(kerasopt.torch, algorithm)(model.parameters(), learning_rate=lr)
-    # kerasopt.torch is not available: run the core optimizer over the torch tensors.
-    import kerasopt
-
-    return CoreOptimizerAdapter(getattr(kerasopt, algorithm)(learning_rate=lr), model)
+    return getattr(kerasopt.torch, algorithm)(model.parameters(), learning_rate=lr)
 
 
 # ------------------------------------------------------------------- training
@@ -351,6 +337,21 @@ def train_one(
     return result
 
 
+def _warm_up(data: tuple[Any, Any, Any, Any], seed: int) -> None:
+    """A few untimed forward/backward passes, so the first timed run does not pay for
+    torch's one-off start-up costs (thread pool, allocator, kernel selection)."""
+    from torch.nn import functional as F
+
+    x_train, y_train = data[0], data[1]
+    model = build_model(seed)
+    for _ in range(5):
+        model.zero_grad()
+        F.cross_entropy(
+            model(x_train[:DEFAULT_BATCH_SIZE]), y_train[:DEFAULT_BATCH_SIZE]
+        ).backward()
+        _evaluate(model, x_train, y_train)
+
+
 def make_batches(n_train: int, epochs: int, batch_size: int, seed: int) -> list[list[Any]]:
     """The mini-batch indices of every epoch (shuffled with ``seed``), shared by all runs."""
     import torch
@@ -400,12 +401,13 @@ STYLES = {"kerasopt-adamax": "-", "kerasopt-adam": "-", "torch-adamax": "--", "t
 
 def write_plot(results: list[RunResult], path: Path, title: str) -> Path:
     """Plot the training and test loss curves and the test accuracy; write a PNG atomically."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=True)
+    # The Agg canvas is attached to this figure only: no pyplot, no global backend switch.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
+    from matplotlib.ticker import PercentFormatter
 
     figure = Figure(figsize=(12, 4.4), layout="constrained")
+    FigureCanvasAgg(figure)
     axes = figure.subplots(1, 3)
     panels = (
         ("training loss (full training set)", "train_loss", True),
@@ -431,18 +433,19 @@ def write_plot(results: list[RunResult], path: Path, title: str) -> Path:
             ax.set_ylabel("cross-entropy")
         else:
             ax.set_ylim(max(0.0, min(min(r.test_accuracy[1:] or [0.0]) for r in results) - 0.05), 1)
-            ax.yaxis.set_major_formatter(matplotlib.ticker.PercentFormatter(1.0))
+            ax.yaxis.set_major_formatter(PercentFormatter(1.0))
     axes[0].legend()
     figure.suptitle(title)
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temporary = tempfile.mkstemp(prefix=".loss_curves-", suffix=".png", dir=path.parent)
+    # Write next to the target, then rename: a reader never sees a half-written file.
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        with os.fdopen(fd, "wb") as handle:
+        with open(temporary, "wb") as handle:
             figure.savefig(handle, format="png", dpi=110)
         os.replace(temporary, path)
     except BaseException:
-        Path(temporary).unlink(missing_ok=True)
+        temporary.unlink(missing_ok=True)
         raise
     return path
 
@@ -478,6 +481,7 @@ def run(args: argparse.Namespace) -> int:
         output=args.output,
         train_samples=args.train_samples,
         progress=not args.no_progress,
+        threads=args.threads,
     )
     return 0 if all(math.isfinite(r.train_loss[-1]) for r in results) else 1
 
@@ -491,8 +495,36 @@ def run_demo(
     output: Path | str = DEFAULT_OUTPUT,
     train_samples: int | None = None,
     progress: bool = True,
+    threads: int | None = 1,
 ) -> list[RunResult]:
-    """Train once per optimizer, print the table and the plot's path; return the results."""
+    """Train once per optimizer, print the table and the plot's path; return the results.
+
+    ``threads``: torch's CPU threads during the demo (restored afterwards); None keeps the
+    current setting.
+    """
+    import torch
+
+    previous_threads = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        return _run_demo(
+            optimizers, epochs, learning_rate, batch_size, seed, output, train_samples, progress
+        )
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def _run_demo(
+    optimizers: list[str] | tuple[str, ...],
+    epochs: int,
+    learning_rate: float,
+    batch_size: int,
+    seed: int,
+    output: Path | str,
+    train_samples: int | None,
+    progress: bool,
+) -> list[RunResult]:
     import torch
 
     images, labels = load_digits()
@@ -511,12 +543,13 @@ def run_demo(
 
     print(
         f"kerasopt demo: 8x8 handwritten digits ({len(x_train)} training, {len(x_test)} test "
-        f"images), MLP 64-{HIDDEN_UNITS}-10, {epochs} epoch{'s' if epochs != 1 else ''} "
+        f"images), MLP 64-{HIDDEN_UNITS}-10;\n{epochs} epoch{'s' if epochs != 1 else ''} "
         f"x {len(batches[0])} steps of batch {batch_size} = {steps} steps per run, "
-        f"learning rate {learning_rate:g}, seed {seed}, torch {torch.__version__} on CPU "
+        f"learning rate {learning_rate:g}, seed {seed};\ntorch {torch.__version__} on CPU "
         f"({torch.get_num_threads()} thread{'s' if torch.get_num_threads() != 1 else ''})",
         flush=True,
     )
+    _warm_up(data, seed)
     results = [
         train_one(name, initial_state, batches, data, learning_rate, seed, progress)
         for name in optimizers
