@@ -7,6 +7,7 @@ imported on first use so that ``import kerasopt`` needs only NumPy.
 from kerasopt import schedules
 from kerasopt.adam import Adam
 from kerasopt.adamax import Adamax
+from kerasopt.checkpoint import CheckpointError, load, save
 from kerasopt.loss_scale import LossScaleOptimizer
 from kerasopt.optimizer import Optimizer
 from kerasopt.serialization import register_serializable
@@ -19,13 +20,16 @@ __version__ = "0.1.0"
 __all__ = [
     "Adam",
     "Adamax",
+    "CheckpointError",
     "IndexedSlices",
     "LossScaleOptimizer",
     "Optimizer",
     "Variable",
     "deserialize",
     "get",
+    "load",
     "register_serializable",
+    "save",
     "schedules",
     "serialize",
 ]

@@ -21,7 +21,7 @@ from kerasopt.variable import Variable
 
 _INNER_ONLY = ("weight_decay", "clipnorm", "global_clipnorm", "clipvalue", "use_ema",
                "ema_momentum", "ema_overwrite_frequency", "loss_scale_factor",
-               "gradient_accumulation_steps")
+               "gradient_accumulation_steps", "skip_nonfinite")
 
 
 @serialization.builtin("optimizer")

@@ -108,11 +108,14 @@ from kerasopt.sparse import IndexedSlices, values_of, with_values
 __all__ = [
     "AdamState",
     "AdamaxState",
+    "LossScaleState",
+    "SkipNonFiniteState",
     "adam",
     "adamax",
     "ema_params",
     "finalize_params",
     "iterations",
+    "loss_scale",
     "restore_state",
     "save_state",
     "scale_loss",
@@ -202,6 +205,13 @@ def _checked_number(name: str, value: Any, check: Callable[[str, Any], Any]) -> 
     return check(name, value)
 
 
+def _required_number(name: str, value: Any, check: Callable[[str, Any], Any]) -> Any:
+    """Like :func:`_checked_number`, but ``None`` is refused (by ``check``, naming it)."""
+    if value is None:
+        return check(name, value)
+    return _checked_number(name, value, check)
+
+
 def _non_negative(name: str, value: Any) -> Any:
     return validation.real(name, value, minimum=0.0, allowed="None or a finite float >= 0")
 
@@ -215,7 +225,7 @@ def _positive(name: str, value: Any) -> Any:
 def _beta(name: str, value: Any) -> Any:
     if callable(value) and not _is_array(value):
         return value
-    return _checked_number(name, value, validation.beta)
+    return _required_number(name, value, validation.beta)
 
 
 def _resolve_beta(name: str, value: Any) -> Any:
@@ -230,7 +240,15 @@ def _resolve_beta(name: str, value: Any) -> Any:
 
 def _integer(name: str, value: Any, minimum: int, allowed: str) -> Any:
     def check(name: str, v: Any) -> Any:
-        return validation.integer(name, v, minimum=minimum, allowed=allowed)
+        v = validation.integer(name, v, minimum=minimum, allowed=allowed)
+        dtype = _counter_dtype()
+        limit = int(jnp.iinfo(dtype).max)
+        if v > limit:  # it is compared with the counter, an int32 (int64 with x64)
+            raise ValueError(
+                f"Argument `{name}` must be {allowed} and at most {limit} (the iteration "
+                f"counter is {jnp.dtype(dtype).name}); received {name}={v!r}."
+            )
+        return v
 
     return _checked_number(name, value, check)
 
@@ -352,7 +370,7 @@ def _base_config(
         clipvalue=_checked_number("clipvalue", clipvalue, _non_negative),
         global_clipnorm=_checked_number("global_clipnorm", global_clipnorm, _non_negative),
         use_ema=validation.boolean("use_ema", use_ema),
-        ema_momentum=_checked_number(
+        ema_momentum=_required_number(
             "ema_momentum",
             ema_momentum,
             lambda n, v: validation.real(
@@ -779,6 +797,11 @@ _BASE_DOC = """
         state_dtype: None (state in the parameter's dtype, as Keras) or a float dtype, e.g.
             ``"float32"`` to keep the state and compute the step in float32 for bfloat16 /
             float16 parameters.
+        skip_nonfinite: kerasopt only (default False: as Keras, NaN/inf gradients propagate).
+            When True, an update whose gradients hold NaN or inf returns zero updates and
+            leaves the inner state unchanged; the state becomes a :class:`SkipNonFiniteState`
+            counting the skips (``skipped_steps``); the first skip warns (``jax.debug``
+            callback, so also under ``jit``).
 """
 
 
@@ -801,6 +824,7 @@ def adam(
     weight_decay_mask: Any = None,
     exclude_from_weight_decay: Iterable[str] | None = None,
     state_dtype: Any = None,
+    skip_nonfinite: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
     """Keras 3's Adam (``keras.optimizers.Adam``) as an optax transformation.
 
@@ -818,7 +842,7 @@ def adam(
     )
     beta_1 = _beta("beta_1", beta_1)
     beta_2 = _beta("beta_2", beta_2)
-    epsilon = _checked_number("epsilon", epsilon, _positive)
+    epsilon = _required_number("epsilon", epsilon, _positive)
     amsgrad = validation.boolean("amsgrad", amsgrad)
 
     def hyperparameters() -> dict[str, Any]:
@@ -836,7 +860,10 @@ def adam(
         def rule(w, g, m, v, **kwargs):
             return adam_update(w, g, m, v, None, **kwargs)
 
-    return _keras_transformation("adam", config, slots, AdamState, rule, hyperparameters)
+    tx = _keras_transformation("adam", config, slots, AdamState, rule, hyperparameters)
+    if validation.boolean("skip_nonfinite", skip_nonfinite):
+        tx = _skip_nonfinite(tx, "adam")
+    return tx
 
 
 def adamax(
@@ -857,6 +884,7 @@ def adamax(
     weight_decay_mask: Any = None,
     exclude_from_weight_decay: Iterable[str] | None = None,
     state_dtype: Any = None,
+    skip_nonfinite: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
     """Keras 3's Adamax (``keras.optimizers.Adamax``) as an optax transformation.
 
@@ -874,7 +902,7 @@ def adamax(
     )
     beta_1 = _beta("beta_1", beta_1)
     beta_2 = _beta("beta_2", beta_2)
-    epsilon = _checked_number("epsilon", epsilon, _positive)
+    epsilon = _required_number("epsilon", epsilon, _positive)
 
     def hyperparameters() -> dict[str, Any]:
         return {
@@ -883,9 +911,12 @@ def adamax(
             "epsilon": epsilon,
         }
 
-    return _keras_transformation(
+    tx = _keras_transformation(
         "adamax", config, ("momentum", "norm"), AdamaxState, adamax_update, hyperparameters
     )
+    if validation.boolean("skip_nonfinite", skip_nonfinite):
+        tx = _skip_nonfinite(tx, "adamax")
+    return tx
 
 
 adam.__doc__ = (adam.__doc__ or "") + _BASE_DOC
@@ -928,6 +959,15 @@ def finalize_params(params: Any, state: Any) -> Any:
 
 def scale_loss(loss: Any, state: Any) -> Any:
     """Keras's ``optimizer.scale_loss``: ``loss * loss_scale_factor`` when set."""
+    dynamic = [
+        leaf
+        for leaf in jax.tree_util.tree_leaves(
+            state, is_leaf=lambda x: isinstance(x, LossScaleState)
+        )
+        if isinstance(leaf, LossScaleState)
+    ]
+    if dynamic:  # kerasopt.optax.loss_scale: the current dynamic scale
+        return loss * dynamic[0].dynamic_scale.astype(jnp.result_type(loss))
     found = _find_state(state, "scale_loss")
     if found.loss_scale_factor is None:
         return loss
@@ -1072,3 +1112,150 @@ def stateless_apply_jax(
             for variable, value in zip(variables, getattr(new_state, field)):
                 out[position[id(variable)]] = value
     return new_trainable, out
+
+
+# --------------------------------------------------------------------------- non-finite steps
+
+
+def _is_gradient_leaf(x: Any) -> bool:
+    return isinstance(x, IndexedSlices)
+
+
+def _all_finite(grads: Any) -> jax.Array:
+    """One boolean: every (non-None) gradient value is finite (sparse: its values)."""
+    leaves = jax.tree_util.tree_leaves(grads, is_leaf=_is_gradient_leaf)
+    checks = [jnp.all(jnp.isfinite(jnp.asarray(values_of(g)))) for g in leaves]
+    return jnp.all(jnp.stack(checks)) if checks else jnp.asarray(True)
+
+
+def _zero_updates(params: Any) -> Any:
+    return jax.tree_util.tree_map(lambda p: jnp.zeros_like(jnp.asarray(p)), params)
+
+
+def _skipping_update(inner: Any, updates: Any, inner_state: Any, params: Any, finite: Any,
+                     extra_args: dict[str, Any]) -> tuple[Any, Any]:
+    """``inner.update`` where ``finite``, else zero updates and ``inner_state`` unchanged."""
+    if params is None:  # let the inner transformation raise its clear error
+        return inner.update(updates, inner_state, params, **extra_args)
+
+    def apply(_: Any) -> tuple[Any, Any]:
+        return inner.update(updates, inner_state, params, **extra_args)
+
+    def skip(_: Any) -> tuple[Any, Any]:
+        return _zero_updates(params), inner_state
+
+    return jax.lax.cond(finite, apply, skip, None)
+
+
+class SkipNonFiniteState(NamedTuple):
+    """State of a transformation made with ``skip_nonfinite=True``."""
+
+    inner_state: Any
+    skipped_steps: jax.Array
+    """Updates skipped because a gradient held NaN or inf (int32)."""
+
+
+def _skip_nonfinite(inner: Any, name: str) -> optax.GradientTransformationExtraArgs:
+    warned = [False]
+
+    def warn_once(skipped: Any) -> None:
+        if bool(skipped) and not warned[0]:
+            warned[0] = True
+            warnings.warn(
+                f"kerasopt.optax.{name}: a gradient holds NaN or inf; skip_nonfinite=True "
+                "skips such updates (zero updates, state unchanged). Further skips are "
+                "counted in the state's `skipped_steps` without warning.",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+
+    def init_fn(params: Any) -> SkipNonFiniteState:
+        return SkipNonFiniteState(inner.init(params), jnp.zeros([], jnp.int32))
+
+    def update_fn(updates: Any, state: Any, params: Any = None, **extra_args: Any):
+        if not isinstance(state, SkipNonFiniteState):
+            raise TypeError(
+                f"kerasopt.optax.{name}(skip_nonfinite=True): expected a SkipNonFiniteState "
+                f"from this transformation's init; received {type(state).__name__}."
+            )
+        finite = _all_finite(updates)
+        new_updates, inner_state = _skipping_update(
+            inner, updates, state.inner_state, params, finite, extra_args
+        )
+        skipped = jnp.logical_not(finite)
+        jax.debug.callback(warn_once, skipped)
+        return new_updates, SkipNonFiniteState(
+            inner_state, state.skipped_steps + skipped.astype(jnp.int32)
+        )
+
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+# --------------------------------------------------------------------------- dynamic loss scale
+
+
+class LossScaleState(NamedTuple):
+    """State of :func:`loss_scale` (Keras's ``LossScaleOptimizer`` variables)."""
+
+    inner_state: Any
+    step_counter: jax.Array
+    """Finite updates since the scale last changed (int32)."""
+    dynamic_scale: jax.Array
+    """The current loss scale (float32)."""
+
+
+def loss_scale(
+    inner: Any, initial_scale: Any = 2.0**15, dynamic_growth_steps: int = 2000
+) -> optax.GradientTransformationExtraArgs:
+    """Keras 3's ``LossScaleOptimizer`` around an optax transformation (e.g.
+    :func:`adam`): gradients of ``scale_loss(loss, state)`` are divided by the current scale
+    and passed to ``inner``; after ``dynamic_growth_steps`` finite updates in a row the scale
+    doubles. An update whose gradients hold NaN or inf returns zero updates, leaves the
+    inner state unchanged (no iteration, slot or EMA change), resets the counter and halves
+    the scale. All of it lives in the state pytree (:class:`LossScaleState`), so it runs
+    under ``jit`` and checkpoints with :func:`save_state` / ``kerasopt.save``."""
+    if not (hasattr(inner, "init") and hasattr(inner, "update")):
+        raise TypeError(
+            "Argument `inner` must be an optax GradientTransformation; received "
+            f"inner={inner!r}."
+        )
+    initial_scale = validation.real(
+        "initial_scale", initial_scale, minimum=0.0, min_inclusive=False,
+        allowed="a finite float > 0",
+    )
+    growth = validation.integer(
+        "dynamic_growth_steps", dynamic_growth_steps, minimum=1, allowed="an integer >= 1"
+    )
+
+    def init_fn(params: Any) -> LossScaleState:
+        return LossScaleState(
+            inner.init(params), jnp.zeros([], jnp.int32), jnp.asarray(initial_scale, jnp.float32)
+        )
+
+    def unscale(g: Any, scale: jax.Array) -> Any:
+        values = jnp.asarray(values_of(g))
+        return with_values(g, values / scale.astype(values.dtype))
+
+    def update_fn(updates: Any, state: Any, params: Any = None, **extra_args: Any):
+        if not isinstance(state, LossScaleState):
+            raise TypeError(
+                "kerasopt.optax.loss_scale: expected a LossScaleState from this "
+                f"transformation's init; received {type(state).__name__}."
+            )
+        scale = state.dynamic_scale
+        finite = _all_finite(updates)
+        unscaled = jax.tree_util.tree_map(
+            lambda g: unscale(g, scale), updates, is_leaf=_is_gradient_leaf
+        )
+        new_updates, inner_state = _skipping_update(
+            inner, unscaled, state.inner_state, params, finite, extra_args
+        )
+        grow = jnp.logical_and(finite, state.step_counter == growth - 1)
+        counter = jnp.where(
+            finite, jnp.where(grow, 0, state.step_counter + 1), 0
+        ).astype(jnp.int32)
+        two, half = jnp.float32(2.0), jnp.float32(0.5)
+        new_scale = jnp.where(finite, jnp.where(grow, scale * two, scale), scale * half)
+        return new_updates, LossScaleState(inner_state, counter, new_scale.astype(jnp.float32))
+
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)

@@ -62,6 +62,10 @@ class Optimizer:
         gradient_accumulation_steps: Update only every this many calls, with the mean of
             the accumulated gradients.
         name: The optimizer's name, used in its state variables' names.
+        skip_nonfinite: kerasopt only (default False: Keras semantics, a NaN/inf gradient
+            propagates into the weights). When True, a call whose gradients hold a NaN or an
+            infinity changes nothing (weights, state, counters) except ``skipped_steps``,
+            which counts such calls; the first skip warns.
     """
 
     def __init__(
@@ -77,9 +81,12 @@ class Optimizer:
         loss_scale_factor: float | None = None,
         gradient_accumulation_steps: int | None = None,
         name: str | None = None,
+        skip_nonfinite: bool = False,
         **kwargs: Any,
     ) -> None:
         validation.unknown_keywords(type(self).__name__, kwargs)
+        self.skip_nonfinite = validation.boolean("skip_nonfinite", skip_nonfinite)
+        self.skipped_steps = 0
         if name is None:
             name = type(self).__name__.lower()
         if not isinstance(name, str):
@@ -327,7 +334,7 @@ class Optimizer:
         if tuple(array.shape) != variable.shape:
             raise ValueError(
                 f"{where} has shape {tuple(array.shape)}; expected the variable's shape "
-                f"{variable.shape}."
+                f"{variable.shape}. Pass the gradients in the same order as the variables."
             )
         return array
 
@@ -354,7 +361,24 @@ class Optimizer:
             raise ValueError(
                 f"{self.name}: no gradients provided for any variable (all were None)."
             )
+        self._check_hyperparameters()
         return checked, variables
+
+    def _check_hyperparameters(self) -> None:
+        """Evaluate a callable/schedule learning rate and callable betas now, so that a bad
+        value raises before the step changes anything (accumulators, weight decay)."""
+        try:
+            rate = self._current_learning_rate()
+            float(rate)
+        except (TypeError, ValueError, RuntimeError) as error:
+            raise TypeError(
+                f"{self.name}: the learning rate must evaluate to a real number; evaluating "
+                f"`learning_rate` failed ({error})."
+            ) from error
+        for name in ("beta_1", "beta_2"):
+            value = getattr(self, name, None)
+            if callable(value):
+                validation.resolved_beta(name, value)
 
     # ----------------------------------------------------------------- apply
 
@@ -377,6 +401,11 @@ class Optimizer:
         self._apply_checked(grads, variables)
 
     def _apply_checked(self, grads: list[Any], variables: list[Variable]) -> None:
+        if self.skip_nonfinite and not pipeline.is_finite(
+            [values_of(g) for g in grads if g is not None]
+        ):
+            self._skip_nonfinite_step()
+            return
         grads, variables = _drop_missing_gradients(grads, variables)
         if self.loss_scale_factor is not None:
             grads = [map_values(lambda v: v / self.loss_scale_factor, g) for g in grads]
@@ -390,6 +419,18 @@ class Optimizer:
             if variable.constraint is not None:
                 variable.assign(variable.constraint(variable.value))
         self._iterations.assign(self._iterations.value + 1)
+
+    def _skip_nonfinite_step(self) -> None:
+        """``skip_nonfinite``: count the skipped call (nothing else changes); warn once."""
+        self.skipped_steps += 1
+        if self.skipped_steps == 1:
+            warnings.warn(
+                f"{self.name}: a gradient holds NaN or inf; skip_nonfinite=True skips such "
+                "steps (weights, state and iterations unchanged). Further skips are counted "
+                "in `skipped_steps` without warning.",
+                RuntimeWarning,
+                stacklevel=4,
+            )
 
     def _accumulate(self, grads: list[Any], variables: list[Variable]) -> list[Any] | None:
         """Add into the accumulators; on the cycle's last micro-step, return the mean and
@@ -616,10 +657,16 @@ class Optimizer:
         """Load state written by ``save_own_variables`` (or Keras's); checks all first."""
         own = self.variables
         if len(store.keys()) != len(own):
-            hint = " (build the optimizer first)" if not self.built else ""
+            hint = (
+                " Build the optimizer first: optimizer.build(variables)."
+                if not self.built
+                else " The saved optimizer had other options (use_ema, "
+                "gradient_accumulation_steps, amsgrad, a float or scheduled learning_rate) or "
+                "other variables; create this one with the same."
+            )
             raise ValueError(
                 f"{self.name}: the saved state has {len(store.keys())} variables but this "
-                f"optimizer has {len(own)}{hint}."
+                f"optimizer has {len(own)}.{hint}"
             )
         self.set_weights([store[str(i)] for i in range(len(own))])
 
@@ -664,7 +711,7 @@ class Optimizer:
             learning_rate: Any = float(lr.value)
         else:
             learning_rate = serialization.serialize(lr)
-        return {
+        config = {
             "name": self.name,
             "learning_rate": learning_rate,
             "weight_decay": self.weight_decay,
@@ -677,6 +724,9 @@ class Optimizer:
             "loss_scale_factor": self.loss_scale_factor,
             "gradient_accumulation_steps": self.gradient_accumulation_steps,
         }
+        if self.skip_nonfinite:  # kerasopt only; absent by default, so Keras reads the config
+            config["skip_nonfinite"] = True
+        return config
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any], custom_objects: Mapping | None = None):

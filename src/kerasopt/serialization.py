@@ -9,6 +9,7 @@ against kerasopt's own registry only: built-in classes, objects registered with
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -78,10 +79,30 @@ def serialize(obj: Any) -> Any:
     raise TypeError(f"Cannot serialize {obj!r}: it has no get_config() and is not callable.")
 
 
+MAX_DEPTH = 32
+"""How deeply serialized objects may nest (an optimizer in a LossScaleOptimizer with a
+schedule as its rate is 3 levels); deeper configs are refused, not recursed into."""
+_depth = threading.local()
+
+
 def deserialize(
     config: Any, custom_objects: Mapping[str, Any] | None = None, *, kind: str | None = None
 ) -> Any:
     """The object that ``config`` (a Keras dict or a built-in class name) describes."""
+    depth = getattr(_depth, "value", 0)
+    if depth >= MAX_DEPTH:
+        raise ValueError(
+            f"A serialized object is nested more than {MAX_DEPTH} levels deep; kerasopt "
+            "refuses it (a corrupted or hostile config)."
+        )
+    _depth.value = depth + 1
+    try:
+        return _deserialize(config, custom_objects, kind)
+    finally:
+        _depth.value = depth
+
+
+def _deserialize(config: Any, custom_objects: Mapping[str, Any] | None, kind: str | None) -> Any:
     custom_objects = dict(custom_objects or {})
     if isinstance(config, str):
         return _resolve(config, None, custom_objects, kind)()

@@ -51,6 +51,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+import warnings
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
@@ -67,7 +68,7 @@ from kerasopt.algorithms.adamax import adamax_update
 from kerasopt.schedules import LearningRateSchedule
 from kerasopt.sparse import IndexedSlices, map_values, values_of, with_values
 
-__all__ = ["Adam", "Adamax", "KerasOptimizer"]
+__all__ = ["Adam", "Adamax", "KerasOptimizer", "LossScaleOptimizer"]
 
 AVERAGE = "average"
 ACCUMULATOR = "gradient_accumulator"
@@ -98,6 +99,8 @@ _BOOKKEEPING_KEYS = (
     "loss_scale_factor",
     "gradient_accumulation_steps",
     "norm_process_group",
+    "skip_nonfinite",
+    "skipped_steps",
 )
 
 
@@ -141,9 +144,11 @@ class KerasOptimizer(torch.optim.Optimizer):
         loss_scale_factor: float | None,
         gradient_accumulation_steps: int | None,
         norm_process_group: Any = None,
+        skip_nonfinite: bool = False,
         **kwargs: Any,
     ) -> None:
         validation.unknown_keywords(type(self).__name__, kwargs)
+        self.skip_nonfinite = validation.boolean("skip_nonfinite", skip_nonfinite)
         learning_rate = defaults.pop("learning_rate")
         if isinstance(learning_rate, LearningRateSchedule) or callable(learning_rate):
             defaults["learning_rate"] = learning_rate
@@ -435,26 +440,66 @@ class KerasOptimizer(torch.optim.Optimizer):
         raw = self.raw_iterations
         n = self.gradient_accumulation_steps
         iterations = raw // n if n else raw
+        # What can fail runs before anything changes: the gradients' shapes, then on an update
+        # step the rates and the (callable) betas of every group.
+        grads = [self._prepared_gradient(e) for e in entries]
+        if self.skip_nonfinite and not pipeline.is_finite([values_of(g) for g in grads]):
+            self._skip_nonfinite_step()
+            return loss
+        update = not n or (raw + 1) % n == 0
+        if update:
+            rates = self._checked_rates(entries, raw)
         for group in self.param_groups:
             for p in group["params"]:
                 if p.requires_grad or p in self.state:
                     self._ensure_state(group, p)
-        grads = [self._prepared_gradient(e) for e in entries]
         if self.loss_scale_factor is not None:
             grads = [map_values(lambda g: g / self.loss_scale_factor, g) for g in grads]
-        update = True
         if n:
             grads = self._accumulate(entries, grads, raw, n)
-            update = grads is not None
         if update:
             grads = self._clip(entries, grads)
-            rates = {id(group): self._learning_rate(group, raw) for group in self.param_groups}
             for entry, g in zip(entries, grads):
                 self._update(entry, g, rates[id(entry.group)], iterations + 1)
         self._update_ema(iterations)
         for group in self.param_groups:
             group["iterations"] = raw + 1
         return loss
+
+    def _checked_rates(self, entries: list[_Entry], raw: int) -> dict[int, torch.Tensor]:
+        """Every group's learning rate for this step, and its betas resolved once, so that a
+        callable returning a bad value raises before the step changes anything."""
+        try:
+            rates = {id(group): self._learning_rate(group, raw) for group in self.param_groups}
+            for rate in rates.values():
+                float(rate)
+        except (TypeError, ValueError, RuntimeError) as error:
+            raise TypeError(
+                f"{type(self).__name__}.step(): the learning rate must evaluate to a real "
+                f"number; evaluating `learning_rate` failed ({error})."
+            ) from error
+        for group in {id(e.group): e.group for e in entries}.values():
+            self._hyperparameters(group)
+        return rates
+
+    @property
+    def skipped_steps(self) -> int:
+        """``step()`` calls skipped by ``skip_nonfinite`` (kept in the param groups, so it
+        travels with ``state_dict``)."""
+        return int(self.param_groups[0].get("skipped_steps", 0)) if self.param_groups else 0
+
+    def _skip_nonfinite_step(self) -> None:
+        count = self.skipped_steps + 1
+        for group in self.param_groups:
+            group["skipped_steps"] = count
+        if count == 1:
+            warnings.warn(
+                f"{type(self).__name__}: a gradient holds NaN or inf; skip_nonfinite=True skips "
+                "such steps (parameters, state and iterations unchanged). Further skips are "
+                "counted in `skipped_steps` without warning.",
+                RuntimeWarning,
+                stacklevel=5,
+            )
 
     def _collect(self) -> list[_Entry]:
         entries = []
@@ -473,6 +518,12 @@ class KerasOptimizer(torch.optim.Optimizer):
         """The gradient as a local tensor of the compute dtype (``IndexedSlices`` if sparse)."""
         p, grad = entry.param, entry.param.grad
         dtype = self._compute_dtype(entry)
+        if grad.is_complex():
+            raise TypeError(
+                f"{type(self).__name__}: the gradient of {_describe_param(p, entry.name)} has "
+                f"dtype {grad.dtype}, which cannot be cast to the parameter's dtype {p.dtype}; "
+                "pass a real-valued gradient."
+            )
         if grad.is_sparse:
             if tuple(grad.shape) != tuple(p.shape):
                 raise ValueError(
@@ -765,6 +816,9 @@ class Adam(KerasOptimizer):
             the state, and compute the step, in (``torch.float32`` for bf16/fp16 params).
         norm_process_group: A process group over which ``global_clipnorm`` sums the squared
             norms of plain (non-DTensor) gradients, for ZeroRedundancyOptimizer.
+        skip_nonfinite: kerasopt only (default False: as Keras, NaN/inf gradients propagate).
+            When True, a ``step()`` whose gradients hold NaN or inf changes nothing but
+            ``skipped_steps``; the first skip warns.
     """
 
     _core_class = _CoreAdam
@@ -897,3 +951,120 @@ class Adamax(KerasOptimizer):
 
     def _rule(self, w, g, *slots, **hyper):
         return adamax_update(w, g, *slots, **hyper)
+
+
+class LossScaleOptimizer:
+    """Keras 3's dynamic loss scaling around a :class:`KerasOptimizer`::
+
+        opt = kerasopt.torch.LossScaleOptimizer(kerasopt.torch.Adam(model.parameters()))
+        opt.zero_grad()
+        opt.scale_loss(loss_fn(model(x), y)).backward()
+        opt.step()          # unscales; skips the step and halves the scale on NaN/inf
+
+    ``step()`` divides the gradients by the current scale inside the inner step (``.grad``
+    is not modified) when they are all finite, and doubles the scale after
+    ``dynamic_growth_steps`` finite steps in a row. When any gradient holds NaN or inf the
+    inner optimizer is not called (parameters, state and iterations unchanged), the counter
+    resets and the scale halves. The scale is a float32 value, as in Keras.
+
+    Everything else (``param_groups``, ``state``, ``zero_grad``, ``iterations``...) is the
+    inner optimizer's; ``state_dict()`` is the inner one plus a ``"loss_scale"`` entry.
+    torch LR schedulers take the inner optimizer (they share its param groups).
+    """
+
+    def __init__(
+        self,
+        inner_optimizer: KerasOptimizer,
+        initial_scale: float = 2.0**15,
+        dynamic_growth_steps: int = 2000,
+    ) -> None:
+        if not isinstance(inner_optimizer, KerasOptimizer):
+            raise TypeError(
+                "Argument `inner_optimizer` must be a kerasopt.torch optimizer; received "
+                f"inner_optimizer={inner_optimizer!r}."
+            )
+        if inner_optimizer.loss_scale_factor is not None:
+            raise ValueError(
+                "LossScaleOptimizer: the inner optimizer has loss_scale_factor="
+                f"{inner_optimizer.loss_scale_factor!r}; use one kind of loss scaling."
+            )
+        self.inner_optimizer = inner_optimizer
+        self.initial_scale = validation.real(
+            "initial_scale", initial_scale, minimum=0.0, min_inclusive=False,
+            allowed="a finite float > 0",
+        )
+        self.dynamic_growth_steps = validation.integer(
+            "dynamic_growth_steps", dynamic_growth_steps, minimum=1, allowed="an integer >= 1"
+        )
+        self.dynamic_scale = float(np.float32(initial_scale))
+        self.step_counter = 0
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "inner_optimizer":  # during unpickling, before __dict__ is filled
+            raise AttributeError(name)
+        return getattr(self.inner_optimizer, name)
+
+    def scale_loss(self, loss: Any) -> Any:
+        """``loss * current scale``."""
+        return loss * self.dynamic_scale
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        inner = self.inner_optimizer
+        entries = inner._collect()
+        if not entries:
+            return inner.step() if loss is None else (inner.step(), loss)[1]
+        grads = [inner._prepared_gradient(e) for e in entries]  # checks shapes first
+        if not pipeline.is_finite([values_of(g) for g in grads]):
+            self.step_counter = 0
+            self.dynamic_scale = float(np.float32(self.dynamic_scale) * np.float32(0.5))
+            return loss
+        inner.loss_scale_factor = self.dynamic_scale
+        try:
+            inner.step()
+        finally:
+            inner.loss_scale_factor = None
+        if self.step_counter == self.dynamic_growth_steps - 1:
+            self.step_counter = 0
+            self.dynamic_scale = float(np.float32(self.dynamic_scale) * np.float32(2.0))
+        else:
+            self.step_counter += 1
+        return loss
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self.inner_optimizer.zero_grad(set_to_none=set_to_none)
+
+    def state_dict(self) -> dict[str, Any]:
+        state_dict = self.inner_optimizer.state_dict()
+        state_dict["loss_scale"] = {
+            "dynamic_scale": self.dynamic_scale,
+            "step_counter": self.step_counter,
+        }
+        return state_dict
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Load a ``state_dict()`` of a LossScaleOptimizer; checks everything first."""
+        scale = state_dict.get("loss_scale") if isinstance(state_dict, dict) else None
+        if not isinstance(scale, dict) or set(scale) != {"dynamic_scale", "step_counter"}:
+            raise ValueError(
+                "LossScaleOptimizer.load_state_dict expects a state_dict from "
+                "LossScaleOptimizer.state_dict() (with a 'loss_scale' entry holding "
+                f"'dynamic_scale' and 'step_counter'); received {scale!r}."
+            )
+        dynamic_scale = validation.real(
+            "dynamic_scale", scale["dynamic_scale"], minimum=0.0, allowed="a float >= 0"
+        )
+        counter = validation.integer(
+            "step_counter", scale["step_counter"], minimum=0, allowed="an integer >= 0"
+        )
+        inner = {k: v for k, v in state_dict.items() if k != "loss_scale"}
+        self.inner_optimizer.load_state_dict(inner)
+        self.dynamic_scale = float(np.float32(dynamic_scale))
+        self.step_counter = counter
+
+    def __repr__(self) -> str:
+        return f"<kerasopt.torch.LossScaleOptimizer around {self.inner_optimizer!r}>"

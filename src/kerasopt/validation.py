@@ -5,11 +5,20 @@ from __future__ import annotations
 
 import math
 import numbers
+import reprlib
 from typing import Any
+
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxstring, _REPR.maxother, _REPR.maxlong = 4, 80, 80, 60
+
+
+def short_repr(value: Any) -> str:
+    """``repr(value)``, bounded in length and nesting (a hostile config can nest deeply)."""
+    return _REPR.repr(value)
 
 
 def _describe(name: str, value: Any) -> str:
-    return f"received {name}={value!r}"
+    return f"received {name}={short_repr(value)}"
 
 
 def is_real(value: Any) -> bool:
@@ -94,7 +103,16 @@ def resolved_beta(name: str, value: Any) -> float:
     return value
 
 
+_KERAS_SPELLINGS = {
+    "lr": "learning_rate", "eps": "epsilon", "betas": "beta_1` and `beta_2",
+    "b1": "beta_1", "b2": "beta_2", "beta1": "beta_1", "beta2": "beta_2",
+    "clip_norm": "clipnorm", "clip_value": "clipvalue", "max_grad_norm": "global_clipnorm",
+}
+
+
 def unknown_keywords(cls_name: str, kwargs: dict[str, Any]) -> None:
     if kwargs:
-        names = ", ".join(f"`{k}`={v!r}" for k, v in kwargs.items())
-        raise TypeError(f"{cls_name} got unknown keyword argument(s): {names}.")
+        names = ", ".join(f"`{k}`={short_repr(v)}" for k, v in kwargs.items())
+        hints = [f"`{_KERAS_SPELLINGS[k]}` for `{k}`" for k in kwargs if k in _KERAS_SPELLINGS]
+        hint = f" Did you mean {', '.join(hints)}? (kerasopt uses Keras's names.)" if hints else ""
+        raise TypeError(f"{cls_name} got unknown keyword argument(s): {names}.{hint}")

@@ -48,6 +48,12 @@ class Variable:
             )
         self._value = _as_storage(value, dtype)
         self.name = name if name is not None else f"variable_{next(_anonymous)}"
+        if isinstance(self._value, np.ndarray) and not self._value.flags.writeable:
+            raise ValueError(
+                f"kerasopt.Variable '{self.name}': the NumPy array is read-only (for example "
+                "np.asarray(jax_array)), so it cannot be updated in place; pass a writable "
+                "copy: kerasopt.Variable(np.array(value))."
+            )
         self.constraint = constraint
         self.trainable = bool(trainable)
 

@@ -1,0 +1,604 @@
+"""``kerasopt.save`` / ``kerasopt.load``: crash-safe, integrity-checked optimizer checkpoints.
+
+One file holds an optimizer's whole state (and, by default, the weights it trains):
+
+* NumPy optimizers (``kerasopt.Adam``, ``Adamax``, ``LossScaleOptimizer``): every variable in
+  ``optimizer.variables`` (iteration counter, learning rate, slots, accumulators, EMA
+  averages, loss-scale counter and scale), the trainable variables, and ``skipped_steps``.
+* ``kerasopt.torch`` optimizers (and ``kerasopt.torch.LossScaleOptimizer``): the
+  ``state_dict()`` -- state tensors as arrays, the param groups' plain values (rates,
+  iteration counter, ``skipped_steps``...) as JSON -- and the parameters. Objects in a group
+  that are not plain data (schedules, callables, ``state_dtype``) are not stored; the
+  optimizer you load into keeps its own.
+* JAX: any pytree of arrays, e.g. an optax state or ``(params, opt_state)``:
+  ``kerasopt.save(path, (params, state))`` and ``params, state = kerasopt.load(path, like)``
+  with ``like`` a template of the same structure (from ``tx.init(params)``).
+  (:func:`kerasopt.optax.save_state` / ``restore_state`` remain, as a plain ``.npz``.)
+
+The file uses the safetensors layout (an 8-byte little-endian header length, a JSON header
+describing each tensor, then the raw little-endian bytes), so it contains only data: loading
+never unpickles or imports anything. The header's ``__metadata__`` holds the format name,
+kerasopt's own metadata (JSON: the optimizer class and config, shapes, dtypes) and a SHA-256
+of the header and the whole payload.
+
+Writes are atomic: the file is written to a temporary file in the same directory, flushed
+and fsync'ed, renamed over ``path`` with ``os.replace``, and the directory is fsync'ed. A
+process killed at any point leaves either the previous complete checkpoint or the new one.
+(A killed writer can leave a ``.<name>.*.tmp`` file behind; it is never read.)
+
+``load`` reads and checks everything first -- format, integrity hash, optimizer class, the
+number, shapes and dtypes of the arrays -- and raises :class:`CheckpointError` (a
+``ValueError``) before changing anything; a checkpoint is never half-loaded.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import struct
+import tempfile
+from typing import Any
+
+import numpy as np
+
+__all__ = ["CheckpointError", "load", "save"]
+
+FORMAT = "kerasopt.checkpoint"
+VERSION = 1
+
+_DTYPE_CODES = {
+    "float64": "F64", "float32": "F32", "float16": "F16", "bfloat16": "BF16",
+    "int64": "I64", "int32": "I32", "int16": "I16", "int8": "I8",
+    "uint64": "U64", "uint32": "U32", "uint16": "U16", "uint8": "U8", "bool": "BOOL",
+}
+_DTYPE_NAMES = {code: name for name, code in _DTYPE_CODES.items()}
+_ITEMSIZE = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1,
+             "U64": 8, "U32": 4, "U16": 2, "U8": 1, "BOOL": 1}
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used: not a kerasopt checkpoint, truncated or corrupted,
+    or not matching the optimizer it is loaded into. Nothing was changed."""
+
+
+# --------------------------------------------------------------------------- public API
+
+
+def save(path: str | os.PathLike, optimizer: Any, *, include_weights: bool = True) -> None:
+    """Write ``optimizer``'s state (and the weights it trains, unless
+    ``include_weights=False``) to ``path``, atomically. ``optimizer`` may be a NumPy or
+    ``kerasopt.torch`` optimizer, or a pytree of JAX/NumPy arrays (an optax state)."""
+    kind = _kind(optimizer)
+    if kind == "numpy":
+        arrays, meta = _numpy_payload(optimizer, include_weights)
+    elif kind == "torch":
+        arrays, meta = _torch_payload(optimizer, include_weights)
+    else:
+        arrays, meta = _pytree_payload(optimizer)
+    meta.update({"format": FORMAT, "version": VERSION, "kind": kind})
+    _atomic_write(path, _encode(arrays, meta))
+
+
+def load(path: str | os.PathLike, optimizer: Any) -> Any:
+    """Load a checkpoint written by :func:`save` into ``optimizer`` (built, of the same class
+    and structure) and return it; for a JAX pytree, return the restored pytree shaped like
+    the template ``optimizer``. Raises :class:`CheckpointError` (nothing changed) when the
+    file is not a complete, intact kerasopt checkpoint for this optimizer."""
+    meta, arrays = _decode(path)
+    kind = _kind(optimizer)
+    if meta.get("kind") != kind:
+        raise CheckpointError(
+            f"{os.fspath(path)} is a checkpoint of a {meta.get('kind')!r} optimizer "
+            f"({meta.get('class')}); cannot load it into a {kind!r} one "
+            f"({type(optimizer).__name__})."
+        )
+    if kind == "numpy":
+        return _load_numpy(path, optimizer, meta, arrays)
+    if kind == "torch":
+        return _load_torch(path, optimizer, meta, arrays)
+    return _load_pytree(path, optimizer, meta, arrays)
+
+
+# --------------------------------------------------------------------------- file format
+
+
+def _encode(arrays: list[tuple[str, str, tuple[int, ...], bytes]], meta: dict) -> bytes:
+    header: dict[str, Any] = {}
+    chunks = []
+    offset = 0
+    for name, dtype, shape, data in arrays:
+        header[name] = {"dtype": _DTYPE_CODES[dtype], "shape": list(shape),
+                        "data_offsets": [offset, offset + len(data)]}
+        chunks.append(data)
+        offset += len(data)
+    payload = b"".join(chunks)
+    header["__metadata__"] = {"format": FORMAT, "kerasopt": json.dumps(meta, sort_keys=True)}
+    digest = hashlib.sha256(_canonical(header) + payload).hexdigest()
+    header["__metadata__"]["sha256"] = digest
+    encoded = _canonical(header)
+    encoded += b" " * (-len(encoded) % 8)
+    return struct.pack("<Q", len(encoded)) + encoded + payload
+
+
+def _canonical(header: dict) -> bytes:
+    return json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
+
+
+def _decode(path: str | os.PathLike) -> tuple[dict, dict[str, tuple[str, tuple, bytes]]]:
+    path = os.fspath(path)
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except OSError as error:
+        raise CheckpointError(f"cannot read checkpoint {path}: {error}") from error
+    where = f"{path} ({len(raw)} bytes)"
+    if len(raw) < 8:
+        raise CheckpointError(f"{where} is not a kerasopt checkpoint: truncated or empty.")
+    (length,) = struct.unpack("<Q", raw[:8])
+    if length > len(raw) - 8:
+        raise CheckpointError(
+            f"{where} is not a complete kerasopt checkpoint: its header claims {length} bytes "
+            "(truncated, corrupted, or another kind of file)."
+        )
+    try:
+        header = json.loads(raw[8 : 8 + length].decode("utf-8"))
+    except (ValueError, UnicodeDecodeError, RecursionError) as error:
+        raise CheckpointError(
+            f"{where} is not a kerasopt checkpoint: its header is not valid JSON "
+            f"(corrupted?): {str(error)[:200]}"
+        ) from None
+    metadata = header.get("__metadata__") if isinstance(header, dict) else None
+    if not isinstance(metadata, dict) or metadata.get("format") != FORMAT:
+        raise CheckpointError(
+            f"{where} is not a kerasopt checkpoint (no {FORMAT!r} format marker in its header)."
+        )
+    payload = raw[8 + length :]
+    digest = metadata.pop("sha256", None)
+    if not isinstance(digest, str) or (
+        hashlib.sha256(_canonical(header) + payload).hexdigest() != digest
+    ):
+        raise CheckpointError(
+            f"{where} failed its integrity check (SHA-256 of header and data does not match): "
+            "the file is corrupted or truncated."
+        )
+    try:
+        meta = json.loads(metadata["kerasopt"])
+    except (KeyError, TypeError, ValueError, RecursionError) as error:
+        raise CheckpointError(f"{where}: its kerasopt metadata is unreadable ({error}).") from None
+    if not isinstance(meta, dict) or meta.get("version") != VERSION:
+        raise CheckpointError(
+            f"{where}: unsupported kerasopt checkpoint version "
+            f"{meta.get('version') if isinstance(meta, dict) else meta!r}; this kerasopt "
+            f"reads version {VERSION}."
+        )
+    arrays = {}
+    end = 0
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        try:
+            code = info["dtype"]
+            shape = tuple(int(d) for d in info["shape"])
+            begin, stop = (int(x) for x in info["data_offsets"])
+            size = _ITEMSIZE[code] * int(np.prod(shape, dtype=np.int64))
+        except (KeyError, TypeError, ValueError) as error:
+            raise CheckpointError(f"{where}: bad entry for array {name!r} ({error}).") from None
+        if min(shape, default=0) < 0 or stop - begin != size or not 0 <= begin <= stop:
+            raise CheckpointError(f"{where}: array {name!r} has inconsistent size or offsets.")
+        arrays[name] = (_DTYPE_NAMES[code], shape, payload[begin:stop])
+        end = max(end, stop)
+    if end != len(payload):
+        raise CheckpointError(
+            f"{where}: the data section has {len(payload)} bytes; expected {end}."
+        )
+    return meta, arrays
+
+
+def _atomic_write(path: str | os.PathLike, blob: bytes) -> None:
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(
+        dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp"
+    )
+    try:
+        with os.fdopen(fd, "wb") as f:
+            with contextlib.suppress(AttributeError, OSError):
+                os.fchmod(f.fileno(), 0o644)
+            f.write(blob)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    with contextlib.suppress(OSError, AttributeError):  # not possible on every platform
+        dir_fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+
+# --------------------------------------------------------------------------- arrays
+
+
+def _raw(x: Any) -> tuple[str, tuple[int, ...], bytes]:
+    """``(dtype name, shape, little-endian bytes)`` of a NumPy/torch/JAX array."""
+    if type(x).__module__.startswith("torch"):
+        import torch
+
+        t = x.full_tensor() if hasattr(x, "full_tensor") else x
+        t = t.detach().cpu().contiguous()
+        name = str(t.dtype).replace("torch.", "")
+        data = t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b""
+        return _known(name), tuple(t.shape), data
+    from kerasopt.variable import Variable
+
+    if isinstance(x, Variable):
+        return _raw(x.value)
+    array = np.asarray(x)
+    if array.dtype.byteorder == ">":
+        array = array.astype(array.dtype.newbyteorder("<"))
+    return _known(array.dtype.name), tuple(array.shape), np.ascontiguousarray(array).tobytes()
+
+
+def _known(name: str) -> str:
+    if name not in _DTYPE_CODES:
+        raise TypeError(f"kerasopt.save cannot store arrays of dtype {name}.")
+    return name
+
+
+def _numpy_dtype(name: str) -> np.dtype:
+    if name == "bfloat16":
+        import ml_dtypes
+
+        return np.dtype(ml_dtypes.bfloat16)
+    return np.dtype(name)
+
+
+def _to_numpy(entry: tuple[str, tuple, bytes]) -> np.ndarray:
+    name, shape, data = entry
+    return np.frombuffer(data, _numpy_dtype(name)).reshape(shape).copy()
+
+
+def _to_torch(entry: tuple[str, tuple, bytes]) -> Any:
+    import torch
+
+    name, shape, data = entry
+    dtype = getattr(torch, name)
+    if not data:
+        return torch.empty(shape, dtype=dtype)
+    return torch.frombuffer(bytearray(data), dtype=dtype).reshape(shape)
+
+
+def _dtype_name(x: Any) -> str:
+    if type(x).__module__.startswith("torch"):
+        return str(x.dtype).replace("torch.", "")
+    return np.dtype(x.dtype).name
+
+
+def _expect(path: Any, arrays: dict, key: str, shape: tuple, dtype: str, what: str):
+    if key not in arrays:
+        raise CheckpointError(f"{os.fspath(path)}: the checkpoint has no array for {what}.")
+    saved_dtype, saved_shape, _ = arrays[key]
+    if tuple(saved_shape) != tuple(shape) or saved_dtype != dtype:
+        raise CheckpointError(
+            f"{os.fspath(path)}: {what} is {saved_dtype}{list(saved_shape)} in the checkpoint "
+            f"but {dtype}{list(shape)} here (a different model or optimizer configuration?)."
+        )
+    return arrays[key]
+
+
+def _count(arrays: dict, prefix: str) -> int:
+    return sum(1 for k in arrays if k.startswith(prefix))
+
+
+# --------------------------------------------------------------------------- NumPy optimizers
+
+
+def _kind(optimizer: Any) -> str:
+    from kerasopt.optimizer import Optimizer
+
+    if isinstance(optimizer, Optimizer):
+        return "numpy"
+    if type(optimizer).__module__ == "kerasopt.torch":
+        return "torch"
+    if isinstance(optimizer, (str, bytes, int, float, bool)) or optimizer is None:
+        raise TypeError(
+            "kerasopt.save/load expects a kerasopt optimizer (NumPy or kerasopt.torch) or a "
+            f"pytree of arrays (an optax state); received {optimizer!r}."
+        )
+    return "jax"
+
+
+def _config_of(optimizer: Any) -> Any:
+    from kerasopt import serialization
+
+    try:
+        return json.loads(json.dumps(serialization.serialize(optimizer)))
+    except (TypeError, ValueError):
+        return None
+
+
+def _numpy_payload(optimizer: Any, include_weights: bool):
+    if not optimizer.built:
+        raise ValueError(
+            f"kerasopt.save: {optimizer.name} is not built yet; it has no state to save "
+            "(apply a step or call optimizer.build(variables) first)."
+        )
+    arrays = []
+    state = []
+    for i, variable in enumerate(optimizer.variables):
+        dtype, shape, data = _raw(variable.value)
+        arrays.append((f"state/{i}", dtype, shape, data))
+        state.append(variable.name)
+    weights = optimizer._trainable_variables if include_weights else []
+    for i, variable in enumerate(weights):
+        dtype, shape, data = _raw(variable.value)
+        arrays.append((f"weights/{i}", dtype, shape, data))
+    inner = getattr(optimizer, "inner_optimizer", None)
+    meta = {
+        "class": type(optimizer).__name__,
+        "inner_class": type(inner).__name__ if inner is not None else None,
+        "config": _config_of(optimizer),
+        "state_names": state,
+        "weight_names": [v.name for v in weights],
+        "skipped_steps": [optimizer.skipped_steps]
+        + ([inner.skipped_steps] if inner is not None else []),
+    }
+    return arrays, meta
+
+
+def _check_class(path: Any, optimizer: Any, meta: dict) -> None:
+    inner = getattr(optimizer, "inner_optimizer", None)
+    here = (type(optimizer).__name__, type(inner).__name__ if inner is not None else None)
+    saved = (meta.get("class"), meta.get("inner_class"))
+    if here != saved:
+        describe = lambda c: f"{c[0]}" + (f"({c[1]})" if c[1] else "")  # noqa: E731
+        raise CheckpointError(
+            f"{os.fspath(path)} holds the state of a {describe(saved)}; this optimizer is a "
+            f"{describe(here)}. Load it into the same optimizer class."
+        )
+
+
+def _load_numpy(path: Any, optimizer: Any, meta: dict, arrays: dict) -> Any:
+    _check_class(path, optimizer, meta)
+    if not optimizer.built:
+        raise CheckpointError(
+            f"kerasopt.load: build {optimizer.name} for its variables first "
+            "(optimizer.build(variables)); the checkpoint holds state for built variables."
+        )
+    own = optimizer.variables
+    if _count(arrays, "state/") != len(own):
+        raise CheckpointError(
+            f"{os.fspath(path)} holds {_count(arrays, 'state/')} optimizer variables; "
+            f"{optimizer.name} has {len(own)} (different features: amsgrad, EMA, "
+            "accumulation, or a different number of weights?)."
+        )
+    state = [
+        _to_numpy(_expect(path, arrays, f"state/{i}", v.shape, _dtype_name(v.value),
+                          f"optimizer variable {i} ('{v.name}')"))
+        for i, v in enumerate(own)
+    ]
+    trainable = optimizer._trainable_variables
+    n_weights = _count(arrays, "weights/")
+    if n_weights and n_weights != len(trainable):
+        raise CheckpointError(
+            f"{os.fspath(path)} holds {n_weights} weights; the optimizer trains "
+            f"{len(trainable)}."
+        )
+    weights = [
+        _to_numpy(_expect(path, arrays, f"weights/{i}", v.shape, _dtype_name(v.value),
+                          f"weight {i} ('{v.name}')"))
+        for i, v in enumerate(trainable[:n_weights])
+    ]
+    skipped = meta.get("skipped_steps", [0])
+    if not isinstance(skipped, list) or not all(
+        type(s) is int and s >= 0 for s in skipped
+    ):
+        raise CheckpointError(f"{os.fspath(path)}: bad skipped_steps {skipped!r}.")
+    # Everything checked: now change the optimizer (set_weights converts to each backend).
+    optimizer.set_weights(state)
+    from kerasopt.optimizer import _like
+
+    for variable, value in zip(trainable, weights):
+        variable.assign(_like(value, variable.value))
+    optimizer.skipped_steps = skipped[0]
+    inner = getattr(optimizer, "inner_optimizer", None)
+    if inner is not None and len(skipped) > 1:
+        inner.skipped_steps = skipped[1]
+    return optimizer
+
+
+# --------------------------------------------------------------------------- torch optimizers
+
+
+_KEPT = "__kerasopt_kept__"
+
+
+def _plain(value: Any) -> Any:
+    """``value`` if it is plain JSON data, else a marker (the loader keeps its own)."""
+    if value is None or isinstance(value, (bool, str)):
+        return value
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return value
+    if isinstance(value, (list, tuple)) and all(
+        v is None or isinstance(v, (bool, str, int, float)) for v in value
+    ):
+        return list(value)
+    return {_KEPT: type(value).__name__}
+
+
+def _torch_payload(optimizer: Any, include_weights: bool):
+    inner = getattr(optimizer, "inner_optimizer", None)
+    core = inner if inner is not None else optimizer
+    state_dict = optimizer.state_dict()
+    arrays = []
+    state_index = {}
+    for pid, slots in state_dict["state"].items():
+        state_index[str(pid)] = sorted(slots)
+        for slot in sorted(slots):
+            value = slots[slot]
+            if not type(value).__module__.startswith("torch"):
+                raise TypeError(
+                    f"kerasopt.save: state '{slot}' of parameter {pid} is not a tensor."
+                )
+            dtype, shape, data = _raw(value)
+            arrays.append((f"state/{pid}/{slot}", dtype, shape, data))
+    groups = [{k: _plain(v) for k, v in group.items()} for group in state_dict["param_groups"]]
+    if include_weights:
+        for g, group in enumerate(core.param_groups):
+            for i, p in enumerate(group["params"]):
+                dtype, shape, data = _raw(p)
+                arrays.append((f"weights/{g}/{i}", dtype, shape, data))
+    meta = {
+        "class": type(optimizer).__name__,
+        "inner_class": type(inner).__name__ if inner is not None else None,
+        "param_groups": groups,
+        "state_index": state_index,
+        "loss_scale": state_dict.get("loss_scale"),
+    }
+    return arrays, meta
+
+
+def _load_torch(path: Any, optimizer: Any, meta: dict, arrays: dict) -> Any:
+    _check_class(path, optimizer, meta)
+    inner = getattr(optimizer, "inner_optimizer", None)
+    core = inner if inner is not None else optimizer
+    saved_groups = meta.get("param_groups")
+    state_index = meta.get("state_index")
+    if not isinstance(saved_groups, list) or not isinstance(state_index, dict):
+        raise CheckpointError(f"{os.fspath(path)}: the torch metadata is malformed.")
+    if len(saved_groups) != len(core.param_groups):
+        raise CheckpointError(
+            f"{os.fspath(path)} has {len(saved_groups)} param groups; this optimizer has "
+            f"{len(core.param_groups)}."
+        )
+    groups = []
+    params_by_id = {}
+    for index, (saved, current) in enumerate(zip(saved_groups, core.param_groups)):
+        if not isinstance(saved, dict) or not isinstance(saved.get("params"), list):
+            raise CheckpointError(f"{os.fspath(path)}: param group {index} is malformed.")
+        if len(saved["params"]) != len(current["params"]):
+            raise CheckpointError(
+                f"{os.fspath(path)}: param group {index} has {len(saved['params'])} parameters "
+                f"in the checkpoint and {len(current['params'])} here."
+            )
+        group = {}
+        for key, value in saved.items():
+            if isinstance(value, dict) and _KEPT in value:
+                if key in current:
+                    group[key] = current[key]
+            else:
+                group[key] = value
+        for key in ("iterations", "skipped_steps"):
+            if key in group and (type(group[key]) is not int or group[key] < 0):
+                raise CheckpointError(
+                    f"{os.fspath(path)}: param group {index} has {key}={group[key]!r}; "
+                    "expected an integer >= 0."
+                )
+        try:  # the hyperparameters are checked like the constructor's
+            core._core_optimizer({**current, **group})
+        except (ValueError, TypeError) as error:
+            raise CheckpointError(
+                f"{os.fspath(path)}: param group {index} holds invalid hyperparameters "
+                f"({error})."
+            ) from None
+        groups.append(group)
+        for pid, p in zip(saved["params"], current["params"]):
+            params_by_id[str(pid)] = p
+    state: dict[Any, dict[str, Any]] = {}
+    for pid, slots in state_index.items():
+        if pid not in params_by_id or not isinstance(slots, list):
+            raise CheckpointError(
+                f"{os.fspath(path)}: state for parameter {pid!r}, which no param group lists."
+            )
+        p = params_by_id[pid]
+        tensors = {}
+        for slot in slots:
+            key = f"state/{pid}/{slot}"
+            if key not in arrays:
+                raise CheckpointError(f"{os.fspath(path)}: missing array {key!r}.")
+            if tuple(arrays[key][1]) != tuple(p.shape):
+                raise CheckpointError(
+                    f"{os.fspath(path)}: state '{slot}' has shape {list(arrays[key][1])} in "
+                    f"the checkpoint but its parameter has shape {list(p.shape)}."
+                )
+            tensors[slot] = _to_torch(arrays[key])
+        state[int(pid) if pid.lstrip("-").isdigit() else pid] = tensors
+    if _count(arrays, "state/") != sum(len(s) for s in state.values()):
+        raise CheckpointError(f"{os.fspath(path)}: unexpected state arrays in the checkpoint.")
+    weights = []
+    if _count(arrays, "weights/"):
+        n_params = sum(len(g["params"]) for g in core.param_groups)
+        if _count(arrays, "weights/") != n_params:
+            raise CheckpointError(
+                f"{os.fspath(path)} holds {_count(arrays, 'weights/')} parameters; this "
+                f"optimizer has {n_params}."
+            )
+        for g, group in enumerate(core.param_groups):
+            for i, p in enumerate(group["params"]):
+                entry = _expect(path, arrays, f"weights/{g}/{i}", tuple(p.shape),
+                                _dtype_name(p), f"parameter {i} of param group {g}")
+                weights.append((p, _to_torch(entry)))
+    state_dict = {"state": state, "param_groups": groups}
+    if inner is not None:
+        state_dict["loss_scale"] = meta.get("loss_scale")
+    # load_state_dict checks everything before it changes anything; weights come after it.
+    try:
+        optimizer.load_state_dict(state_dict)
+    except (ValueError, TypeError, KeyError) as error:  # raised before any change
+        raise CheckpointError(f"{os.fspath(path)}: {error}") from error
+    import torch
+
+    with torch.no_grad():
+        for p, value in weights:
+            target = p.to_local() if hasattr(p, "to_local") else p
+            if hasattr(p, "to_local"):
+                from torch.distributed.tensor import distribute_tensor
+
+                value = distribute_tensor(value.to(target.device), p.device_mesh, p.placements)
+                target.copy_(value.to_local())
+            else:
+                target.copy_(value.to(target.device))
+    return optimizer
+
+
+# --------------------------------------------------------------------------- JAX pytrees
+
+
+def _pytree_payload(tree: Any):
+    import jax
+
+    leaves, treedef = jax.tree_util.tree_flatten(tree)
+    arrays = []
+    for i, leaf in enumerate(leaves):
+        dtype, shape, data = _raw(jax.device_get(leaf))
+        arrays.append((f"leaf/{i}", dtype, shape, data))
+    return arrays, {"class": "pytree", "treedef": str(treedef), "leaves": len(leaves)}
+
+
+def _load_pytree(path: Any, like: Any, meta: dict, arrays: dict) -> Any:
+    import jax
+    import jax.numpy as jnp
+
+    leaves, treedef = jax.tree_util.tree_flatten(like)
+    if _count(arrays, "leaf/") != len(leaves) or meta.get("treedef") != str(treedef):
+        raise CheckpointError(
+            f"{os.fspath(path)} holds a pytree of {_count(arrays, 'leaf/')} arrays with "
+            f"structure {meta.get('treedef')}; the template has {len(leaves)} with structure "
+            f"{treedef} (a different optimizer configuration or params?)."
+        )
+    restored = []
+    for i, leaf in enumerate(leaves):
+        entry = _expect(path, arrays, f"leaf/{i}", tuple(np.shape(leaf)),
+                        jnp.dtype(leaf.dtype).name, f"array {i} of the pytree")
+        array = _to_numpy(entry)
+        sharding = getattr(leaf, "sharding", None)
+        restored.append(
+            jax.device_put(array, sharding) if sharding is not None else jnp.asarray(array)
+        )
+    return treedef.unflatten(restored)
