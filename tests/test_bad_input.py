@@ -200,7 +200,9 @@ def _is_int(x):
 # argument -> validity oracle from SPEC.md "Reliability" (True: must be accepted; False: must
 # be rejected; None: either is acceptable).
 ORACLES = {
-    "learning_rate": lambda x: (_finite(x) and float(x) >= 0 and not _is_int(x)),
+    # A float rate is stored in float32 (as Keras does): it must stay finite there.
+    "learning_rate": lambda x: (_finite(x) and float(x) >= 0 and not _is_int(x)
+                                and bool(np.isfinite(np.float32(float(x))))),
     "beta_1": lambda x: _finite(x) and 0 <= float(x) < 1,
     "beta_2": lambda x: _finite(x) and 0 <= float(x) < 1,
     "epsilon": lambda x: _finite(x) and float(x) > 0,

@@ -79,6 +79,12 @@ class Adam(Optimizer):
         if self.amsgrad:
             self._velocity_hats = self.add_optimizer_variables(var_list, AMSGRAD_SLOT)
 
+    def _fused_slots(self) -> tuple[str, list[list[Variable]]] | None:
+        if type(self).update_step is not Adam.update_step:
+            return None
+        slots = [self._momentums, self._velocities]
+        return "adam", slots + [self._velocity_hats] if self.amsgrad else slots
+
     def update_step(self, gradient: Any, variable: Variable, learning_rate: Any) -> None:
         i = self._get_variable_index(variable)
         slots = [self._momentums[i], self._velocities[i]]

@@ -71,6 +71,11 @@ class Adamax(Optimizer):
         super().build(var_list)
         self._m, self._u = self.add_optimizer_variables(var_list, list(SLOTS))
 
+    def _fused_slots(self) -> tuple[str, list[list[Variable]]] | None:
+        if type(self).update_step is not Adamax.update_step:
+            return None
+        return "adamax", [self._m, self._u]
+
     def update_step(self, gradient: Any, variable: Variable, learning_rate: Any) -> None:
         i = self._get_variable_index(variable)
         self._apply_rule(

@@ -27,7 +27,8 @@ from typing import Any
 
 import numpy as np
 
-from kerasopt import pipeline, serialization, validation
+from kerasopt import kernels, pipeline, serialization, validation
+from kerasopt.algorithms import adam_update, adamax_update
 from kerasopt.backend import is_jax, is_torch, namespace, to_numpy
 from kerasopt.schedules import LearningRateSchedule
 from kerasopt.sparse import (
@@ -41,6 +42,8 @@ from kerasopt.sparse import (
 from kerasopt.variable import Variable
 
 UpdateRule = Callable[..., tuple[Any, ...]]
+
+_FUSED_RULES: dict[Callable[..., Any], str] = {adam_update: "adam", adamax_update: "adamax"}
 
 
 class Optimizer:
@@ -149,12 +152,9 @@ class Optimizer:
     def _learning_rate_storage(self, learning_rate: Any) -> Any:
         if isinstance(learning_rate, LearningRateSchedule) or callable(learning_rate):
             return learning_rate
-        validation.real(
-            "learning_rate",
+        _check_float_rate(
             learning_rate,
-            minimum=0.0,
-            maximum=float(np.finfo(np.float32).max),
-            allowed="a finite float >= 0 (stored as float32), a LearningRateSchedule, or a "
+            "a finite float >= 0 (stored as float32), a LearningRateSchedule, or a "
             "zero-argument callable",
         )
         if not isinstance(learning_rate, (float, np.floating)):
@@ -179,13 +179,7 @@ class Optimizer:
                 self._variables.remove(self._learning_rate)
                 self._learning_rate = learning_rate
                 return
-            validation.real(
-                "learning_rate",
-                learning_rate,
-                minimum=0.0,
-                maximum=float(np.finfo(np.float32).max),
-                allowed="a finite float >= 0 (stored as float32)",
-            )
+            _check_float_rate(learning_rate, "a finite float >= 0 (stored as float32)")
             self._learning_rate.assign(np.float32(learning_rate))
             return
         if isinstance(learning_rate, LearningRateSchedule) or callable(learning_rate):
@@ -407,6 +401,15 @@ class Optimizer:
             self._skip_nonfinite_step()
             return
         grads, variables = _drop_missing_gradients(grads, variables)
+        if not self._fused_step(grads, variables):
+            self._reference_step(grads, variables)
+        for variable in variables:
+            if variable.constraint is not None:
+                variable.assign(variable.constraint(variable.value))
+        self._iterations.assign(self._iterations.value + 1)
+
+    def _reference_step(self, grads: list[Any], variables: list[Variable]) -> None:
+        """Steps 2-7 with the pure functions, one array operation at a time (the truth)."""
         if self.loss_scale_factor is not None:
             grads = [map_values(lambda v: v / self.loss_scale_factor, g) for g in grads]
         if self.gradient_accumulation_steps:
@@ -415,10 +418,71 @@ class Optimizer:
             self._update(grads, variables)
         if self.use_ema:
             self._update_ema()
-        for variable in variables:
-            if variable.constraint is not None:
-                variable.assign(variable.constraint(variable.value))
-        self._iterations.assign(self._iterations.value + 1)
+
+    def _fused_slots(self) -> tuple[str, list[list[Variable]]] | None:
+        """``(algorithm, slot lists)`` when the fused kernel implements this optimizer's
+        ``update_step``; None (the default, e.g. for user subclasses) otherwise."""
+        return None
+
+    def _fused_step(self, grads: list[Any], variables: list[Variable]) -> bool:
+        """Steps 2-7 in one pass over memory (:mod:`kerasopt.kernels`), when it applies.
+
+        Returns False, having changed nothing, where it does not: numba missing, a sparse
+        gradient, a dtype or device the kernel lacks, a subclass with its own update rule,
+        or (with EMA or accumulation, which cover every variable) a ``None`` gradient.
+        """
+        fused = self._fused_slots() if kernels.available() else None
+        if fused is None or any(isinstance(g, IndexedSlices) for g in grads):
+            return False
+        steps = self.gradient_accumulation_steps
+        if (self.use_ema or steps) and len(variables) != len(self._trainable_variables):
+            return False
+        if not kernels.fusable(variables[0].value):
+            return False
+        algorithm, slot_lists = fused
+        index = [self._get_variable_index(v) for v in variables]
+        iterations = self._iteration_count()
+        phase = None
+        if steps:
+            phase = "update" if (int(self._iterations.value) + 1) % steps == 0 else "micro"
+        options: dict[str, Any] = {
+            "learning_rate": self._current_learning_rate() if phase != "micro" else 0.0
+        }
+        if self.use_ema:
+            frequency = self.ema_overwrite_frequency
+            options.update(
+                ema_averages=[self._ema_averages[i].value for i in index],
+                ema_momentum=pipeline.ema_momentum_at(iterations, self.ema_momentum),
+                ema_overwrite=bool(frequency and (iterations + 1) % frequency == 0),
+            )
+        try:
+            kernels.fused_step(
+                algorithm,
+                [v.value for v in variables],
+                grads,
+                [[slot[i].value for i in index] for slot in slot_lists],
+                beta_1=validation.resolved_beta("beta_1", self.beta_1),
+                beta_2=validation.resolved_beta("beta_2", self.beta_2),
+                epsilon=self.epsilon,
+                step=iterations + 1,
+                weight_decay=self.weight_decay,
+                weight_decay_mask=(
+                    [self._use_weight_decay(v) for v in variables]
+                    if self.weight_decay is not None
+                    else None
+                ),
+                clipnorm=self.clipnorm or None,
+                global_clipnorm=self.global_clipnorm or None,
+                clipvalue=self.clipvalue or None,
+                loss_scale_factor=self.loss_scale_factor,
+                accumulators=[self._accumulators[i].value for i in index] if steps else None,
+                accumulation_steps=steps,
+                accumulation_phase=phase,
+                **options,
+            )
+        except kernels.NotFusable:
+            return False
+        return True
 
     def _skip_nonfinite_step(self) -> None:
         """``skip_nonfinite``: count the skipped call (nothing else changes); warn once."""
@@ -508,6 +572,8 @@ class Optimizer:
         """Run a pure update rule ``rule(w, g, *slots) -> (w, *slots)`` and store the results;
         for an ``IndexedSlices`` gradient, only on its rows."""
         if isinstance(gradient, IndexedSlices):
+            if self._fused_rows_step(rule, gradient, variable, slots, hyperparameters):
+                return
             rows = gradient.indices
             new = rule(
                 variable.value[rows],
@@ -521,6 +587,31 @@ class Optimizer:
         new = rule(variable.value, gradient, *(s.value for s in slots), **hyperparameters)
         for target, value in zip((variable, *slots), new):
             target.assign(value)
+
+    @staticmethod
+    def _fused_rows_step(
+        rule: UpdateRule,
+        gradient: IndexedSlices,
+        variable: Variable,
+        slots: Sequence[Variable],
+        hyperparameters: dict[str, Any],
+    ) -> bool:
+        """The lazy row update in one kernel pass, when the kernel implements ``rule``."""
+        algorithm = _FUSED_RULES.get(rule)
+        if algorithm is None or not kernels.available():
+            return False
+        try:
+            kernels.fused_rows_step(
+                algorithm,
+                variable.value,
+                gradient.indices,
+                gradient.values,
+                [s.value for s in slots],
+                **hyperparameters,
+            )
+        except kernels.NotFusable:
+            return False
+        return True
 
     # ----------------------------------------------------------------- EMA
 
@@ -741,6 +832,17 @@ class Optimizer:
 
     def __repr__(self) -> str:
         return f"<kerasopt.{type(self).__name__} name={self.name!r} built={self.built}>"
+
+
+def _check_float_rate(learning_rate: Any, allowed: str) -> None:
+    """A float learning rate: finite, >= 0, and still finite once stored in float32."""
+    validation.real("learning_rate", learning_rate, minimum=0.0, allowed=allowed)
+    with np.errstate(over="ignore"):
+        if not np.isfinite(np.float32(learning_rate)):
+            raise ValueError(
+                f"Argument `learning_rate` must be {allowed}; received "
+                f"learning_rate={learning_rate!r}, which overflows float32."
+            )
 
 
 def _check_trainable(variable: Any) -> None:

@@ -102,14 +102,28 @@ def validate_indexed_slices(gradient: IndexedSlices, variable_shape: tuple[int, 
         )
 
 
+def _sum_rows(inverse: np.ndarray, values: np.ndarray, n_rows: int) -> np.ndarray:
+    """``summed[inverse[i]] += values[i]``: the fused kernel when it applies, else np.add.at
+    (both add in the same order, so the sums are identical)."""
+    from kerasopt import kernels
+
+    if kernels.available():
+        try:
+            return kernels.sum_rows(inverse, values, n_rows)
+        except kernels.NotFusable:
+            pass
+    summed = np.zeros((n_rows, *values.shape[1:]), dtype=values.dtype)
+    np.add.at(summed, inverse, values)
+    return summed
+
+
 def canonical(gradient: IndexedSlices) -> IndexedSlices:
     """The same gradient with each touched row once, in increasing order, duplicates summed."""
     xp = namespace(gradient.values)
     row_shape = tuple(gradient.values.shape[1:])
     if xp is np:
         rows, inverse = np.unique(np.asarray(gradient.indices), return_inverse=True)
-        summed = np.zeros((len(rows), *row_shape), dtype=gradient.values.dtype)
-        np.add.at(summed, inverse.reshape(-1), gradient.values)
+        summed = _sum_rows(inverse.reshape(-1), gradient.values, len(rows))
         return IndexedSlices(summed, rows, gradient.dense_shape)
     if xp.__name__ == "torch":
         rows, inverse = xp.unique(gradient.indices.long(), return_inverse=True)

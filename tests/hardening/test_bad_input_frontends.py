@@ -64,13 +64,23 @@ def _finite(x):
         return False
 
 
+def _overflows_float32(x):
+    with np.errstate(over="ignore"):
+        return not np.isfinite(np.float32(float(x)))
+
+
 def _int(x):
     return isinstance(x, numbers.Integral) and not isinstance(x, (bool, np.bool_))
 
 
 # argument -> must it be accepted (True), refused (False), or either (None); SPEC.md
 ORACLES = {
-    "learning_rate": lambda x: _finite(x) and float(x) >= 0 and not _int(x),
+    # A finite rate that overflows float32 (the storage of a float rate, as in Keras) may be
+    # refused.
+    "learning_rate": lambda x: (
+        None if _finite(x) and float(x) >= 0 and not _int(x) and _overflows_float32(x)
+        else _finite(x) and float(x) >= 0 and not _int(x)
+    ),
     "beta_1": lambda x: _finite(x) and 0 <= float(x) < 1,
     "beta_2": lambda x: _finite(x) and 0 <= float(x) < 1,
     "epsilon": lambda x: _finite(x) and float(x) > 0,

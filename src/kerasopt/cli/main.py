@@ -11,7 +11,7 @@ import argparse
 from collections.abc import Sequence
 
 from kerasopt import __version__
-from kerasopt.cli import demo, verify
+from kerasopt.cli import bench, demo, verify
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -26,6 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"kerasopt {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="<command>")
     demo.add_parser(subparsers)
+    bench.add_parser(subparsers)
     verify.add_parser(subparsers)
     return parser
 

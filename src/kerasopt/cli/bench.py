@@ -1,0 +1,774 @@
+"""``kerasopt bench``: the optimizer step, timed side by side against torch.optim, Keras 3,
+optax and the machine's memory-bandwidth roofline, in one run.
+
+Workloads (float32): (a) one 16M-element tensor, (b) ~200 tensors of mixed sizes totalling
+16M, (c) 2,000 tensors of 1,024 elements, and a sparse step (1% of the rows of a 1M x 64
+embedding, ``kerasopt.IndexedSlices`` through ``kerasopt.Adamax``).
+
+The in-process contenders are timed round-robin, one step each per round, so slow drifts of
+the machine's bandwidth hit them alike; the table gives each one's median over the rounds.
+Keras (torch and JAX backends) and optax run in subprocesses (``KERAS_BACKEND`` is fixed at
+import), right after the in-process rounds of the same workload. The roofline is a
+STREAM-triad-like kernel (``a = b + s * c``, 12 bytes per element) measured in the same run;
+the model traffic of a step is 28 bytes per parameter for Adam and Adamax (read w, g, m, v;
+write w, m, v), 36 with EMA. Only ratios within one run mean much: on a shared machine the
+bandwidth drifts by up to 2x between runs.
+
+Needs numba (the fused kernels), torch, and for the subprocess contenders keras, jax and
+optax; tqdm and matplotlib for progress and the chart. What is missing is skipped and said.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import platform
+import subprocess
+import sys
+import threading
+import time
+import tracemalloc
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+BYTES_PER_PARAM = 28
+BYTES_PER_PARAM_EMA = 36
+WORKLOADS = ("a", "b", "c", "sparse")
+ANCHOR_FUSED = "torch Adam fused"
+ANCHOR_FOREACH = "torch Adamax foreach"
+SPARSE_FUSED = "kerasopt fused_rows_step Adamax 1% rows (incl. dedup)"
+DENSE_FUSED = "kerasopt fused (numpy) Adamax dense"
+SUB_FUSED = "kerasopt fused (numpy) Adamax"
+SUB_FUSED_ADAM = "kerasopt fused (numpy) Adam"
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Add the ``bench`` subcommand to the ``kerasopt`` command line."""
+    parser = subparsers.add_parser(
+        "bench",
+        help="time the fused Adam/Adamax step against torch.optim, Keras, optax and the "
+        "memory-bandwidth roofline; print a table and write a chart",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--quick", action="store_true", help="tiny sizes (a smoke test)")
+    parser.add_argument(
+        "--output",
+        default="bench-results",
+        metavar="DIR",
+        help="where to write bench.json, bench.md and bench.png (default: bench-results)",
+    )
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=None,
+        metavar="N",
+        help="timed steps per contender (default: 40, or 3 with --quick)",
+    )
+    parser.add_argument(
+        "--workloads",
+        default=",".join(WORKLOADS),
+        metavar="LIST",
+        help=f"comma-separated, from {', '.join(WORKLOADS)} (default: all)",
+    )
+    parser.add_argument(
+        "--no-subprocess",
+        action="store_true",
+        help="skip the contenders that need a subprocess (Keras on torch and JAX, optax)",
+    )
+    parser.set_defaults(func=run)
+    return parser
+
+
+# --------------------------------------------------------------------------- results
+
+
+@dataclass
+class Row:
+    workload: str
+    name: str
+    ms: float | None
+    params: int
+    bytes_per_param: int = BYTES_PER_PARAM
+    extra_bytes_per_param: float | None = None
+    note: str = ""
+    ratios: dict[str, float] = field(default_factory=dict)
+
+    def gbps(self) -> float | None:
+        if not self.ms:
+            return None
+        return self.params * self.bytes_per_param / (self.ms * 1e-3) / 1e9
+
+
+def workload_sizes(name: str, quick: bool) -> list[int]:
+    total = (1 << 16) if quick else 16_000_000
+    if name == "a":
+        return [total]
+    if name == "b":
+        count = 20 if quick else 200
+        rng = np.random.default_rng(0)
+        weights = rng.lognormal(0.0, 1.5, count)
+        sizes = np.maximum(1, (weights / weights.sum() * total).astype(np.int64))
+        sizes[0] += total - sizes.sum()
+        return [int(s) for s in sizes]
+    if name == "c":
+        return [64] * 200 if quick else [1024] * 2000
+    raise ValueError(name)
+
+
+def describe(name: str, sizes: list[int]) -> str:
+    total = sum(sizes)
+    if name == "a":
+        return f"(a) one tensor of {total:,}"
+    if name == "b":
+        return f"(b) {len(sizes)} mixed tensors, {total:,} total"
+    return f"(c) {len(sizes):,} tensors of {sizes[0]:,}"
+
+
+# --------------------------------------------------------------------------- timing
+
+
+def _progress(total: int, desc: str):
+    try:
+        from tqdm import tqdm
+
+        return tqdm(total=total, desc=desc, leave=False, file=sys.stderr)
+    except ImportError:  # pragma: no cover
+
+        class _Null:
+            def update(self, n=1):
+                pass
+
+            def close(self):
+                pass
+
+        return _Null()
+
+
+def time_round_robin(contenders: dict[str, Callable[[], None]], repeats: int, desc: str):
+    """Median milliseconds per call of each contender, timed one call each per round."""
+    for fn in contenders.values():  # warm up (compiles, allocator pools)
+        fn()
+        fn()
+    samples: dict[str, list[float]] = {name: [] for name in contenders}
+    bar = _progress(repeats, desc)
+    for _ in range(repeats):
+        for name, fn in contenders.items():
+            start = time.perf_counter()
+            fn()
+            samples[name].append(time.perf_counter() - start)
+        bar.update(1)
+    bar.close()
+    return {name: float(np.median(s)) * 1e3 for name, s in samples.items()}
+
+
+def extra_memory_numpy(fn: Callable[[], None], params: int) -> float:
+    """Peak bytes allocated through NumPy (tracemalloc) during one call, per parameter."""
+    tracemalloc.start()
+    try:
+        tracemalloc.reset_peak()
+        base = tracemalloc.get_traced_memory()[0]
+        fn()
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    return max(0, peak - base) / params
+
+
+def extra_memory_rss(fn: Callable[[], None], params: int, calls: int = 3) -> float | None:
+    """Peak growth of the resident set while ``fn`` runs (sampled every ~0.2 ms), per
+    parameter: catches torch's temporaries, which tracemalloc does not see."""
+    try:
+        import psutil
+    except ImportError:  # pragma: no cover
+        return None
+    process = psutil.Process()
+    base = process.memory_info().rss
+    peak = [base]
+    done = threading.Event()
+
+    def sample():
+        while not done.is_set():
+            peak[0] = max(peak[0], process.memory_info().rss)
+            time.sleep(0.0002)
+
+    thread = threading.Thread(target=sample, daemon=True)
+    thread.start()
+    for _ in range(calls):
+        fn()
+    done.set()
+    thread.join()
+    return max(0, peak[0] - base) / params
+
+
+# --------------------------------------------------------------------------- roofline
+
+
+TRIAD = "STREAM-like triad a = b + s*c (roofline)"
+
+
+def make_triad(quick: bool) -> tuple[Callable[[], None], int, int]:
+    """``(step, elements, bytes per element)`` of ``a = b + s * c`` over float32 arrays far
+    larger than the caches, with numba's threads when available (as the fused kernels)."""
+    n = (1 << 20) if quick else 32_000_000
+    b = np.random.default_rng(1).random(n, dtype=np.float32)
+    c = b.copy()
+    a = np.empty_like(b)
+    triad = _numba_triad()
+    if triad is None:
+        tmp = np.empty_like(b)
+
+        def step():
+            np.multiply(c, np.float32(3.0), out=tmp)
+            np.add(b, tmp, out=a)
+
+        return step, n, 20  # two passes, with the temporary
+
+    def step():
+        triad(a, b, c, np.float32(3.0))
+
+    return step, n, 12
+
+
+def measure_roofline(repeats: int, quick: bool) -> float:
+    """Bytes per second of the triad, timed alone (the machine line; every workload also
+    times the triad in its own rounds and uses that)."""
+    step, n, nbytes = make_triad(quick)
+    ms = time_round_robin({"triad": step}, max(repeats, 10), "roofline")["triad"]
+    return n * nbytes / (ms * 1e-3)
+
+
+def _numba_triad():
+    try:
+        from numba import njit, prange
+    except ImportError:  # pragma: no cover
+        return None
+
+    @njit(parallel=True, cache=False)
+    def triad(a, b, c, s):
+        for i in prange(a.shape[0]):
+            a[i] = b[i] + s * c[i]
+
+    return triad
+
+
+# --------------------------------------------------------------------------- contenders
+
+
+HYPER = dict(beta_1=0.9, beta_2=0.999, epsilon=1e-7)
+
+
+def kerasopt_contenders(sizes, backend):
+    """Direct calls of the fused kernel (the optimizer's inner loop), per feature set."""
+    from kerasopt import kernels
+
+    rng = np.random.default_rng(0)
+    make = (lambda a: a) if backend == "numpy" else _torch_from_numpy
+    params = [make(rng.standard_normal(s, dtype=np.float32)) for s in sizes]
+    grads = [make(rng.standard_normal(s, dtype=np.float32) * 1e-2) for s in sizes]
+
+    def zeros():
+        return [make(np.zeros(s, np.float32)) for s in sizes]
+
+    m, v, acc, avg = zeros(), zeros(), zeros(), zeros()
+    lr = np.float32(1e-3)
+    step = [0]
+
+    def call(algorithm, **options):
+        def fn():
+            step[0] += 1
+            kernels.fused_step(
+                algorithm,
+                params,
+                grads,
+                [m, v],
+                learning_rate=lr,
+                step=step[0],
+                **HYPER,
+                **options,
+            )
+
+        return fn
+
+    ema = dict(ema_averages=avg, ema_momentum=0.99)
+    clip_decay = dict(global_clipnorm=1.0, weight_decay=0.004)
+    accum = dict(accumulators=acc, accumulation_steps=2, accumulation_phase="update")
+    tag = f"kerasopt fused ({backend})"
+    out = {
+        f"{tag} Adam": (call("adam"), BYTES_PER_PARAM),
+        f"{tag} Adamax": (call("adamax"), BYTES_PER_PARAM),
+    }
+    if backend == "numpy":
+        out.update(
+            {
+                f"{tag} Adamax +clip +decay": (call("adamax", **clip_decay), BYTES_PER_PARAM),
+                f"{tag} Adamax +EMA": (call("adamax", **ema), BYTES_PER_PARAM_EMA),
+                f"{tag} Adamax +accum (update step)": (
+                    call("adamax", **accum),
+                    BYTES_PER_PARAM + 8,
+                ),
+                f"{tag} Adamax +accum (micro-step)": (
+                    call("adamax", **dict(accum, accumulation_phase="micro")),
+                    12,
+                ),
+                f"{tag} Adamax all features": (
+                    call("adamax", **clip_decay, **ema, **accum, loss_scale_factor=2.0),
+                    BYTES_PER_PARAM_EMA + 8,
+                ),
+            }
+        )
+    return out
+
+
+def _torch_from_numpy(a):
+    import torch
+
+    return torch.from_numpy(a)
+
+
+def reference_contender(sizes):
+    """kerasopt's pure reference path (algorithms.adamax_update per tensor, NumPy)."""
+    from kerasopt.algorithms import adamax_update
+
+    rng = np.random.default_rng(0)
+    params = [rng.standard_normal(s, dtype=np.float32) for s in sizes]
+    grads = [rng.standard_normal(s, dtype=np.float32) * 1e-2 for s in sizes]
+    m = [np.zeros(s, np.float32) for s in sizes]
+    u = [np.zeros(s, np.float32) for s in sizes]
+    step = [0]
+
+    def fn():
+        step[0] += 1
+        for i in range(len(params)):
+            w, mi, ui = adamax_update(
+                params[i],
+                grads[i],
+                m[i],
+                u[i],
+                learning_rate=np.float32(1e-3),
+                step=step[0],
+                **HYPER,
+            )
+            params[i][...] = w
+            m[i][...] = mi
+            u[i][...] = ui
+
+    return fn
+
+
+def optimizer_api_contender(sizes):
+    """``kerasopt.Adamax.apply`` through the public API (whatever path optimizer.py takes)."""
+    import kerasopt
+
+    rng = np.random.default_rng(0)
+    variables = [kerasopt.Variable(rng.standard_normal(s, dtype=np.float32)) for s in sizes]
+    grads = [rng.standard_normal(s, dtype=np.float32) * 1e-2 for s in sizes]
+    opt = kerasopt.Adamax(learning_rate=1e-3)
+    opt.build(variables)
+    return lambda: opt.apply(grads, variables)
+
+
+def torch_contenders(sizes):
+    import torch
+
+    out = {}
+    for name, cls, kwargs in (
+        (ANCHOR_FUSED, torch.optim.Adam, {"fused": True}),
+        ("torch Adam foreach", torch.optim.Adam, {"foreach": True}),
+        (ANCHOR_FOREACH, torch.optim.Adamax, {"foreach": True}),
+    ):
+        gen = torch.Generator().manual_seed(0)
+        params = [torch.nn.Parameter(torch.randn(s, generator=gen)) for s in sizes]
+        for p in params:
+            p.grad = torch.randn(p.shape, generator=gen) * 1e-2
+        opt = cls(params, lr=1e-3, **kwargs)
+        out[name] = opt.step
+    return out
+
+
+# --------------------------------------------------------------------------- subprocesses
+
+_SUBPROCESS = r"""
+import json, sys, time, os
+import numpy as np
+sizes, repeats, which = json.loads(sys.argv[1])
+out = {}
+rng = np.random.default_rng(0)
+ws = [rng.standard_normal(s, dtype=np.float32) for s in sizes]
+gs = [rng.standard_normal(s, dtype=np.float32) * 1e-2 for s in sizes]
+def keras_step(name):
+    import keras
+    vs = [keras.Variable(w) for w in ws]
+    grads = [keras.ops.convert_to_tensor(g) for g in gs]
+    opt = getattr(keras.optimizers, name)(learning_rate=1e-3)
+    opt.build(vs)
+    if keras.backend.backend() == "jax":
+        import jax
+        f = jax.jit(opt.stateless_apply, donate_argnums=(0, 2))
+        state = {"o": [v.value for v in opt.variables], "t": [v.value for v in vs]}
+        def fn():
+            state["t"], state["o"] = f(state["o"], grads, state["t"])
+        return fn, lambda: jax.block_until_ready(state["t"])
+    return (lambda: opt.apply(grads, vs)), (lambda: None)
+def optax_step(make):
+    import jax, optax
+    tx = make(1e-3)
+    params = [jax.numpy.asarray(w) for w in ws]
+    grads = [jax.numpy.asarray(g) for g in gs]
+    state = {"p": params, "s": tx.init(params)}
+    @jax.jit
+    def step(p, s, g):
+        u, s = tx.update(g, s, p)
+        return optax.apply_updates(p, u), s
+    step = jax.jit(step, donate_argnums=(0, 1))
+    def fn():
+        state["p"], state["s"] = step(state["p"], state["s"], grads)
+    return fn, lambda: jax.block_until_ready(state["p"])
+def fused_step(algorithm):
+    from kerasopt import kernels
+    p = [w.copy() for w in ws]
+    m = [np.zeros_like(w) for w in ws]
+    v = [np.zeros_like(w) for w in ws]
+    n = [0]
+    def fn():
+        n[0] += 1
+        kernels.fused_step(algorithm, p, gs, [m, v], learning_rate=np.float32(1e-3),
+                           beta_1=0.9, beta_2=0.999, epsilon=1e-7, step=n[0])
+    return fn, lambda: None
+contenders = {}
+for label in which:
+    try:
+        if label.startswith("Keras"):
+            contenders[label] = keras_step(label.split()[-1])
+        elif label.startswith("optax"):
+            import optax
+            contenders[label] = optax_step(getattr(optax, label.split(".")[1].split()[0]))
+        elif label.startswith("kerasopt.optax"):
+            import kerasopt.optax as ko
+            contenders[label] = optax_step(getattr(ko, label.split(".")[-1].split()[0]))
+        else:
+            contenders[label] = fused_step("adamax" if "Adamax" in label else "adam")
+        for _ in range(2):
+            contenders[label][0]()
+        contenders[label][1]()
+    except Exception as e:
+        contenders.pop(label, None)
+        out[label] = "error: " + type(e).__name__ + ": " + str(e)[:200]
+samples = {label: [] for label in contenders}
+for _ in range(repeats):  # round robin, as in the main process
+    for label, (fn, sync) in contenders.items():
+        t = time.perf_counter(); fn(); sync(); samples[label].append(time.perf_counter() - t)
+for label, ts in samples.items():
+    out[label] = float(np.median(ts)) * 1e3
+print("RESULT" + json.dumps(out))
+"""
+
+
+def run_subprocess(backend: str, labels: list[str], sizes, repeats) -> dict[str, Any]:
+    env = dict(os.environ, KERAS_BACKEND=backend, XLA_FLAGS=os.environ.get("XLA_FLAGS", ""))
+    env.setdefault("JAX_PLATFORMS", "cpu")
+    proc = subprocess.run(
+        [sys.executable, "-c", _SUBPROCESS, json.dumps([sizes, repeats, labels])],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=1800,
+    )
+    for line in proc.stdout.splitlines():
+        if line.startswith("RESULT"):
+            return json.loads(line[len("RESULT") :])
+    tail = (proc.stderr or "").strip().splitlines()[-1:] or ["no output"]
+    return {label: f"error: {tail[0][:200]}" for label in labels}
+
+
+# --------------------------------------------------------------------------- sparse
+
+
+def sparse_rows(quick: bool, repeats: int) -> list[Row]:
+    import kerasopt
+    from kerasopt import kernels
+    from kerasopt.sparse import canonical
+
+    rows_, dim = (2000, 16) if quick else (1_000_000, 64)
+    touched = max(1, rows_ // 100)
+    rng = np.random.default_rng(0)
+    table = kerasopt.Variable(rng.standard_normal((rows_, dim), dtype=np.float32))
+    sparse_opt = kerasopt.Adamax(learning_rate=1e-3)
+    sparse_opt.build([table])
+    indices = rng.integers(0, rows_, touched)
+    values = rng.standard_normal((touched, dim), dtype=np.float32) * 1e-2
+    slices = kerasopt.IndexedSlices(values, indices, (rows_, dim))
+
+    w = rng.standard_normal((rows_, dim), dtype=np.float32)
+    g = rng.standard_normal((rows_, dim), dtype=np.float32) * 1e-2
+    m, u = np.zeros_like(w), np.zeros_like(w)
+    state = [0]
+
+    def dense():
+        state[0] += 1
+        kernels.fused_step(
+            "adamax", [w], [g], [[m], [u]], learning_rate=np.float32(1e-3), step=state[0], **HYPER
+        )
+
+    contenders = {
+        "kerasopt.Adamax IndexedSlices 1% rows": lambda: sparse_opt.apply([slices], [table]),
+    }
+    if kernels.available():
+        w2 = rng.standard_normal((rows_, dim), dtype=np.float32)
+        m2, u2 = np.zeros_like(w2), np.zeros_like(w2)
+
+        def fused_rows():
+            state[0] += 1
+            rows = canonical(slices)  # deduplicate and sum, as the optimizer does
+            kernels.fused_rows_step(
+                "adamax", w2, rows.indices, rows.values, [m2, u2],
+                learning_rate=np.float32(1e-3), step=state[0], **HYPER,
+            )
+
+        contenders[SPARSE_FUSED] = fused_rows
+        contenders[DENSE_FUSED] = dense
+    times = time_round_robin(contenders, repeats, "sparse")
+    label = "sparse" if quick else "sparse 1M x 64"
+    out = []
+    for name, ms in times.items():
+        params = rows_ * dim if name == DENSE_FUSED else touched * dim
+        row = Row(label, name, ms, params)
+        if DENSE_FUSED in times and name != DENSE_FUSED:
+            row.note = f"{ms / times[DENSE_FUSED]:.3f}x the dense fused step (goal <= 0.05)"
+        out.append(row)
+    return out
+
+
+# --------------------------------------------------------------------------- run
+
+
+def machine() -> dict[str, Any]:
+    info: dict[str, Any] = {
+        "cpu": platform.processor() or platform.machine(),
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "numpy": np.__version__,
+    }
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                info["cpu"] = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    from importlib import metadata
+
+    for module in ("torch", "jax", "optax", "keras", "numba"):
+        try:
+            info[module] = metadata.version(module)
+        except metadata.PackageNotFoundError:
+            pass
+    try:
+        info["load_average"] = os.getloadavg()
+    except OSError:  # pragma: no cover
+        pass
+    try:
+        import numba
+
+        info["numba_threads"] = numba.get_num_threads()
+    except ImportError:
+        pass
+    return info
+
+
+def run(args: argparse.Namespace) -> int:
+    quick = bool(args.quick)
+    repeats = args.repeats or (3 if quick else 40)
+    selected = [w.strip() for w in str(args.workloads).split(",") if w.strip()]
+    unknown = [w for w in selected if w not in WORKLOADS]
+    if unknown:
+        print(f"unknown workloads {unknown}; choose from {', '.join(WORKLOADS)}", file=sys.stderr)
+        return 2
+    output = Path(args.output)
+    output.mkdir(parents=True, exist_ok=True)
+    have_torch = importlib.util.find_spec("torch") is not None
+    from kerasopt import kernels
+
+    if not kernels.available():
+        print(
+            "note: numba is missing, so the fused kernels are not timed "
+            "(pip install 'kerasopt[fast]')",
+            file=sys.stderr,
+        )
+
+    info = machine()
+    bandwidth = measure_roofline(repeats, quick)
+    info["roofline_GBps"] = bandwidth / 1e9
+    triad_step, triad_n, triad_bytes = make_triad(quick)
+    bandwidths: dict[str, float] = {}
+    rows: list[Row] = []
+    for name in [w for w in selected if w != "sparse"]:
+        sizes = workload_sizes(name, quick)
+        n = sum(sizes)
+        label = describe(name, sizes)
+        contenders: dict[str, tuple[Callable[[], None], int]] = {}
+        if kernels.available():
+            contenders.update(kerasopt_contenders(sizes, "numpy"))
+            if have_torch:
+                contenders.update(kerasopt_contenders(sizes, "torch"))
+        contenders["kerasopt reference (pure NumPy functions) Adamax"] = (
+            reference_contender(sizes),
+            BYTES_PER_PARAM,
+        )
+        contenders["kerasopt.Adamax.apply (optimizer API)"] = (
+            optimizer_api_contender(sizes),
+            BYTES_PER_PARAM,
+        )
+        if have_torch:
+            for key, fn in torch_contenders(sizes).items():
+                contenders[key] = (fn, BYTES_PER_PARAM)
+        contenders[TRIAD] = (triad_step, triad_bytes)
+        times = time_round_robin({k: fn for k, (fn, _) in contenders.items()}, repeats, label)
+        bandwidths[label] = triad_n * triad_bytes / (times[TRIAD] * 1e-3)
+        for key, (fn, nbytes) in contenders.items():
+            if key == TRIAD:
+                rows.append(Row(label, key, times[key], triad_n, nbytes, note="roofline"))
+                continue
+            row = Row(label, key, times[key], n, nbytes)
+            if key.startswith("kerasopt") and "torch" not in key:
+                row.extra_bytes_per_param = extra_memory_numpy(fn, n)
+            else:
+                row.extra_bytes_per_param = extra_memory_rss(fn, n)
+            rows.append(row)
+        if not args.no_subprocess:
+            sub_repeats = repeats
+            jobs = [("torch", ["Keras 3 (torch) Adamax", SUB_FUSED + " [torch subprocess]"])]
+            if importlib.util.find_spec("jax") is not None:
+                jobs.append(
+                    (
+                        "jax",
+                        [
+                            "Keras 3 (JAX, jit) Adamax",
+                            "optax.adam (jit)",
+                            "optax.adamax (jit)",
+                            "kerasopt.optax.adamax (jit)",
+                            SUB_FUSED_ADAM + " [JAX subprocess]",
+                            SUB_FUSED + " [JAX subprocess]",
+                        ],
+                    )
+                )
+            for backend, labels in jobs:
+                results = run_subprocess(backend, labels, sizes, sub_repeats)
+                own = [v for k, v in results.items() if k.startswith(SUB_FUSED + " [")]
+                for key, value in results.items():
+                    if isinstance(value, str):
+                        rows.append(Row(label, key, None, n, note=value))
+                        continue
+                    note = f"{backend} subprocess"
+                    if own and not isinstance(own[0], str):
+                        note += f"; {value / own[0]:.2f}x the time of kerasopt fused Adamax there"
+                    rows.append(Row(label, key, value, n, note=note))
+    if "sparse" in selected:
+        rows.extend(sparse_rows(quick, repeats))
+
+    _add_ratios(rows)
+    table = format_table(rows, bandwidths, bandwidth)
+    print(_machine_line(info))
+    print(table)
+    (output / "bench.md").write_text(_machine_line(info) + "\n\n" + table + "\n")
+    (output / "bench.json").write_text(
+        json.dumps(
+            {
+                "machine": info,
+                "triad_GBps": {k: v / 1e9 for k, v in bandwidths.items()},
+                "rows": [r.__dict__ | {"GBps": r.gbps()} for r in rows],
+            },
+            indent=1,
+        )
+    )
+    chart = write_chart(rows, output / "bench.png")
+    print(
+        f"wrote {output / 'bench.md'}, {output / 'bench.json'}"
+        + (f", {chart}" if chart else " (no chart: matplotlib missing)")
+    )
+    return 0
+
+
+def _add_ratios(rows: list[Row]) -> None:
+    by_workload: dict[str, dict[str, Row]] = {}
+    for row in rows:
+        by_workload.setdefault(row.workload, {})[row.name] = row
+    for workload_rows in by_workload.values():
+        for anchor in (ANCHOR_FUSED, ANCHOR_FOREACH):
+            base = workload_rows.get(anchor)
+            if base is None or not base.ms:
+                continue
+            for row in workload_rows.values():
+                if row.ms:
+                    row.ratios[anchor] = row.ms / base.ms
+
+
+def _machine_line(info: dict[str, Any]) -> str:
+    keys = ("cpu", "cores", "numba_threads", "numpy", "numba", "torch", "jax", "optax", "keras")
+    parts = [f"{k}={info[k]}" for k in keys if k in info]
+    load = info.get("load_average")
+    if load:
+        parts.append("load=" + "/".join(f"{x:.1f}" for x in load))
+    parts.append(f"triad alone={info['roofline_GBps']:.1f} GB/s")
+    return "machine: " + ", ".join(parts)
+
+
+def format_table(rows: list[Row], bandwidths: dict[str, float], bandwidth: float) -> str:
+    """The markdown table; "roofline" is the time the model traffic would take at the
+    triad's bandwidth measured in the same workload's rounds, divided by the time taken."""
+    header = (
+        "| workload | implementation | ms/step | GB/s | roofline | vs torch Adam fused "
+        "| vs torch Adamax foreach | extra B/param | note |"
+    )
+    lines = [header, "|" + "---|" * 9]
+    for r in rows:
+        gbps = r.gbps()
+        bw = bandwidths.get(r.workload, bandwidth)
+        roof = (r.params * r.bytes_per_param / bw) * 1e3 if r.ms else None
+
+        def fmt(x, spec):
+            return format(x, spec) if x is not None else "-"
+
+        lines.append(
+            f"| {r.workload} | {r.name} | {fmt(r.ms, '.2f')} | {fmt(gbps, '.1f')} | "
+            f"{fmt(roof / r.ms if roof else None, '.0%')} | "
+            f"{fmt(r.ratios.get(ANCHOR_FUSED), '.2f')} | "
+            f"{fmt(r.ratios.get(ANCHOR_FOREACH), '.2f')} | "
+            f"{fmt(r.extra_bytes_per_param, '.1f')} | {r.note} |"
+        )
+    return "\n".join(lines)
+
+
+def write_chart(rows: list[Row], path: Path) -> Path | None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:  # pragma: no cover
+        return None
+    workloads = list(dict.fromkeys(r.workload for r in rows))
+    fig, axes = plt.subplots(
+        len(workloads), 1, figsize=(10, 3.2 * len(workloads) + 1), squeeze=False
+    )
+    for ax, workload in zip(axes[:, 0], workloads):
+        items = [r for r in rows if r.workload == workload and r.ms]
+        names = [r.name for r in items]
+        colors = ["tab:blue" if n.startswith("kerasopt fused") else "tab:gray" for n in names]
+        ax.barh(range(len(items)), [r.ms for r in items], color=colors)
+        ax.set_yticks(range(len(items)), names, fontsize=7)
+        ax.invert_yaxis()
+        ax.set_xscale("log")
+        ax.set_xlabel("ms per step (median, log scale)")
+        ax.set_title(workload, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -1,0 +1,426 @@
+"""numba kernels behind :func:`kerasopt.kernels.fused_step` (imported only when numba is).
+
+Every kernel works on a *table of addresses*: one row per tensor, one column per role
+(weights, gradient, first and second moment, amsgrad maximum, accumulator, EMA average),
+so one call updates thousands of tensors without a Python loop per tensor. The work is
+split into chunks of at most ``CHUNK`` elements (rows of ``chunk_table``) that ``prange``
+spreads over the threads.
+
+Inside a chunk the elements are processed in blocks of ``BLOCK`` elements. For each block
+the gradient is loaded once from memory into a small scratch buffer (it stays in L1), each
+enabled feature (unscale, accumulation mean, clip, ...) is a separate branch-free loop over
+that buffer, then come the update loop and the EMA loop. Every array in memory is read and
+written once per step; the features only add L1 traffic, and the feature switches are
+tested once per block, not per element, so every loop vectorizes. The arithmetic is the
+reference's, operation by operation and in the same order, in the variable's dtype
+(``fastmath`` is off, so LLVM neither reassociates nor contracts ``a * b + c`` into a fused
+multiply-add; the one exception is the float64 running sum of the norm pass, see
+``squared_sums``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import carray, njit, prange, types
+from numba.extending import intrinsic
+
+CHUNK = 1 << 15
+BLOCK = 512
+
+# Columns of the address table.
+W, G, M, V, VHAT, ACC, EMA = range(7)
+COLUMNS = 7
+
+# Bits of the ``features`` argument.
+UNSCALE = 1
+ACCUMULATE = 2
+CLIP_VALUE = 4
+CLIP_NORM = 8
+CLIP_GLOBAL = 16
+DECAY = 32
+AVERAGE = 64
+OVERWRITE = 128
+AMSGRAD = 256
+
+# Slots of the ``hyper`` array (scalars already in the variables' dtype).
+(
+    H_SCALE,  # loss_scale_factor
+    H_STEPS,  # gradient_accumulation_steps
+    H_CLIP_LOW,  # -clipvalue
+    H_CLIP_HIGH,  # clipvalue
+    H_GLOBAL,  # global clip scale
+    H_DECAY,  # 1 - weight_decay * lr
+    H_LR,  # Adam: alpha; Adamax: lr
+    H_ONE_MINUS_BETA_1,
+    H_BETA_2,  # Adam: 1 - beta_2; Adamax: beta_2
+    H_EPSILON,
+    H_DENOMINATOR,  # Adamax: 1 - beta_1 ** t
+    H_EMA,  # EMA momentum
+    H_ONE_MINUS_EMA,
+) = range(13)
+HYPER = 13
+
+
+@intrinsic
+def _pointer(typingctx, address, marker):
+    """``address`` (an int64) as a typed pointer to ``marker``'s dtype."""
+    pointer_type = types.CPointer(marker.dtype)
+    sig = pointer_type(address, marker)
+
+    def codegen(context, builder, signature, args):
+        return builder.inttoptr(args[0], context.get_value_type(pointer_type))
+
+    return sig, codegen
+
+
+_I64 = np.zeros(1, np.int64)
+_I32 = np.zeros(1, np.int32)
+
+
+@njit(inline="always")
+def _view(address, start, count, marker):
+    """``count`` elements of ``marker``'s dtype starting ``start`` elements after address."""
+    return carray(_pointer(address + start * marker.itemsize, marker), count)
+
+
+@njit(cache=True)
+def read_numpy_headers(object_addresses, data_offset, expected_sizes, descr, writeable):
+    """Data addresses of NumPy arrays, read from their ``PyArrayObject`` headers.
+
+    ``object_addresses`` are ``id(array)`` values (CPython); ``data_offset`` is where
+    ``data`` sits in the header (probed at import against ``array.ctypes.data``, together
+    with the other fields used here). Returns the data addresses and, per array, whether it
+    is C-contiguous, aligned (and writeable, when asked), of dtype ``descr`` (the address
+    of the dtype object) and of ``expected_sizes[i]`` elements (any size when negative),
+    and the sizes. Arrays failing this are checked again the slow way by the caller.
+    """
+    n = object_addresses.shape[0]
+    data = np.empty(n, np.int64)
+    ok = np.empty(n, np.bool_)
+    sizes = np.empty(n, np.int64)
+    wanted = np.int32(0x1 | 0x100)  # NPY_ARRAY_C_CONTIGUOUS | NPY_ARRAY_ALIGNED
+    if writeable:
+        wanted |= np.int32(0x400)  # NPY_ARRAY_WRITEABLE
+    for i in range(n):
+        base = object_addresses[i] + data_offset
+        data[i] = _view(base, 0, 1, _I64)[0]
+        nd = _view(base + 8, 0, 1, _I32)[0]
+        dims = _view(base + 16, 0, 1, _I64)[0]
+        size = 1
+        for d in range(nd):
+            size *= _view(dims, d, 1, _I64)[0]
+        flags = _view(base + 48, 0, 1, _I32)[0]
+        sizes[i] = size
+        ok[i] = (
+            (expected_sizes[i] < 0 or size == expected_sizes[i])
+            and (flags & wanted) == wanted
+            and _view(base + 40, 0, 1, _I64)[0] == descr
+        )
+    return data, sizes, ok
+
+
+@njit(cache=True)
+def chunk_table(sizes):
+    """``(tensor, start, stop)`` rows covering every tensor in chunks of <= CHUNK elements."""
+    count = 0
+    for s in sizes:
+        count += max(1, (s + CHUNK - 1) // CHUNK)
+    table = np.empty((count, 3), np.int64)
+    row = 0
+    for t in range(sizes.shape[0]):
+        s = sizes[t]
+        start = 0
+        while True:
+            stop = min(s, start + CHUNK)
+            table[row, 0] = t
+            table[row, 1] = start
+            table[row, 2] = stop
+            row += 1
+            start = stop
+            if start >= s:
+                break
+    return table
+
+
+@njit(inline="always")
+def _gradient(tmp, table, t, start, count, marker, features, hyper, reset):
+    """The block's gradient after unscaling and the accumulation mean, into ``tmp``."""
+    g = _view(table[t, G], start, count, marker)
+    if features & UNSCALE:
+        scale = hyper[H_SCALE]
+        for i in range(count):
+            tmp[i] = g[i] / scale
+    else:
+        for i in range(count):
+            tmp[i] = g[i]
+    if features & ACCUMULATE:
+        acc = _view(table[t, ACC], start, count, marker)
+        steps = hyper[H_STEPS]
+        for i in range(count):
+            tmp[i] = (tmp[i] + acc[i]) / steps
+        if reset:
+            zero = marker[0] - marker[0]
+            for i in range(count):
+                acc[i] = zero
+
+
+@njit(inline="always")
+def _clip_and_decay(tmp, table, t, start, count, marker, features, hyper, clip_c, clip_d,
+                    decay_mask):
+    """clipvalue / clipnorm / global_clipnorm on ``tmp``, then the decay of the weights."""
+    if features & CLIP_VALUE:
+        low = hyper[H_CLIP_LOW]
+        high = hyper[H_CLIP_HIGH]
+        for i in range(count):
+            x = tmp[i]
+            # np.clip(x, low, high) == minimum(maximum(x, low), high), NaN propagating.
+            x = low if x < low else x
+            x = high if x > high else x
+            tmp[i] = x
+    if features & CLIP_NORM:
+        c = clip_c[t]
+        d = clip_d[t]
+        for i in range(count):
+            tmp[i] = tmp[i] * c / d
+    if features & CLIP_GLOBAL:
+        s = hyper[H_GLOBAL]
+        for i in range(count):
+            tmp[i] = tmp[i] * s
+    if features & DECAY and decay_mask[t]:
+        w = _view(table[t, W], start, count, marker)
+        f = hyper[H_DECAY]
+        for i in range(count):
+            w[i] = w[i] * f
+
+
+@njit(inline="always")
+def _average(table, t, start, count, marker, features, hyper):
+    """EMA of the weights, then the overwrite ``w := average`` when due."""
+    if features & AVERAGE:
+        w = _view(table[t, W], start, count, marker)
+        a = _view(table[t, EMA], start, count, marker)
+        momentum = hyper[H_EMA]
+        rest = hyper[H_ONE_MINUS_EMA]
+        for i in range(count):
+            a[i] = momentum * a[i] + rest * w[i]
+        if features & OVERWRITE:
+            for i in range(count):
+                w[i] = a[i]
+
+
+@njit(parallel=True, cache=True)
+def adam_step(table, chunks, marker, features, hyper, clip_c, clip_d, decay_mask):
+    """One fused Adam step over every tensor of ``table`` (in place)."""
+    alpha = hyper[H_LR]
+    one_minus_beta_1 = hyper[H_ONE_MINUS_BETA_1]
+    one_minus_beta_2 = hyper[H_BETA_2]
+    epsilon = hyper[H_EPSILON]
+    for c in prange(chunks.shape[0]):
+        t = chunks[c, 0]
+        tmp = np.empty(BLOCK, marker.dtype)
+        for start in range(chunks[c, 1], chunks[c, 2], BLOCK):
+            count = min(BLOCK, chunks[c, 2] - start)
+            _gradient(tmp, table, t, start, count, marker, features, hyper, True)
+            _clip_and_decay(tmp, table, t, start, count, marker, features, hyper, clip_c,
+                            clip_d, decay_mask)
+            # One loop per written array: each loop then needs only a couple of runtime
+            # alias checks between its (raw-pointer) arrays, so LLVM vectorizes it.
+            w = _view(table[t, W], start, count, marker)
+            m = _view(table[t, M], start, count, marker)
+            v = _view(table[t, V], start, count, marker)
+            for i in range(count):
+                m[i] = m[i] + (tmp[i] - m[i]) * one_minus_beta_1
+            for i in range(count):
+                g = tmp[i]
+                v[i] = v[i] + (g * g - v[i]) * one_minus_beta_2
+            if features & AMSGRAD:
+                vhat = _view(table[t, VHAT], start, count, marker)
+                for i in range(count):
+                    h = vhat[i]
+                    vi = v[i]
+                    # np.maximum(h, vi), NaN propagating
+                    vhat[i] = vi if (vi > h or vi != vi) else h
+                for i in range(count):
+                    w[i] = w[i] - m[i] * alpha / (np.sqrt(vhat[i]) + epsilon)
+            else:
+                for i in range(count):
+                    w[i] = w[i] - m[i] * alpha / (np.sqrt(v[i]) + epsilon)
+            _average(table, t, start, count, marker, features, hyper)
+
+
+@njit(parallel=True, cache=True)
+def adamax_step(table, chunks, marker, features, hyper, clip_c, clip_d, decay_mask):
+    """One fused Adamax step over every tensor of ``table`` (in place)."""
+    lr = hyper[H_LR]
+    one_minus_beta_1 = hyper[H_ONE_MINUS_BETA_1]
+    beta_2 = hyper[H_BETA_2]
+    epsilon = hyper[H_EPSILON]
+    denominator = hyper[H_DENOMINATOR]
+    for c in prange(chunks.shape[0]):
+        t = chunks[c, 0]
+        tmp = np.empty(BLOCK, marker.dtype)
+        for start in range(chunks[c, 1], chunks[c, 2], BLOCK):
+            count = min(BLOCK, chunks[c, 2] - start)
+            _gradient(tmp, table, t, start, count, marker, features, hyper, True)
+            _clip_and_decay(tmp, table, t, start, count, marker, features, hyper, clip_c,
+                            clip_d, decay_mask)
+            w = _view(table[t, W], start, count, marker)
+            m = _view(table[t, M], start, count, marker)
+            u = _view(table[t, V], start, count, marker)
+            for i in range(count):
+                m[i] = m[i] + (tmp[i] - m[i]) * one_minus_beta_1
+            for i in range(count):
+                a = beta_2 * u[i]
+                b = np.abs(tmp[i])
+                # np.maximum(a, b), NaN propagating
+                u[i] = b if (b > a or b != b) else a
+            for i in range(count):
+                w[i] = w[i] - lr * m[i] / (denominator * (u[i] + epsilon))
+            _average(table, t, start, count, marker, features, hyper)
+
+
+@njit(parallel=True, cache=True)
+def micro_step(table, chunks, marker, features, hyper):
+    """An accumulation micro-step: ``acc += g (/ scale)``, and the EMA when on."""
+    for c in prange(chunks.shape[0]):
+        t = chunks[c, 0]
+        for start in range(chunks[c, 1], chunks[c, 2], BLOCK):
+            count = min(BLOCK, chunks[c, 2] - start)
+            g = _view(table[t, G], start, count, marker)
+            acc = _view(table[t, ACC], start, count, marker)
+            if features & UNSCALE:
+                scale = hyper[H_SCALE]
+                for i in range(count):
+                    acc[i] = acc[i] + g[i] / scale
+            else:
+                for i in range(count):
+                    acc[i] = acc[i] + g[i]
+            _average(table, t, start, count, marker, features, hyper)
+
+
+@njit(cache=True, fastmath={"reassoc"})
+def _sum_squares(x, count):
+    """float64 sum of ``x[i] * x[i]`` (squares rounded in x's dtype), vectorized: its own
+    function so that the ``reassoc`` flag surely applies (prange bodies are compiled
+    separately)."""
+    total = 0.0
+    for i in range(count):
+        total += np.float64(x[i] * x[i])
+    return total
+
+
+@njit(parallel=True, cache=True)
+def squared_sums(table, chunks, marker, features, hyper):
+    """Per chunk, the float64 sum of ``g * g`` (``g * g`` rounded in the dtype), where ``g``
+    is the gradient after unscaling and the accumulation mean: the read pass of clipnorm.
+
+    The only code that lets LLVM reassociate (``fastmath={"reassoc"}`` on ``_sum_squares``, NaN
+    and inf still propagate): the float64 running sum is then vectorized, about six times
+    faster than a strict chain of dependent adds. The reference sums in the dtype (pairwise
+    in NumPy), so its order differs anyway; a float64 sum of float32 squares is exact to
+    ~1e-16 in any order and rounds to the same float32 norm but for rare ties.
+    """
+    partial = np.empty(chunks.shape[0], np.float64)
+    for c in prange(chunks.shape[0]):
+        t = chunks[c, 0]
+        tmp = np.empty(BLOCK, marker.dtype)
+        total = 0.0
+        for start in range(chunks[c, 1], chunks[c, 2], BLOCK):
+            count = min(BLOCK, chunks[c, 2] - start)
+            _gradient(tmp, table, t, start, count, marker, features, hyper, False)
+            total += _sum_squares(tmp, count)
+        partial[c] = total
+    return partial
+
+
+@njit(cache=True)
+def tensor_sums(partial, chunks, n_tensors, marker):
+    """Per tensor, the sum of its chunks' partial sums, rounded to ``marker``'s dtype."""
+    totals = np.zeros(n_tensors, np.float64)
+    for c in range(chunks.shape[0]):
+        totals[chunks[c, 0]] += partial[c]
+    out = np.empty(n_tensors, marker.dtype)
+    for t in range(n_tensors):
+        out[t] = totals[t]
+    return out
+
+
+@njit(cache=True)
+def sequential_sum(values):
+    """``((0 + v0) + v1) + ...`` in ``values``' dtype, as Python's ``sum`` of 0-d arrays."""
+    total = values[0] - values[0]
+    for x in values:
+        total = total + x
+    return total
+
+
+@njit(cache=True)
+def clip_norm_factors(l2sums, clipnorm):
+    """Per tensor, ``(c, d)`` with ``clip_by_norm(g) == g * c / d`` as the reference computes:
+    ``l2norm = sqrt(l2sum)`` (or ``l2sum`` when not positive), ``d = float32(max(l2norm,
+    clipnorm))`` back in the dtype, ``c = clipnorm``."""
+    n = l2sums.shape[0]
+    c = np.empty(n, l2sums.dtype)
+    d = np.empty(n, l2sums.dtype)
+    for t in range(n):
+        s = l2sums[t]
+        norm = np.sqrt(s) if s > 0 else s
+        divisor = norm if (norm > clipnorm or norm != norm) else clipnorm
+        d[t] = np.float32(divisor)
+        c[t] = clipnorm
+    return c, d
+
+
+@njit(parallel=True, cache=True)
+def adam_rows(w, m, v, vhat, rows, values, hyper, amsgrad):
+    """Lazy sparse Adam: only ``rows`` of the 2-D ``w``, ``m``, ``v`` (and ``vhat``) move,
+    with ``values[k]`` the (deduplicated) gradient of row ``rows[k]``."""
+    alpha = hyper[H_LR]
+    one_minus_beta_1 = hyper[H_ONE_MINUS_BETA_1]
+    one_minus_beta_2 = hyper[H_BETA_2]
+    epsilon = hyper[H_EPSILON]
+    for k in prange(rows.shape[0]):
+        r = rows[k]
+        for j in range(w.shape[1]):
+            g = values[k, j]
+            mi = m[r, j] + (g - m[r, j]) * one_minus_beta_1
+            vi = v[r, j] + (g * g - v[r, j]) * one_minus_beta_2
+            m[r, j] = mi
+            v[r, j] = vi
+            if amsgrad:
+                h = vhat[r, j]
+                h = vi if (vi > h or vi != vi) else h
+                vhat[r, j] = h
+                vi = h
+            w[r, j] = w[r, j] - mi * alpha / (np.sqrt(vi) + epsilon)
+
+
+@njit(parallel=True, cache=True)
+def adamax_rows(w, m, u, rows, values, hyper):
+    """Lazy sparse Adamax: only ``rows`` of the 2-D ``w``, ``m``, ``u`` move."""
+    lr = hyper[H_LR]
+    one_minus_beta_1 = hyper[H_ONE_MINUS_BETA_1]
+    beta_2 = hyper[H_BETA_2]
+    epsilon = hyper[H_EPSILON]
+    denominator = hyper[H_DENOMINATOR]
+    for k in prange(rows.shape[0]):
+        r = rows[k]
+        for j in range(w.shape[1]):
+            g = values[k, j]
+            mi = m[r, j] + (g - m[r, j]) * one_minus_beta_1
+            a = beta_2 * u[r, j]
+            b = np.abs(g)
+            ui = b if (b > a or b != b) else a
+            m[r, j] = mi
+            u[r, j] = ui
+            w[r, j] = w[r, j] - lr * mi / (denominator * (ui + epsilon))
+
+
+@njit(cache=True)
+def add_rows(summed, inverse, values):
+    """``summed[inverse[k]] += values[k]`` for k in order (``np.add.at``'s order, so the
+    sums are bit-identical to it), on 2-D ``summed`` / ``values``."""
+    for k in range(inverse.shape[0]):
+        r = inverse[k]
+        for j in range(values.shape[1]):
+            summed[r, j] += values[k, j]

@@ -1,0 +1,517 @@
+"""``fused_step``: one whole Keras optimizer step, in place, in one pass over memory.
+
+The pure functions of :mod:`kerasopt.algorithms` and :mod:`kerasopt.pipeline` define the
+step; this module runs the same arithmetic, operation by operation, in numba kernels
+(:mod:`kerasopt.kernels._numba`) that
+
+* read and write each array once (the gradient's unscaling, the accumulation mean, the
+  clip, the weight decay, the update and the EMA all happen while an element is in
+  registers / L1); ``clipnorm`` and ``global_clipnorm`` add one read pass over the
+  gradients for the norm, which no implementation can avoid;
+* take one table of addresses for all tensors, so thousands of small tensors cost one
+  kernel launch and a few hundred nanoseconds of Python each, not a Python loop of array
+  operations each;
+* run on all cores (numba's ``prange``; ``NUMBA_NUM_THREADS`` sets how many).
+
+Scalars are computed exactly as the reference computes them (the same expressions over
+0-d arrays of the variables' dtype and array library), so the results agree with the
+reference to the last bit, except the norms of ``clipnorm`` / ``global_clipnorm``: the
+kernels sum the squares in float64 (the reference sums in the dtype, pairwise in NumPy),
+which can move the clip scale by an ulp or so.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from kerasopt import pipeline
+from kerasopt.backend import cast_scalar, is_torch, namespace
+
+try:  # numba is the optional ``fast`` extra
+    from kerasopt.kernels import _numba as _k
+except ImportError:  # pragma: no cover - exercised where numba is missing
+    _k = None
+
+__all__ = [
+    "NotFusable",
+    "available",
+    "fusable",
+    "fused_rows_step",
+    "fused_step",
+    "sum_rows",
+]
+
+_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+class NotFusable(ValueError):
+    """The inputs cannot go through the fused kernel (raised before anything is modified);
+    use the reference path instead."""
+
+
+def available() -> bool:
+    """True when the fused kernels can run (numba is installed and importable)."""
+    return _k is not None
+
+
+def fusable(array: Any) -> bool:
+    """Whether tensors like ``array`` can go through :func:`fused_step`: a float32 or
+    float64 NumPy array or CPU torch tensor, with numba available."""
+    if _k is None:
+        return False
+    if isinstance(array, np.ndarray):
+        return array.dtype in _DTYPES
+    if is_torch(array):
+        torch = sys.modules["torch"]
+        return array.device.type == "cpu" and array.dtype in (torch.float32, torch.float64)
+    return False
+
+
+def fused_step(
+    algorithm: str,
+    params: Sequence[Any],
+    grads: Sequence[Any],
+    slots: Sequence[Sequence[Any]],
+    *,
+    learning_rate: Any,
+    beta_1: float,
+    beta_2: float,
+    epsilon: float,
+    step: int,
+    weight_decay: float | None = None,
+    weight_decay_mask: Sequence[bool] | None = None,
+    clipnorm: float | None = None,
+    global_clipnorm: float | None = None,
+    clipvalue: float | None = None,
+    loss_scale_factor: float | None = None,
+    accumulators: Sequence[Any] | None = None,
+    accumulation_steps: int | None = None,
+    accumulation_phase: str | None = None,
+    ema_averages: Sequence[Any] | None = None,
+    ema_momentum: Any = None,
+    ema_overwrite: bool = False,
+) -> None:
+    """One Keras optimizer step over ``params``, in place, fused into one pass over memory.
+
+    Runs, per element and in Keras 3's order: ``g / loss_scale_factor``; accumulation;
+    clip (``clipvalue``, ``clipnorm`` or ``global_clipnorm``); decoupled weight decay;
+    the ``algorithm``'s update; the EMA of the weights and its overwrite.
+
+    Args:
+        algorithm: ``"adam"`` or ``"adamax"``.
+        params: The weights (updated in place): NumPy arrays, or CPU torch tensors. All of
+            one library and one dtype, float32 or float64, C-contiguous.
+        grads: One dense gradient per weight, same library, dtype and number of elements.
+        slots: The algorithm's state, one list per slot, each with one array per weight
+            (updated in place): Adam ``(momentums, velocities)`` or ``(momentums,
+            velocities, velocity_hats)`` (the third list switches amsgrad on); Adamax
+            ``(momentums, norms)``.
+        learning_rate: The step's learning rate (what the reference ``update_step`` gets,
+            e.g. the optimizer's float32 learning rate or a schedule's value).
+        beta_1, beta_2, epsilon: The algorithm's (resolved) hyperparameters.
+        step: ``t = iterations + 1`` (iterations counted in accumulated steps).
+        weight_decay: Decoupled decay ``w *= 1 - weight_decay * lr``, or None.
+        weight_decay_mask: Per weight, whether it is decayed (default: all).
+        clipnorm, global_clipnorm, clipvalue: At most one; as in Keras.
+        loss_scale_factor: Gradients are divided by it first, or None.
+        accumulators: With ``accumulation_phase``, one accumulator per weight.
+        accumulation_steps: ``gradient_accumulation_steps`` (n).
+        accumulation_phase: None (no accumulation), ``"micro"`` (only ``acc += g`` and the
+            EMA: weights and slots are not touched) or ``"update"`` (use ``(g + acc) / n``
+            and zero these accumulators).
+        ema_averages: One EMA average per weight to update after the step, or None.
+        ema_momentum: This step's EMA momentum, i.e. ``pipeline.ema_momentum_at(iterations,
+            ema_momentum)`` (0 while ``iterations == 0``).
+        ema_overwrite: Copy the averages into the weights afterwards (the overwrite step).
+
+    What stays with the caller: ``None`` gradients, sparse (``IndexedSlices``) gradients,
+    resetting accumulators or averaging weights that are not passed here (e.g. those
+    whose gradient is ``None``), variable constraints and the iteration counter.
+
+    Raises:
+        NotFusable: before anything is modified, when an input is not a float32/float64
+            C-contiguous NumPy array / CPU torch tensor of the weights' library, dtype and
+            size, or when numba is missing. The caller then runs the reference path.
+        ValueError: on an unknown ``algorithm`` or ``accumulation_phase``, or several clips.
+    """
+    if _k is None:
+        raise NotFusable("numba is not installed (pip install 'kerasopt[fast]').")
+    if algorithm not in ("adam", "adamax"):
+        raise ValueError(f"algorithm must be 'adam' or 'adamax'; received {algorithm!r}.")
+    if accumulation_phase not in (None, "micro", "update"):
+        raise ValueError(
+            "accumulation_phase must be None, 'micro' or 'update'; received "
+            f"{accumulation_phase!r}."
+        )
+    if sum(x is not None for x in (clipnorm, global_clipnorm, clipvalue)) > 1:
+        raise ValueError("At most one of clipnorm, global_clipnorm and clipvalue can be set.")
+    n = len(params)
+    if n == 0:
+        return
+    slots = [list(s) for s in slots]
+    expected_slots = {"adam": (2, 3), "adamax": (2,)}[algorithm]
+    if len(slots) not in expected_slots:
+        raise ValueError(f"{algorithm} takes {expected_slots} slot lists; got {len(slots)}.")
+    amsgrad = len(slots) == 3
+    micro = accumulation_phase == "micro"
+    if accumulation_phase is not None and accumulators is None:
+        raise ValueError("accumulation_phase needs accumulators.")
+    roles: list[tuple[int, Sequence[Any], bool]] = [
+        (_k.W, params, True),
+        (_k.G, grads, False),
+    ]
+    if not micro:
+        roles += [(_k.M, slots[0], True), (_k.V, slots[1], True)]
+        if amsgrad:
+            roles.append((_k.VHAT, slots[2], True))
+    if accumulation_phase is not None:
+        roles.append((_k.ACC, accumulators, True))
+    if ema_averages is not None:
+        roles.append((_k.EMA, ema_averages, True))
+    for _, arrays, _ in roles:
+        if len(arrays) != n:
+            raise ValueError(f"Every list must hold {n} arrays, one per weight.")
+
+    table, sizes, like, is_torch_step = _address_table(roles, n)
+    marker = np.zeros(1, like.dtype if not is_torch_step else _numpy_dtype(like))
+    chunks = _k.chunk_table(sizes)
+    with _threads_for(int(sizes.sum())):
+        _run(algorithm, table, chunks, marker, like, n, micro, amsgrad, params,
+             is_torch_step, learning_rate=learning_rate, beta_1=beta_1, beta_2=beta_2,
+             epsilon=epsilon, step=step, weight_decay=weight_decay,
+             weight_decay_mask=weight_decay_mask, clipnorm=clipnorm,
+             global_clipnorm=global_clipnorm, clipvalue=clipvalue,
+             loss_scale_factor=loss_scale_factor, accumulation_steps=accumulation_steps,
+             accumulation_phase=accumulation_phase, ema_averages=ema_averages,
+             ema_momentum=ema_momentum, ema_overwrite=ema_overwrite)
+
+
+PARALLEL_THRESHOLD = 1 << 18
+"""Steps over fewer elements than this run on one thread: waking the other threads costs
+more than it saves (and, on a loaded machine, a sleeping thread can take a whole scheduler
+time slice to wake)."""
+
+
+@contextlib.contextmanager
+def _threads_for(elements: int):
+    import numba
+
+    threads = numba.get_num_threads()
+    if elements >= PARALLEL_THRESHOLD or threads == 1:
+        yield
+        return
+    numba.set_num_threads(1)
+    try:
+        yield
+    finally:
+        numba.set_num_threads(threads)
+
+
+def _run(algorithm, table, chunks, marker, like, n, micro, amsgrad, params, is_torch_step, *,
+         learning_rate, beta_1, beta_2, epsilon, step, weight_decay, weight_decay_mask,
+         clipnorm, global_clipnorm, clipvalue, loss_scale_factor, accumulation_steps,
+         accumulation_phase, ema_averages, ema_momentum, ema_overwrite):
+    """Compute the step's scalars as the reference does, then launch the kernels."""
+
+    features = 0
+    hyper = np.zeros(_k.HYPER, marker.dtype)
+    xp = namespace(like)
+    one = xp.ones((), dtype=like.dtype)
+
+    def scalar(x: Any) -> Any:
+        return marker.dtype.type(float(x))
+
+    if loss_scale_factor is not None:
+        features |= _k.UNSCALE
+        hyper[_k.H_SCALE] = scalar(cast_scalar(loss_scale_factor, like))
+    if accumulation_phase == "update":
+        features |= _k.ACCUMULATE
+        hyper[_k.H_STEPS] = scalar(cast_scalar(accumulation_steps, like))
+    if ema_averages is not None:
+        features |= _k.AVERAGE
+        momentum = cast_scalar(0.0 if ema_momentum is None else ema_momentum, like)
+        hyper[_k.H_EMA] = scalar(momentum)
+        hyper[_k.H_ONE_MINUS_EMA] = scalar(1 - momentum)
+        if ema_overwrite:
+            features |= _k.OVERWRITE
+
+    if micro:
+        _k.micro_step(table, chunks, marker, features, hyper)
+        _bump_versions(params if ema_overwrite else (), is_torch_step)
+        return
+
+    empty = np.zeros(0, marker.dtype)
+    clip_c = clip_d = empty
+    if clipvalue:
+        features |= _k.CLIP_VALUE
+        bound = pipeline.keras_float(clipvalue)
+        hyper[_k.H_CLIP_LOW] = scalar(cast_scalar(-bound, like))
+        hyper[_k.H_CLIP_HIGH] = scalar(cast_scalar(bound, like))
+    elif clipnorm or global_clipnorm:
+        partial = _k.squared_sums(table, chunks, marker, features, hyper)
+        l2sums = _k.tensor_sums(partial, chunks, n, marker)
+        if clipnorm:
+            features |= _k.CLIP_NORM
+            clip_c, clip_d = _k.clip_norm_factors(
+                l2sums, marker.dtype.type(pipeline.keras_float(clipnorm))
+            )
+        else:
+            features |= _k.CLIP_GLOBAL
+            norm = xp.sqrt(cast_scalar(float(_k.sequential_sum(l2sums)), like))
+            scale = pipeline.clip_by_global_norm([one], global_clipnorm, norm=norm)[0]
+            hyper[_k.H_GLOBAL] = scalar(scale)
+    mask = np.ones(n, np.bool_) if weight_decay_mask is None else np.asarray(
+        weight_decay_mask, np.bool_
+    )
+    if weight_decay is not None and mask.any():
+        features |= _k.DECAY
+        hyper[_k.H_DECAY] = scalar(pipeline.decay(one, weight_decay, learning_rate))
+
+    _algorithm_scalars(hyper, algorithm, like, learning_rate, beta_1, beta_2, epsilon, step)
+    if algorithm == "adam":
+        if amsgrad:
+            features |= _k.AMSGRAD
+        _k.adam_step(table, chunks, marker, features, hyper, clip_c, clip_d, mask)
+    else:
+        _k.adamax_step(table, chunks, marker, features, hyper, clip_c, clip_d, mask)
+    _bump_versions(params, is_torch_step)
+
+
+def _algorithm_scalars(hyper, algorithm, like, learning_rate, beta_1, beta_2, epsilon, step):
+    """The update rule's scalars, computed by the reference's own expressions on 0-d arrays
+    of ``like``'s library and dtype (so they round exactly as the reference's do)."""
+    xp = namespace(like)
+    dtype = hyper.dtype.type
+    lr = cast_scalar(learning_rate, like)
+    t = cast_scalar(step, like)
+    beta_1_power = cast_scalar(beta_1, like) ** t
+    hyper[_k.H_ONE_MINUS_BETA_1] = dtype(float(cast_scalar(1 - beta_1, like)))
+    hyper[_k.H_EPSILON] = dtype(float(cast_scalar(epsilon, like)))
+    if algorithm == "adam":
+        beta_2_power = cast_scalar(beta_2, like) ** t
+        hyper[_k.H_LR] = dtype(float(lr * xp.sqrt(1 - beta_2_power) / (1 - beta_1_power)))
+        hyper[_k.H_BETA_2] = dtype(float(cast_scalar(1 - beta_2, like)))
+    else:
+        hyper[_k.H_LR] = dtype(float(lr))
+        hyper[_k.H_BETA_2] = dtype(float(cast_scalar(beta_2, like)))
+        hyper[_k.H_DENOMINATOR] = dtype(float(1 - beta_1_power))
+
+
+def sum_rows(inverse: np.ndarray, values: np.ndarray, n_rows: int) -> np.ndarray:
+    """``summed[inverse[i]] += values[i]`` into ``n_rows`` zero rows: the duplicate-index sum of
+    ``kerasopt.sparse.canonical``, bit-identical to ``np.add.at`` (the sums are taken in the
+    same order) but about 40 times faster."""
+    if _k is None:
+        raise NotFusable("numba is not installed (pip install 'kerasopt[fast]').")
+    values = np.ascontiguousarray(values)
+    if values.dtype not in _DTYPES:
+        raise NotFusable(f"dtype {values.dtype} is not float32 or float64.")
+    summed = np.zeros((n_rows, *values.shape[1:]), dtype=values.dtype)
+    _k.add_rows(
+        summed.reshape(n_rows, -1),
+        np.asarray(inverse).reshape(-1).astype(np.int64, copy=False),
+        values.reshape(values.shape[0], -1),
+    )
+    return summed
+
+
+def fused_rows_step(
+    algorithm: str,
+    param: Any,
+    rows: Any,
+    values: Any,
+    slots: Sequence[Any],
+    *,
+    learning_rate: Any,
+    beta_1: float,
+    beta_2: float,
+    epsilon: float,
+    step: int,
+) -> None:
+    """The lazy sparse update, in place: only the rows ``rows`` of ``param`` and of its
+    ``slots`` move, in one pass over those rows (no gather / scatter copies).
+
+    Args:
+        algorithm: ``"adam"`` or ``"adamax"``.
+        param: The weight, shape ``(R, ...)``: a C-contiguous float32/float64 NumPy array or
+            CPU torch tensor.
+        rows: Integer array of *distinct* row numbers in ``[0, R)`` (e.g. the ``indices`` of
+            ``kerasopt.sparse.canonical(gradient)``).
+        values: The rows' gradients, shape ``(len(rows), ...)``, already unscaled / clipped
+            as the step requires (they are small: only the touched rows).
+        slots: As for :func:`fused_step`, one array each: Adam ``(m, v)`` or ``(m, v,
+            v_hat)``, Adamax ``(m, u)``.
+        learning_rate, beta_1, beta_2, epsilon, step: As for :func:`fused_step`.
+
+    Weight decay of the touched rows stays with the caller (it precedes the update).
+
+    Raises:
+        NotFusable: before anything moves, when the inputs do not fit the kernel.
+    """
+    if _k is None:
+        raise NotFusable("numba is not installed (pip install 'kerasopt[fast]').")
+    if algorithm not in ("adam", "adamax"):
+        raise ValueError(f"algorithm must be 'adam' or 'adamax'; received {algorithm!r}.")
+    torch_step = is_torch(param)
+    arrays = [param, values, *slots]
+    if torch_step:
+        torch = sys.modules["torch"]
+        if not all(isinstance(a, torch.Tensor) and a.is_cpu for a in arrays):
+            raise NotFusable("mixed libraries or devices.")
+        like = torch.zeros((), dtype=param.dtype)
+        views = [a.detach().numpy() if a.is_contiguous() else None for a in arrays]
+        rows = rows.detach().cpu().numpy() if is_torch(rows) else np.asarray(rows)
+    else:
+        if not all(isinstance(a, np.ndarray) for a in arrays):
+            raise NotFusable("mixed libraries.")
+        like = np.zeros((), dtype=param.dtype)
+        views = [a if a.flags.c_contiguous and a.flags.aligned else None for a in arrays]
+        rows = np.asarray(rows)
+    if any(v is None for v in views):
+        raise NotFusable("an array is not C-contiguous.")
+    dtype = views[0].dtype
+    if dtype not in _DTYPES or any(v.dtype != dtype for v in views):
+        raise NotFusable(f"dtypes must all be float32 or all float64; got {dtype}.")
+    shape = views[0].shape
+    if len(shape) == 0 or any(v.shape != shape for v in views[2:]):
+        raise NotFusable("the slots must have the weight's shape.")
+    if views[1].shape != (rows.shape[0], *shape[1:]) or rows.ndim != 1:
+        raise NotFusable("values must have shape (len(rows), *weight.shape[1:]).")
+    if rows.dtype.kind not in "iu":
+        raise NotFusable("rows must be integers.")
+    if not all(v.flags.writeable for v in views[:1] + views[2:]):
+        raise NotFusable("the weight and its slots must be writeable.")
+    rows = rows.astype(np.int64, copy=False)
+    if rows.size and (rows.min() < 0 or rows.max() >= shape[0]):
+        raise NotFusable("rows out of range.")
+    expected_slots = {"adam": (2, 3), "adamax": (2,)}[algorithm]
+    if len(slots) not in expected_slots:
+        raise ValueError(f"{algorithm} takes {expected_slots} slots; got {len(slots)}.")
+    flat = [v.reshape(v.shape[0], -1) for v in views]
+    hyper = np.zeros(_k.HYPER, dtype)
+    _algorithm_scalars(hyper, algorithm, like, learning_rate, beta_1, beta_2, epsilon, step)
+    w, g, *state = flat
+    with _threads_for(g.size):
+        if algorithm == "adam":
+            vhat = state[2] if len(state) == 3 else state[1]
+            _k.adam_rows(w, state[0], state[1], vhat, rows, g, hyper, len(state) == 3)
+        else:
+            _k.adamax_rows(w, state[0], state[1], rows, g, hyper)
+    _bump_versions([param], torch_step)
+
+
+# --------------------------------------------------------------------------- addresses
+
+
+def _numpy_dtype(tensor: Any) -> np.dtype:
+    torch = sys.modules["torch"]
+    return np.dtype(np.float32) if tensor.dtype == torch.float32 else np.dtype(np.float64)
+
+
+def _address_table(roles, n):
+    """The ``(n, COLUMNS)`` table of data addresses, the sizes, a 0-d array like the
+    weights (for scalar arithmetic) and whether they are torch tensors."""
+    params = roles[0][1]
+    first = params[0]
+    table = np.zeros((n, _k.COLUMNS), np.int64)
+    if isinstance(first, np.ndarray):
+        if first.dtype not in _DTYPES:
+            raise NotFusable(f"dtype {first.dtype} is not float32 or float64.")
+        dtype = first.dtype
+        sizes = None
+        for column, arrays, writeable in roles:
+            table[:, column], sizes = _numpy_addresses(arrays, dtype, sizes, writeable)
+        return table, sizes, np.zeros((), dtype), False
+    if is_torch(first):
+        torch = sys.modules["torch"]
+        dtype = first.dtype
+        if dtype not in (torch.float32, torch.float64):
+            raise NotFusable(f"dtype {dtype} is not float32 or float64.")
+        sizes = None
+        for column, arrays, _ in roles:
+            table[:, column], sizes = _torch_addresses(arrays, dtype, sizes)
+        return table, sizes, torch.zeros((), dtype=dtype), True
+    raise NotFusable(f"{type(first).__name__} is not a NumPy array or a torch tensor.")
+
+
+def _probe_numpy_header() -> int | None:
+    """Where ``data`` sits in a ``PyArrayObject`` (None when the layout is not the one
+    :func:`_numba.read_numpy_headers` reads: then the slower ``ctypes`` path is used)."""
+    if _k is None or sys.implementation.name != "cpython":
+        return None
+    offset = object.__basicsize__
+    try:
+        for probe in (np.zeros((3, 5), np.float32), np.zeros(7, np.float64)[::2]):
+            base = id(probe) + offset
+            read = ctypes.c_int64.from_address
+            ok = (
+                read(base).value == probe.ctypes.data
+                and ctypes.c_int32.from_address(base + 8).value == probe.ndim
+                and ctypes.c_int64.from_address(read(base + 16).value).value == probe.shape[0]
+                and read(base + 40).value == id(probe.dtype)
+                and ctypes.c_int32.from_address(base + 48).value == probe.flags.num
+            )
+            if not ok:
+                return None
+    except (ValueError, OSError):  # pragma: no cover
+        return None
+    return offset
+
+
+_HEADER_OFFSET = _probe_numpy_header()
+_NDARRAY = {np.ndarray}
+
+
+def _numpy_addresses(arrays, dtype, sizes, writeable):
+    """Data addresses (and sizes) of NumPy arrays, all checked for dtype, contiguity and
+    size; the header fast path reads thousands of them in microseconds."""
+    n = len(arrays)
+    expected = np.full(n, -1, np.int64) if sizes is None else sizes
+    if _HEADER_OFFSET is not None and set(map(type, arrays)) == _NDARRAY:
+        ids = np.fromiter(map(id, arrays), np.int64, n)
+        data, found, ok = _k.read_numpy_headers(
+            ids, _HEADER_OFFSET, expected, id(dtype), writeable
+        )
+        if ok.all():
+            return data, found
+    data = np.empty(n, np.int64)
+    found = np.empty(n, np.int64)
+    for i, a in enumerate(arrays):
+        if not isinstance(a, np.ndarray):
+            raise NotFusable(f"{type(a).__name__} is not a NumPy array.")
+        if a.dtype != dtype:
+            raise NotFusable(f"mixed dtypes: {a.dtype} and {dtype}.")
+        if not (a.flags.c_contiguous and a.flags.aligned) or (
+            writeable and not a.flags.writeable
+        ):
+            raise NotFusable("an array is not C-contiguous, aligned and writeable.")
+        if expected[i] >= 0 and a.size != expected[i]:
+            raise NotFusable(f"an array has {a.size} elements; expected {expected[i]}.")
+        data[i] = a.ctypes.data
+        found[i] = a.size
+    return data, found
+
+
+def _torch_addresses(tensors, dtype, sizes):
+    torch = sys.modules["torch"]
+    for t in tensors:
+        if not isinstance(t, torch.Tensor):
+            raise NotFusable(f"{type(t).__name__} is not a torch tensor.")
+        if t.dtype != dtype or not t.is_cpu or not t.is_contiguous():
+            raise NotFusable("a tensor is not a contiguous CPU tensor of the weights' dtype.")
+    found = np.fromiter((t.numel() for t in tensors), np.int64, len(tensors))
+    if sizes is not None and not np.array_equal(found, sizes):
+        raise NotFusable("a tensor's number of elements differs from its weight's.")
+    return np.fromiter((t.data_ptr() for t in tensors), np.int64, len(tensors)), found
+
+
+def _bump_versions(params: Sequence[Any], is_torch_step: bool) -> None:
+    """Tell autograd that the weights changed in place (as torch's own in-place ops do)."""
+    if is_torch_step and len(params):
+        sys.modules["torch"].autograd.graph.increment_version(list(params))

@@ -1,0 +1,443 @@
+"""The fused kernels (kerasopt.kernels) agree with the pure reference path.
+
+The reference here composes kerasopt.algorithms and kerasopt.pipeline in Keras 3's order,
+as kerasopt.Optimizer does: unscale -> accumulate -> clip -> decay -> update -> EMA. Every
+feature is compared on NumPy arrays and on CPU torch tensors, in float32 and float64, on
+many tensors at once, for several steps.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from kerasopt import pipeline
+from kerasopt.algorithms import adam_update, adamax_update
+from kerasopt.backend import namespace
+
+kernels = pytest.importorskip("kerasopt.kernels")
+if not kernels.available():  # pragma: no cover
+    pytest.skip("numba is not installed", allow_module_level=True)
+
+torch = pytest.importorskip("torch")
+
+MAX_ULP = 4
+
+
+# ----------------------------------------------------------------------------- reference
+
+
+def reference_step(algorithm, params, grads, slots, *, learning_rate, beta_1, beta_2,
+                   epsilon, step, weight_decay=None, weight_decay_mask=None, clipnorm=None,
+                   global_clipnorm=None, clipvalue=None, loss_scale_factor=None,
+                   accumulators=None, accumulation_steps=None, accumulation_phase=None,
+                   ema_averages=None, ema_momentum=None, ema_overwrite=False):
+    """The same step as ``fused_step``, from the pure functions, written back in place."""
+    grads = list(grads)
+    if loss_scale_factor is not None:
+        grads = pipeline.unscale(grads, loss_scale_factor)
+    update = True
+    if accumulation_phase == "micro":
+        _store(accumulators, pipeline.accumulate(grads, accumulators))
+        update = False
+    elif accumulation_phase == "update":
+        grads = pipeline.accumulated_mean(grads, accumulators, accumulation_steps)
+        _store(accumulators, [namespace(a).zeros_like(a) for a in accumulators])
+    if update:
+        if clipnorm:
+            grads = [pipeline.clip_by_norm(g, clipnorm) for g in grads]
+        elif global_clipnorm:
+            grads = pipeline.clip_by_global_norm(grads, global_clipnorm)
+        elif clipvalue:
+            grads = [pipeline.clip_by_value(g, clipvalue) for g in grads]
+        if weight_decay is not None:
+            mask = weight_decay_mask or [True] * len(params)
+            _store(
+                [p for p, keep in zip(params, mask) if keep],
+                [pipeline.decay(p, weight_decay, learning_rate)
+                 for p, keep in zip(params, mask) if keep],
+            )
+        rule = adam_update if algorithm == "adam" else adamax_update
+        for i, (w, g) in enumerate(zip(params, grads)):
+            new = rule(w, g, *(s[i] for s in slots), learning_rate=learning_rate,
+                       beta_1=beta_1, beta_2=beta_2, epsilon=epsilon, step=step)
+            _store([w, *(s[i] for s in slots)], new)
+    if ema_averages is not None:
+        _store(ema_averages, [pipeline.ema(a, w, ema_momentum)
+                              for a, w in zip(ema_averages, params)])
+        if ema_overwrite:
+            _store(params, list(ema_averages))
+
+
+def _store(targets, values):
+    for target, value in zip(targets, values):
+        if isinstance(target, np.ndarray):
+            np.copyto(target, value)
+        else:
+            target.copy_(value)
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def make_problem(backend, dtype, sizes, algorithm, amsgrad, accumulate, ema, seed=0):
+    """Two identical copies of (params, slots, accumulators, averages)."""
+    rng = np.random.default_rng(seed)
+    params = [rng.standard_normal(s).astype(dtype) for s in sizes]
+    n_slots = 3 if (algorithm == "adam" and amsgrad) else 2
+    slots = [[np.zeros(p.shape, dtype) for p in params] for _ in range(n_slots)]
+    accs = [np.zeros(p.shape, dtype) for p in params] if accumulate else None
+    avgs = [p.copy() for p in params] if ema else None
+
+    def convert(arrays):
+        if arrays is None:
+            return None
+        if backend == "numpy":
+            return [a.copy() for a in arrays]
+        return [torch.from_numpy(a.copy()) for a in arrays]
+
+    def copy():
+        return {
+            "params": convert(params),
+            "slots": [convert(s) for s in slots],
+            "accumulators": convert(accs),
+            "ema_averages": convert(avgs),
+        }
+
+    return copy(), copy()
+
+
+def make_grads(backend, dtype, sizes, rng, scale=1.0):
+    grads = [(rng.standard_normal(s) * scale).astype(dtype) for s in sizes]
+    if backend == "torch":
+        return [torch.from_numpy(g) for g in grads]
+    return grads
+
+
+def as_numpy(x):
+    return x.numpy() if isinstance(x, torch.Tensor) else x
+
+
+def assert_close(state_a, state_b, maxulp=MAX_ULP):
+    names = ("params", "slots", "accumulators", "ema_averages")
+    for name in names:
+        a, b = state_a[name], state_b[name]
+        if a is None:
+            continue
+        if name == "slots":
+            a = [x for s in a for x in s]
+            b = [x for s in b for x in s]
+        for x, y in zip(a, b):
+            x, y = as_numpy(x), as_numpy(y)
+            assert x.dtype == y.dtype
+            if maxulp == 0:
+                np.testing.assert_array_equal(x, y)
+                continue
+            # A few ulps of each array's scale: an ulp of a step's increment becomes many
+            # ulps of a weight that the step brings close to zero.
+            eps = np.finfo(x.dtype).eps
+            scale = max(1.0, float(np.max(np.abs(y), initial=0.0)))
+            np.testing.assert_allclose(x, y, rtol=maxulp * eps, atol=maxulp * eps * scale)
+
+
+def run_both(backend, dtype, algorithm, *, sizes=(7, 1, 300, 64), steps=3, amsgrad=False,
+             accumulation_steps=None, use_ema=False, ema_overwrite_frequency=None,
+             weight_decay=None, weight_decay_mask=None, grad_scale=1.0, seed=0,
+             maxulp=MAX_ULP, **options):
+    """Run ``steps`` optimizer calls through both paths and compare after each.
+
+    NumPy's reference is matched bit for bit (``maxulp=0``) where no norm is summed;
+    torch's own ``sqrt`` of float32 tensors is not always correctly rounded on CPU (it
+    differs from NumPy's in about 1 element out of 6), so torch gets ``MAX_ULP``.
+    """
+    if backend == "torch":
+        maxulp = max(maxulp, MAX_ULP)
+    fused, ref = make_problem(backend, dtype, sizes, algorithm, amsgrad,
+                              accumulation_steps is not None, use_ema, seed)
+    rng = np.random.default_rng(seed + 1)
+    hyper = dict(learning_rate=np.float32(0.01), beta_1=0.9, beta_2=0.999, epsilon=1e-7)
+    for raw in range(steps):
+        grads = make_grads(backend, dtype, sizes, rng, grad_scale)
+        grads_ref = [g.clone() if isinstance(g, torch.Tensor) else g.copy() for g in grads]
+        n = accumulation_steps
+        iterations = raw // n if n else raw
+        phase = None
+        if n:
+            phase = "update" if (raw + 1) % n == 0 else "micro"
+        kwargs = dict(hyper, step=iterations + 1, accumulation_steps=n,
+                      accumulation_phase=phase, weight_decay=weight_decay,
+                      weight_decay_mask=weight_decay_mask, **options)
+        if use_ema:
+            kwargs["ema_momentum"] = pipeline.ema_momentum_at(iterations, 0.99)
+            kwargs["ema_overwrite"] = bool(
+                ema_overwrite_frequency and (iterations + 1) % ema_overwrite_frequency == 0
+            )
+        kernels.fused_step(algorithm, fused["params"], grads, fused["slots"],
+                           accumulators=fused["accumulators"],
+                           ema_averages=fused["ema_averages"], **kwargs)
+        reference_step(algorithm, ref["params"], grads_ref, ref["slots"],
+                       accumulators=ref["accumulators"], ema_averages=ref["ema_averages"],
+                       **kwargs)
+        assert_close(fused, ref, maxulp)
+    return fused, ref
+
+
+BACKENDS = ["numpy", "torch"]
+DTYPES = [np.float32, np.float64]
+ALGORITHMS = ["adam", "adamax"]
+
+
+# ----------------------------------------------------------------------------- features
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_plain(backend, dtype, algorithm):
+    run_both(backend, dtype, algorithm, maxulp=0)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_amsgrad(backend, dtype):
+    run_both(backend, dtype, "adam", amsgrad=True, steps=4, maxulp=0)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+@pytest.mark.parametrize(
+    "option", [{"clipvalue": 0.5}, {"clipnorm": 1.0}, {"global_clipnorm": 2.0}],
+    ids=["clipvalue", "clipnorm", "global_clipnorm"],
+)
+def test_clip(backend, dtype, algorithm, option):
+    run_both(backend, dtype, algorithm, **option)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_clip_not_binding(backend, algorithm):
+    """Norms below the threshold leave the gradients as they are."""
+    run_both(backend, np.float32, algorithm, clipnorm=1e6)
+    run_both(backend, np.float32, algorithm, global_clipnorm=1e6)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_weight_decay_with_mask(backend, dtype, algorithm):
+    run_both(backend, dtype, algorithm, weight_decay=0.05,
+             weight_decay_mask=[True, False, True, False], maxulp=0)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_ema(backend, dtype, algorithm):
+    run_both(backend, dtype, algorithm, use_ema=True, ema_overwrite_frequency=2, steps=5,
+             maxulp=0)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_accumulation(backend, dtype, algorithm):
+    """Micro-steps (only the accumulator moves) and update steps (mean, then reset)."""
+    fused, _ = run_both(backend, dtype, algorithm, accumulation_steps=3, steps=7, maxulp=0)
+    acc = as_numpy(fused["accumulators"][0])
+    assert np.any(acc != 0)  # step 7 is a micro-step of the third cycle
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_loss_scale(backend, dtype, algorithm):
+    run_both(backend, dtype, algorithm, loss_scale_factor=1024.0, grad_scale=1024.0,
+             maxulp=0)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_everything_at_once(backend, algorithm):
+    run_both(backend, np.float32, algorithm, loss_scale_factor=8.0, accumulation_steps=2,
+             global_clipnorm=3.0, weight_decay=0.01, use_ema=True, ema_overwrite_frequency=3,
+             amsgrad=algorithm == "adam", steps=8)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_many_small_tensors(backend):
+    sizes = [int(s) for s in np.random.default_rng(3).integers(0, 40, 500)] + [70_000]
+    run_both(backend, np.float32, "adamax", sizes=sizes, steps=2, clipnorm=0.5,
+             weight_decay=0.1, use_ema=True)
+    run_both(backend, np.float32, "adam", sizes=sizes, steps=2, global_clipnorm=0.5)
+
+
+def test_large_tensor_spans_chunks_and_blocks():
+    from kerasopt.kernels import _numba
+
+    size = 2 * _numba.CHUNK + 3 * _numba.BLOCK + 17
+    run_both("numpy", np.float32, "adam", sizes=(size, 5), steps=2, clipnorm=100.0,
+             use_ema=True)
+
+
+def test_non_finite_gradients_propagate():
+    """NaN and inf behave as in the reference (Keras semantics: they propagate)."""
+    for option in ({}, {"clipvalue": 1.0}, {"global_clipnorm": 1.0}, {"clipnorm": 1.0}):
+        fused, ref = make_problem("numpy", np.float32, (5, 3), "adam", True, False, False)
+        grads = [np.array([1.0, np.nan, -np.inf, np.inf, 0.5], np.float32),
+                 np.array([0.0, 2.0, -1.0], np.float32)]
+        kwargs = dict(learning_rate=np.float32(0.1), beta_1=0.9, beta_2=0.999, epsilon=1e-7,
+                      step=1, **option)
+        kernels.fused_step("adam", fused["params"], grads, fused["slots"], **kwargs)
+        reference_step("adam", ref["params"], grads, ref["slots"], **kwargs)
+        for x, y in zip(fused["params"] + fused["slots"][2], ref["params"] + ref["slots"][2]):
+            np.testing.assert_array_equal(x, y)
+
+
+# ----------------------------------------------------------------------------- hypothesis
+
+
+@settings(max_examples=25, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(
+    backend=st.sampled_from(BACKENDS),
+    dtype=st.sampled_from(DTYPES),
+    algorithm=st.sampled_from(ALGORITHMS),
+    amsgrad=st.booleans(),
+    clip=st.sampled_from([{}, {"clipvalue": 0.3}, {"clipnorm": 0.7}, {"global_clipnorm": 1.5}]),
+    weight_decay=st.sampled_from([None, 0.004]),
+    loss_scale_factor=st.sampled_from([None, 128.0, 3.0]),
+    accumulation_steps=st.sampled_from([None, 2, 3]),
+    use_ema=st.booleans(),
+    ema_overwrite_frequency=st.sampled_from([None, 2]),
+    sizes=st.lists(st.integers(0, 2000), min_size=1, max_size=12),
+    seed=st.integers(0, 2**16),
+)
+def test_random_feature_combinations(backend, dtype, algorithm, amsgrad, clip, weight_decay,
+                                     loss_scale_factor, accumulation_steps, use_ema,
+                                     ema_overwrite_frequency, sizes, seed):
+    mask = [i % 3 != 1 for i in range(len(sizes))]
+    run_both(backend, dtype, algorithm, sizes=tuple(sizes), steps=4,
+             amsgrad=amsgrad and algorithm == "adam", weight_decay=weight_decay,
+             weight_decay_mask=mask, loss_scale_factor=loss_scale_factor,
+             accumulation_steps=accumulation_steps, use_ema=use_ema,
+             ema_overwrite_frequency=ema_overwrite_frequency, seed=seed, **clip)
+
+
+# ----------------------------------------------------------------------------- contract
+
+
+def test_not_fusable_inputs_raise_before_writing():
+    params = [np.ones(4, np.float32), np.ones(3, np.float32)]
+    slots = [[np.zeros(4, np.float32), np.zeros(3, np.float32)] for _ in range(2)]
+    hyper = dict(learning_rate=0.1, beta_1=0.9, beta_2=0.999, epsilon=1e-7, step=1)
+    bad_grads = [
+        [np.ones(4, np.float32), np.ones(4, np.float32)],  # wrong size
+        [np.ones(4, np.float32), np.ones(3, np.float64)],  # wrong dtype
+        [np.ones(4, np.float32), np.ones(6, np.float32)[::2]],  # not contiguous
+        [np.ones(4, np.float32), [1.0, 2.0, 3.0]],  # not an array
+        [np.ones(4, np.float32), torch.ones(3)],  # mixed libraries
+    ]
+    for grads in bad_grads:
+        with pytest.raises(kernels.NotFusable):
+            kernels.fused_step("adamax", params, grads, slots, **hyper)
+        for p in params:
+            np.testing.assert_array_equal(p, 1.0)
+    with pytest.raises(kernels.NotFusable):
+        kernels.fused_step("adam", [np.ones(3, np.float16)], [np.ones(3, np.float16)],
+                           [[np.zeros(3, np.float16)]] * 2, **hyper)
+    with pytest.raises(kernels.NotFusable):
+        read_only = np.ones(4, np.float32)
+        read_only.flags.writeable = False
+        kernels.fused_step("adamax", [read_only], [np.ones(4, np.float32)],
+                           [[np.zeros(4, np.float32)]] * 2, **hyper)
+    with pytest.raises(ValueError, match="algorithm"):
+        kernels.fused_step("sgd", params, params, slots, **hyper)
+
+
+def test_fusable():
+    assert kernels.fusable(np.zeros(3, np.float32))
+    assert kernels.fusable(torch.zeros(3, dtype=torch.float64))
+    assert not kernels.fusable(np.zeros(3, np.float16))
+    assert not kernels.fusable(torch.zeros(3, dtype=torch.bfloat16))
+    assert not kernels.fusable([1.0])
+
+
+def test_torch_autograd_sees_the_in_place_update():
+    w = torch.nn.Parameter(torch.ones(5))
+    version = w._version
+    kernels.fused_step("adam", [w], [torch.ones(5)], [[torch.zeros(5)], [torch.zeros(5)]],
+                       learning_rate=0.1, beta_1=0.9, beta_2=0.999, epsilon=1e-7, step=1)
+    assert w._version > version
+    assert torch.all(w.detach() < 1)
+
+
+# ----------------------------------------------------------------------------- sparse rows
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("algorithm", ["adam", "amsgrad", "adamax"])
+@pytest.mark.parametrize("shape", [(50, 8), (30, 3, 4)])
+def test_rows_step_matches_the_lazy_reference(backend, dtype, algorithm, shape):
+    """Only the touched rows of the weight and its slots move, exactly as the reference's
+    gather -> rule -> scatter does."""
+    rng = np.random.default_rng(7)
+    n_slots = 3 if algorithm == "amsgrad" else 2
+    rule = adamax_update if algorithm == "adamax" else adam_update
+    name = "adamax" if algorithm == "adamax" else "adam"
+    w0 = rng.standard_normal(shape).astype(dtype)
+    slots0 = [np.abs(rng.standard_normal(shape)).astype(dtype) * 0.01 for _ in range(n_slots)]
+    convert = (lambda a: a.copy()) if backend == "numpy" else (lambda a: torch.tensor(a))
+    fused_w, fused_slots = convert(w0), [convert(s) for s in slots0]
+    ref_w, ref_slots = convert(w0), [convert(s) for s in slots0]
+    hyper = dict(learning_rate=np.float32(0.01), beta_1=0.9, beta_2=0.999, epsilon=1e-7)
+    touched = set()
+    for step in (1, 2, 3):
+        rows = np.sort(rng.choice(shape[0], 7, replace=False))
+        touched.update(rows.tolist())
+        values = rng.standard_normal((7, *shape[1:])).astype(dtype)
+        if backend == "torch":
+            rows_t, values_t = torch.from_numpy(rows), torch.from_numpy(values)
+        else:
+            rows_t, values_t = rows, values
+        kernels.fused_rows_step(name, fused_w, rows_t, values_t, fused_slots, step=step,
+                                **hyper)
+        new = rule(ref_w[rows_t], values_t, *(s[rows_t] for s in ref_slots), step=step,
+                   **hyper)
+        for target, value in zip([ref_w, *ref_slots], new):
+            target[rows_t] = value
+        maxulp = MAX_ULP if backend == "torch" else 0
+        assert_close({"params": [fused_w], "slots": [[s] for s in fused_slots],
+                      "accumulators": None, "ema_averages": None},
+                     {"params": [ref_w], "slots": [[s] for s in ref_slots],
+                      "accumulators": None, "ema_averages": None}, maxulp)
+    untouched = sorted(set(range(shape[0])) - touched)
+    assert np.array_equal(as_numpy(fused_w)[untouched], w0[untouched])
+    for fused_slot, slot0 in zip(fused_slots, slots0):
+        assert np.array_equal(as_numpy(fused_slot)[untouched], slot0[untouched])
+
+
+def test_rows_step_rejects_bad_rows_before_writing():
+    w = np.ones((4, 2), np.float32)
+    slots = [np.zeros((4, 2), np.float32), np.zeros((4, 2), np.float32)]
+    hyper = dict(learning_rate=0.1, beta_1=0.9, beta_2=0.999, epsilon=1e-7, step=1)
+    for rows, values in (([5], np.ones((1, 2), np.float32)), ([0], np.ones((2, 2), np.float32)),
+                         ([0.5], np.ones((1, 2), np.float32))):
+        with pytest.raises(kernels.NotFusable):
+            kernels.fused_rows_step("adamax", w, np.asarray(rows), values, slots, **hyper)
+    np.testing.assert_array_equal(w, 1.0)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_sum_rows_matches_add_at(dtype):
+    rng = np.random.default_rng(5)
+    inverse = rng.integers(0, 20, 200)
+    values = rng.standard_normal((200, 3, 2)).astype(dtype)
+    expected = np.zeros((20, 3, 2), dtype)
+    np.add.at(expected, inverse, values)
+    summed = kernels.sum_rows(inverse, values, 20)
+    np.testing.assert_array_equal(summed, expected)
+    assert summed.dtype == dtype
