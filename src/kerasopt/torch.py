@@ -58,7 +58,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from kerasopt import pipeline, validation
+from kerasopt import kernels, pipeline, validation
 from kerasopt.adam import Adam as _CoreAdam
 from kerasopt.adamax import Adamax as _CoreAdamax
 from kerasopt.algorithms.adam import AMSGRAD_SLOT, adam_update
@@ -135,6 +135,7 @@ class KerasOptimizer(torch.optim.Optimizer):
     _core_class: type = _CoreAdam
     _slots: tuple[str, ...] = ()
     _algorithm_keys: tuple[str, ...] = ()
+    _fused_algorithm: str | None = None  # the kernel of kerasopt.kernels for this rule
 
     def __init__(
         self,
@@ -453,6 +454,10 @@ class KerasOptimizer(torch.optim.Optimizer):
             for p in group["params"]:
                 if p.requires_grad or p in self.state:
                     self._ensure_state(group, p)
+        if self._fused_step(entries, grads, raw, rates if update else None):
+            for group in self.param_groups:
+                group["iterations"] = raw + 1
+            return loss
         if self.loss_scale_factor is not None:
             grads = [map_values(lambda g: g / self.loss_scale_factor, g) for g in grads]
         if n:
@@ -465,6 +470,84 @@ class KerasOptimizer(torch.optim.Optimizer):
         for group in self.param_groups:
             group["iterations"] = raw + 1
         return loss
+
+    def _fused_step(
+        self,
+        entries: list[_Entry],
+        grads: list[Any],
+        raw: int,
+        rates: dict[int, torch.Tensor] | None,
+    ) -> bool:
+        """The whole step in one pass over memory per group (:mod:`kerasopt.kernels`), when
+        it applies: numba present, dense CPU float32/float64 tensors (no DTensor) with state in
+        their own dtype, a global norm that no other group shares, and (under EMA or
+        accumulation, which cover every parameter) a gradient for every parameter. Returns
+        False, having changed nothing, otherwise."""
+        algorithm = self._fused_algorithm
+        if algorithm is None or not kernels.available() or self.norm_process_group is not None:
+            return False
+        if any(isinstance(g, IndexedSlices) for g in grads):
+            return False
+        groups = {id(e.group): e.group for e in entries}
+        if sum(1 for group in self.param_groups if group["global_clipnorm"]) > 1:
+            return False
+        n = self.gradient_accumulation_steps
+        if n or any(group["use_ema"] for group in self.param_groups):
+            with_state = sum(1 for group in self.param_groups for p in group["params"]
+                             if p in self.state)
+            if with_state != len(entries):
+                return False
+        for entry in entries:
+            p = entry.param
+            if _is_dtensor(p) or not kernels.fusable(p) or not p.is_contiguous():
+                return False
+            if self._state_dtype(entry.group, p) != p.dtype:
+                return False
+        for group in groups.values():  # one kernel call per group: one dtype per group
+            if len({e.param.dtype for e in entries if e.group is group}) != 1:
+                return False
+        iterations = raw // n if n else raw
+        phase = None if not n else ("update" if (raw + 1) % n == 0 else "micro")
+        for group in groups.values():
+            members = [(e, g) for e, g in zip(entries, grads) if e.group is group]
+            params = [e.param for e, _ in members]
+            options: dict[str, Any] = {}
+            if group["use_ema"]:
+                frequency = group["ema_overwrite_frequency"]
+                options.update(
+                    ema_averages=[self.state[p][AVERAGE] for p in params],
+                    ema_momentum=pipeline.ema_momentum_at(iterations, group["ema_momentum"]),
+                    ema_overwrite=bool(frequency and (iterations + 1) % frequency == 0),
+                )
+            try:
+                kernels.fused_step(
+                    algorithm,
+                    params,
+                    [g for _, g in members],
+                    [[self.state[p][name] for p in params] for name in self._slot_names(group)],
+                    learning_rate=rates[id(group)] if rates is not None else 0.0,
+                    step=iterations + 1,
+                    weight_decay=group["weight_decay"],
+                    weight_decay_mask=(
+                        [self._use_weight_decay(e.param, e.name) for e, _ in members]
+                        if group["weight_decay"] is not None
+                        else None
+                    ),
+                    clipnorm=group["clipnorm"] or None,
+                    global_clipnorm=group["global_clipnorm"] or None,
+                    clipvalue=group["clipvalue"] or None,
+                    loss_scale_factor=self.loss_scale_factor,
+                    accumulators=[self.state[p][ACCUMULATOR] for p in params] if n else None,
+                    accumulation_steps=n,
+                    accumulation_phase=phase,
+                    **self._hyperparameters(group),
+                    **options,
+                )
+            except kernels.NotFusable:
+                if len(groups) > 1:  # the checks above rule this out; never half a step
+                    raise RuntimeError("fused step refused a group after others ran") from None
+                return False
+        return True
 
     def _checked_rates(self, entries: list[_Entry], raw: int) -> dict[int, torch.Tensor]:
         """Every group's learning rate for this step, and its betas resolved once, so that a
@@ -825,6 +908,8 @@ class Adam(KerasOptimizer):
     _slots = ADAM_SLOTS
     _algorithm_keys = ("beta_1", "beta_2", "epsilon", "amsgrad")
 
+    _fused_algorithm = "adam"
+
     def __init__(
         self,
         params: Any,
@@ -898,6 +983,8 @@ class Adamax(KerasOptimizer):
     _core_class = _CoreAdamax
     _slots = ADAMAX_SLOTS
     _algorithm_keys = ("beta_1", "beta_2", "epsilon")
+
+    _fused_algorithm = "adamax"
 
     def __init__(
         self,
