@@ -374,6 +374,20 @@ def optimizer_api_contender(sizes):
     return lambda: opt.apply(grads, variables)
 
 
+def torch_optimizer_api_contender(sizes):
+    """``kerasopt.torch.Adamax.step`` through the public API (whatever path torch.py takes)."""
+    import torch
+
+    import kerasopt.torch as kt
+
+    gen = torch.Generator().manual_seed(0)
+    params = [torch.nn.Parameter(torch.randn(s, generator=gen)) for s in sizes]
+    for p in params:
+        p.grad = torch.randn(p.shape, generator=gen) * 1e-2
+    opt = kt.Adamax(params, learning_rate=1e-3)
+    return opt.step
+
+
 def torch_contenders(sizes):
     import torch
 
@@ -627,6 +641,10 @@ def run(args: argparse.Namespace) -> int:
             BYTES_PER_PARAM,
         )
         if have_torch:
+            contenders["kerasopt.torch.Adamax.step (optimizer API)"] = (
+                torch_optimizer_api_contender(sizes),
+                BYTES_PER_PARAM,
+            )
             for key, fn in torch_contenders(sizes).items():
                 contenders[key] = (fn, BYTES_PER_PARAM)
         contenders[TRIAD] = (triad_step, triad_bytes)
