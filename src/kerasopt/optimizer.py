@@ -312,6 +312,15 @@ class Optimizer:
 
     def _checked_gradient(self, gradient: Any, variable: Variable) -> Any:
         """``gradient`` as an array of ``variable``'s dtype and backend, or a ValueError."""
+        storage = variable.value
+        if (
+            type(gradient) is type(storage)
+            and gradient.dtype == storage.dtype
+            and gradient.shape == storage.shape
+            and getattr(gradient, "device", None) == getattr(storage, "device", None)
+            and not getattr(gradient, "is_sparse", False)
+        ):
+            return gradient  # already the variable's kind of array (the common case)
         where = f"{self.name}: gradient for variable '{variable.name}'"
         if isinstance(gradient, IndexedSlices):
             validate_indexed_slices(gradient, variable.shape, where)
@@ -881,7 +890,9 @@ def _dtype_kind(x: Any) -> str:
         dtype = np.dtype(x.dtype) if hasattr(x, "dtype") else np.asarray(x).dtype
     except (TypeError, ValueError):
         return "O"
-    return "f" if dtype.name in ("bfloat16", "float8_e4m3fn", "float8_e5m2") else dtype.kind
+    if dtype.kind == "V" and dtype.name in ("bfloat16", "float8_e4m3fn", "float8_e5m2"):
+        return "f"  # ml_dtypes floats
+    return dtype.kind
 
 
 def _like(x: Any, reference: Any, integer: bool = False) -> Any:

@@ -451,8 +451,10 @@ class KerasOptimizer(torch.optim.Optimizer):
         if update:
             rates = self._checked_rates(entries, raw)
         for group in self.param_groups:
+            complete = len(self._slot_names(group)) + bool(n) + bool(group["use_ema"])
             for p in group["params"]:
-                if p.requires_grad or p in self.state:
+                state = self.state.get(p)
+                if (state is None and p.requires_grad) or (state and len(state) < complete):
                     self._ensure_state(group, p)
         if self._fused_step(entries, grads, raw, rates if update else None):
             for group in self.param_groups:
@@ -497,15 +499,18 @@ class KerasOptimizer(torch.optim.Optimizer):
                              if p in self.state)
             if with_state != len(entries):
                 return False
-        for entry in entries:
-            p = entry.param
-            if _is_dtensor(p) or not kernels.fusable(p) or not p.is_contiguous():
+        if _DTensor is not None and any(isinstance(e.param, _DTensor) for e in entries):
+            return False
+        for group in groups.values():  # one kernel call per group: one dtype, state in it
+            dtypes = {e.param.dtype for e in entries if e.group is group}
+            state_dtype = group.get("state_dtype")
+            if len(dtypes) != 1 or (state_dtype is not None and state_dtype not in dtypes):
                 return False
-            if self._state_dtype(entry.group, p) != p.dtype:
-                return False
-        for group in groups.values():  # one kernel call per group: one dtype per group
-            if len({e.param.dtype for e in entries if e.group is group}) != 1:
-                return False
+        if len(groups) > 1:  # the kernel's own checks must not refuse a later group
+            for entry, g in zip(entries, grads):
+                if not (kernels.fusable(entry.param) and entry.param.is_contiguous()
+                        and g.is_cpu and g.is_contiguous()):
+                    return False
         iterations = raw // n if n else raw
         phase = None if not n else ("update" if (raw + 1) % n == 0 else "micro")
         for group in groups.values():
@@ -601,6 +606,14 @@ class KerasOptimizer(torch.optim.Optimizer):
         """The gradient as a local tensor of the compute dtype (``IndexedSlices`` if sparse)."""
         p, grad = entry.param, entry.param.grad
         dtype = self._compute_dtype(entry)
+        if (
+            type(grad) is torch.Tensor
+            and grad.layout is torch.strided
+            and grad.dtype is dtype
+            and grad.shape == p.shape
+            and grad.device == p.device
+        ):
+            return grad  # a dense gradient of the compute dtype already (the common case)
         if grad.is_complex():
             raise TypeError(
                 f"{type(self).__name__}: the gradient of {_describe_param(p, entry.name)} has "

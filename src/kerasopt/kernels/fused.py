@@ -499,16 +499,19 @@ def _numpy_addresses(arrays, dtype, sizes, writeable):
 
 
 def _torch_addresses(tensors, dtype, sizes):
-    torch = sys.modules["torch"]
-    for t in tensors:
-        if not isinstance(t, torch.Tensor):
+    tensor_type = sys.modules["torch"].Tensor
+    data, found = [], []
+    for t in tensors:  # one pass: this loop is the per-tensor cost of a step
+        if not isinstance(t, tensor_type):
             raise NotFusable(f"{type(t).__name__} is not a torch tensor.")
         if t.dtype != dtype or not t.is_cpu or not t.is_contiguous():
             raise NotFusable("a tensor is not a contiguous CPU tensor of the weights' dtype.")
-    found = np.fromiter((t.numel() for t in tensors), np.int64, len(tensors))
+        data.append(t.data_ptr())
+        found.append(t.numel())
+    found = np.array(found, np.int64)
     if sizes is not None and not np.array_equal(found, sizes):
         raise NotFusable("a tensor's number of elements differs from its weight's.")
-    return np.fromiter((t.data_ptr() for t in tensors), np.int64, len(tensors)), found
+    return np.array(data, np.int64), found
 
 
 def _bump_versions(params: Sequence[Any], is_torch_step: bool) -> None:
