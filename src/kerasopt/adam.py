@@ -6,7 +6,6 @@ from collections.abc import Sequence
 from typing import Any
 
 from kerasopt import serialization, validation
-from kerasopt.adamax import _serializable_beta
 from kerasopt.algorithms.adam import AMSGRAD_SLOT, SLOTS, adam_update
 from kerasopt.optimizer import Optimizer
 from kerasopt.variable import Variable
@@ -106,8 +105,8 @@ class Adam(Optimizer):
         config = super().get_config()
         config.update(
             {
-                "beta_1": _serializable_beta(self.beta_1),
-                "beta_2": _serializable_beta(self.beta_2),
+                "beta_1": serialization.serialize_if_callable(self.beta_1),
+                "beta_2": serialization.serialize_if_callable(self.beta_2),
                 "epsilon": self.epsilon,
                 "amsgrad": self.amsgrad,
             }

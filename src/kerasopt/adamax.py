@@ -94,13 +94,9 @@ class Adamax(Optimizer):
         config = super().get_config()
         config.update(
             {
-                "beta_1": _serializable_beta(self.beta_1),
-                "beta_2": _serializable_beta(self.beta_2),
+                "beta_1": serialization.serialize_if_callable(self.beta_1),
+                "beta_2": serialization.serialize_if_callable(self.beta_2),
                 "epsilon": self.epsilon,
             }
         )
         return config
-
-
-def _serializable_beta(value: Any) -> Any:
-    return serialization.serialize(value) if callable(value) else value

@@ -323,14 +323,9 @@ def _base_config(
     exclude_from_weight_decay: Any,
     state_dtype: Any,
 ) -> _Config:
-    clip_options = {"clipnorm": clipnorm, "clipvalue": clipvalue,
-                    "global_clipnorm": global_clipnorm}
-    if sum(v is not None for v in clip_options.values()) > 1:
-        received = ", ".join(f"{k}={v!r}" for k, v in clip_options.items())
-        raise ValueError(
-            "Only one of `clipnorm`, `clipvalue` and `global_clipnorm` can be set; "
-            f"received {received}."
-        )
+    validation.at_most_one_clip_option(
+        clipnorm=clipnorm, clipvalue=clipvalue, global_clipnorm=global_clipnorm
+    )
     pattern = None
     if exclude_from_weight_decay is not None:
         if isinstance(exclude_from_weight_decay, str):

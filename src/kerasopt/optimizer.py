@@ -102,14 +102,9 @@ class Optimizer:
         self.global_clipnorm = validation.optional_real(
             "global_clipnorm", global_clipnorm, **non_negative
         )
-        clip_options = {"clipnorm": clipnorm, "clipvalue": clipvalue,
-                        "global_clipnorm": global_clipnorm}
-        if sum(v is not None for v in clip_options.values()) > 1:
-            received = ", ".join(f"{k}={v!r}" for k, v in clip_options.items())
-            raise ValueError(
-                "Only one of `clipnorm`, `clipvalue` and `global_clipnorm` can be set; "
-                f"received {received}."
-            )
+        validation.at_most_one_clip_option(
+            clipnorm=clipnorm, clipvalue=clipvalue, global_clipnorm=global_clipnorm
+        )
         self.use_ema = validation.boolean("use_ema", use_ema)
         self.ema_momentum = validation.real(
             "ema_momentum", ema_momentum, minimum=0.0, maximum=1.0, allowed="a float in [0, 1]"

@@ -85,6 +85,11 @@ schedule as its rate is 3 levels); deeper configs are refused, not recursed into
 _depth = threading.local()
 
 
+def serialize_if_callable(value: Any) -> Any:
+    """A number as is; a callable hyperparameter (e.g. a callable beta) in Keras's format."""
+    return serialize(value) if callable(value) else value
+
+
 def deserialize(
     config: Any, custom_objects: Mapping[str, Any] | None = None, *, kind: str | None = None
 ) -> Any:

@@ -75,6 +75,16 @@ def boolean(name: str, value: Any) -> bool:
     return value
 
 
+def at_most_one_clip_option(**options: Any) -> None:
+    """Keras allows one of ``clipnorm``, ``clipvalue`` and ``global_clipnorm``."""
+    if sum(v is not None for v in options.values()) > 1:
+        received = ", ".join(f"{k}={short_repr(v)}" for k, v in options.items())
+        raise ValueError(
+            "Only one of `clipnorm`, `clipvalue` and `global_clipnorm` can be set; "
+            f"received {received}."
+        )
+
+
 def beta(name: str, value: Any) -> Any:
     """A beta: a real number in [0, 1), or a zero-argument callable returning one."""
     if callable(value):
