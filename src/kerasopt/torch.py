@@ -23,7 +23,9 @@ Param groups
     ``epsilon``, ``weight_decay``, ``clipnorm``, ``use_ema``...). A float learning rate lives
     under torch's key ``"lr"`` (so ``torch.optim.lr_scheduler`` works); a
     ``kerasopt.schedules`` schedule or a zero-argument callable lives under
-    ``"learning_rate"`` and then decides the rate (``"lr"`` then reports the last rate used).
+    ``"learning_rate"`` and then decides the rate (``"lr"`` then reports the last rate used;
+    a value someone else writes into ``"lr"`` applies to the next step only, as when
+    ``torch.distributed.checkpoint`` sets it to 0 for the step that creates the state).
     ``"iterations"`` holds the optimizer's raw step count (Keras's ``iterations`` variable;
     the same in every group), so it travels with every ``state_dict`` format, including
     ``torch.distributed.checkpoint``'s.
@@ -95,6 +97,7 @@ _BOOKKEEPING_KEYS = (
     "param_names",
     "initial_lr",
     "iterations",
+    "reported_lr",
     MARKER,
     "loss_scale_factor",
     "gradient_accumulation_steps",
@@ -300,7 +303,13 @@ class KerasOptimizer(torch.optim.Optimizer):
             if isinstance(value, torch.Tensor):
                 return value.detach().to(device="cpu", dtype=torch.float32)
             return torch.tensor(float(value), dtype=torch.float32)
-        if isinstance(rate, LearningRateSchedule):
+        reported = group.get("reported_lr")
+        if reported is not None and group.get("lr") != reported:
+            # Someone else wrote group["lr"] since the last step (torch.distributed.checkpoint
+            # sets it to 0 for the zero-gradient step that creates the state): that value
+            # applies to this step; the schedule resumes on the next.
+            value = group["lr"]
+        elif isinstance(rate, LearningRateSchedule):
             value = rate(np.int64(raw))
         else:
             value = rate()
@@ -308,7 +317,7 @@ class KerasOptimizer(torch.optim.Optimizer):
             tensor = value.detach().cpu()
         else:
             tensor = torch.from_numpy(np.array(value))
-        group["lr"] = float(tensor)
+        group["lr"] = group["reported_lr"] = float(tensor)
         return tensor if tensor.is_floating_point() else tensor.to(torch.float32)
 
     # ----------------------------------------------------------------- state

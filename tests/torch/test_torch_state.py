@@ -180,3 +180,22 @@ def test_load_rejects_wrong_parameter_count():
     with pytest.raises(ValueError, match="expects a dict with 'state' and 'param_groups'"):
         opt.load_state_dict({"state": {}})
     _unchanged(model, opt, snap)
+
+
+def test_schedule_group_honours_an_external_lr_for_one_step():
+    """torch.distributed.checkpoint creates the state of a fresh optimizer with one
+    zero-gradient step at lr 0; a scheduled group must not decay its weights then."""
+    p = torch.nn.Parameter(torch.ones(3))
+    schedule = kerasopt.schedules.ExponentialDecay(0.1, decay_steps=10, decay_rate=0.5)
+    opt = kt.Adamax([p], learning_rate=schedule, weight_decay=0.5)
+    group = opt.param_groups[0]
+    p.grad = torch.zeros(3)
+    opt.step()  # reports the schedule's rate
+    assert group["lr"] == pytest.approx(0.1)
+    before = p.detach().clone()
+    group["lr"] = 0.0  # what torch.distributed.checkpoint does before its init step
+    opt.step()
+    assert torch.equal(p.detach(), before)  # no decay, no update at rate 0
+    opt.step()  # the schedule decides again
+    assert group["lr"] == pytest.approx(float(schedule(2)))
+    assert not torch.equal(p.detach(), before)
