@@ -37,7 +37,7 @@ def reference_step(algorithm, params, grads, slots, *, learning_rate, beta_1, be
     """The same step as ``fused_step``, from the pure functions, written back in place."""
     grads = list(grads)
     if loss_scale_factor is not None:
-        grads = pipeline.unscale(grads, loss_scale_factor)
+        grads = [pipeline.unscale(g, loss_scale_factor) for g in grads]
     update = True
     if accumulation_phase == "micro":
         _store(accumulators, pipeline.accumulate(grads, accumulators))

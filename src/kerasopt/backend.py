@@ -74,9 +74,3 @@ def to_numpy(x: Any) -> np.ndarray:
             x = x.float()
         return x.cpu().numpy()
     return np.asarray(x)
-
-
-def dtype_name(dtype: Any) -> str:
-    """A dtype as a plain string: ``float32``, ``bfloat16``..."""
-    return str(dtype).removeprefix("torch.")
-

@@ -103,7 +103,7 @@ import optax
 from kerasopt import pipeline, validation
 from kerasopt.algorithms import adam_update, adamax_update
 from kerasopt.schedules import LearningRateSchedule
-from kerasopt.sparse import IndexedSlices, values_of, with_values
+from kerasopt.sparse import IndexedSlices, map_values, values_of, with_values
 
 __all__ = [
     "AdamState",
@@ -666,7 +666,8 @@ def _keras_transformation(
             gs.append(g)
         if config.loss_scale_factor is not None:
             factor = config.loss_scale_factor
-            gs = [None if g is None else with_values(g, values_of(g) / factor) for g in gs]
+            gs = [None if g is None else map_values(lambda v: pipeline.unscale(v, factor), g)
+                  for g in gs]
 
         n_updates = count // n_steps if n_steps is not None else count
         learning_rate = _current_learning_rate(config.learning_rate, count)

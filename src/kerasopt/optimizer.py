@@ -415,7 +415,8 @@ class Optimizer:
     def _reference_step(self, grads: list[Any], variables: list[Variable]) -> None:
         """Steps 2-7 with the pure functions, one array operation at a time (the truth)."""
         if self.loss_scale_factor is not None:
-            grads = [map_values(lambda v: v / self.loss_scale_factor, g) for g in grads]
+            factor = self.loss_scale_factor
+            grads = [map_values(lambda v: pipeline.unscale(v, factor), g) for g in grads]
         if self.gradient_accumulation_steps:
             grads = self._accumulate(grads, variables)
         if grads is not None:

@@ -26,9 +26,9 @@ def keras_float(value: float) -> float:
     return float(np.float32(value))
 
 
-def unscale(grads: Sequence[Any], loss_scale_factor: float) -> list[Any]:
-    """``g / loss_scale_factor`` for every gradient."""
-    return [g / loss_scale_factor for g in grads]
+def unscale(g: Any, loss_scale_factor: float) -> Any:
+    """``g / loss_scale_factor``: the gradient of the unscaled loss."""
+    return g / loss_scale_factor
 
 
 def accumulate(grads: Sequence[Any], accumulators: Sequence[Any]) -> list[Any]:

@@ -470,7 +470,8 @@ class KerasOptimizer(torch.optim.Optimizer):
                 group["iterations"] = raw + 1
             return loss
         if self.loss_scale_factor is not None:
-            grads = [map_values(lambda g: g / self.loss_scale_factor, g) for g in grads]
+            factor = self.loss_scale_factor
+            grads = [map_values(lambda v: pipeline.unscale(v, factor), g) for g in grads]
         if n:
             grads = self._accumulate(entries, grads, raw, n)
         if update:
