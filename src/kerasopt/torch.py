@@ -139,6 +139,7 @@ class KerasOptimizer(torch.optim.Optimizer):
     _slots: tuple[str, ...] = ()
     _algorithm_keys: tuple[str, ...] = ()
     _fused_algorithm: str | None = None  # the kernel of kerasopt.kernels for this rule
+    _update_rule: Callable[..., tuple[Any, ...]]
 
     def __init__(
         self,
@@ -772,12 +773,17 @@ class KerasOptimizer(torch.optim.Optimizer):
                 if overwrite:
                     w.copy_(average)
 
-    # Subclasses: the pure rule and its hyperparameters.
-    def _rule(self, w, g, *slots, **hyper):  # pragma: no cover - abstract
-        raise NotImplementedError
+    def _rule(self, w, g, *slots, **hyper):
+        """The pure update rule of :mod:`kerasopt.algorithms` (set by each subclass)."""
+        return self._update_rule(w, g, *slots, **hyper)
 
-    def _hyperparameters(self, group: dict[str, Any]) -> dict[str, Any]:  # pragma: no cover
-        raise NotImplementedError
+    def _hyperparameters(self, group: dict[str, Any]) -> dict[str, Any]:
+        """The rule's scalars for this step: betas resolved (callables called), epsilon."""
+        return {
+            "beta_1": validation.resolved_beta("beta_1", group["beta_1"]),
+            "beta_2": validation.resolved_beta("beta_2", group["beta_2"]),
+            "epsilon": group["epsilon"],
+        }
 
     # ----------------------------------------------------------------- state_dict
 
@@ -932,6 +938,7 @@ class Adam(KerasOptimizer):
     _algorithm_keys = ("beta_1", "beta_2", "epsilon", "amsgrad")
 
     _fused_algorithm = "adam"
+    _update_rule = staticmethod(adam_update)
 
     def __init__(
         self,
@@ -984,16 +991,6 @@ class Adam(KerasOptimizer):
             names.append(AMSGRAD_SLOT)
         return names
 
-    def _hyperparameters(self, group: dict[str, Any]) -> dict[str, Any]:
-        return {
-            "beta_1": validation.resolved_beta("beta_1", group["beta_1"]),
-            "beta_2": validation.resolved_beta("beta_2", group["beta_2"]),
-            "epsilon": group["epsilon"],
-        }
-
-    def _rule(self, w, g, *slots, **hyper):
-        return adam_update(w, g, *slots, **hyper)
-
 
 class Adamax(KerasOptimizer):
     """Keras 3's Adamax as a ``torch.optim.Optimizer`` (see the module docstring).
@@ -1008,6 +1005,7 @@ class Adamax(KerasOptimizer):
     _algorithm_keys = ("beta_1", "beta_2", "epsilon")
 
     _fused_algorithm = "adamax"
+    _update_rule = staticmethod(adamax_update)
 
     def __init__(
         self,
@@ -1052,15 +1050,6 @@ class Adamax(KerasOptimizer):
             **kwargs,
         )
 
-    def _hyperparameters(self, group: dict[str, Any]) -> dict[str, Any]:
-        return {
-            "beta_1": validation.resolved_beta("beta_1", group["beta_1"]),
-            "beta_2": validation.resolved_beta("beta_2", group["beta_2"]),
-            "epsilon": group["epsilon"],
-        }
-
-    def _rule(self, w, g, *slots, **hyper):
-        return adamax_update(w, g, *slots, **hyper)
 
 
 class LossScaleOptimizer:
