@@ -365,14 +365,8 @@ class Optimizer:
     def _check_hyperparameters(self) -> None:
         """Evaluate a callable/schedule learning rate and callable betas now, so that a bad
         value raises before the step changes anything (accumulators, weight decay)."""
-        try:
-            rate = self._current_learning_rate()
-            float(rate)
-        except (TypeError, ValueError, RuntimeError) as error:
-            raise TypeError(
-                f"{self.name}: the learning rate must evaluate to a real number; evaluating "
-                f"`learning_rate` failed ({error})."
-            ) from error
+        with validation.evaluating_learning_rate(self.name):
+            float(self._current_learning_rate())
         for name in ("beta_1", "beta_2"):
             value = getattr(self, name, None)
             if callable(value):

@@ -568,15 +568,10 @@ class KerasOptimizer(torch.optim.Optimizer):
     def _checked_rates(self, entries: list[_Entry], raw: int) -> dict[int, torch.Tensor]:
         """Every group's learning rate for this step, and its betas resolved once, so that a
         callable returning a bad value raises before the step changes anything."""
-        try:
+        with validation.evaluating_learning_rate(f"{type(self).__name__}.step()"):
             rates = {id(group): self._learning_rate(group, raw) for group in self.param_groups}
             for rate in rates.values():
                 float(rate)
-        except (TypeError, ValueError, RuntimeError) as error:
-            raise TypeError(
-                f"{type(self).__name__}.step(): the learning rate must evaluate to a real "
-                f"number; evaluating `learning_rate` failed ({error})."
-            ) from error
         for group in {id(e.group): e.group for e in entries}.values():
             self._hyperparameters(group)
         return rates

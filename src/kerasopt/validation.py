@@ -3,9 +3,11 @@ received and what is allowed."""
 
 from __future__ import annotations
 
+import contextlib
 import math
 import numbers
 import reprlib
+from collections.abc import Iterator
 from typing import Any
 
 _REPR = reprlib.Repr()
@@ -118,6 +120,19 @@ _KERAS_SPELLINGS = {
     "b1": "beta_1", "b2": "beta_2", "beta1": "beta_1", "beta2": "beta_2",
     "clip_norm": "clipnorm", "clip_value": "clipvalue", "max_grad_norm": "global_clipnorm",
 }
+
+
+@contextlib.contextmanager
+def evaluating_learning_rate(owner: str) -> Iterator[None]:
+    """Turn a failure while evaluating a schedule/callable learning rate (or converting it
+    to a real number) into a TypeError that names `learning_rate`."""
+    try:
+        yield
+    except (TypeError, ValueError, RuntimeError) as error:
+        raise TypeError(
+            f"{owner}: the learning rate must evaluate to a real number; evaluating "
+            f"`learning_rate` failed ({error})."
+        ) from error
 
 
 def unknown_keywords(cls_name: str, kwargs: dict[str, Any]) -> None:
