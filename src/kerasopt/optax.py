@@ -212,14 +212,16 @@ def _required_number(name: str, value: Any, check: Callable[[str, Any], Any]) ->
     return _checked_number(name, value, check)
 
 
-def _non_negative(name: str, value: Any) -> Any:
-    return validation.real(name, value, minimum=0.0, allowed="None or a finite float >= 0")
+def _non_negative(name: str, value: Any) -> float:
+    # A Python float, so that a large integer (2**31) is not traced as an int32 under jit.
+    return float(validation.real(name, value, minimum=0.0,
+                                 allowed="None or a finite float >= 0"))
 
 
-def _positive(name: str, value: Any) -> Any:
-    return validation.real(
+def _positive(name: str, value: Any) -> float:
+    return float(validation.real(
         name, value, minimum=0.0, min_inclusive=False, allowed="a finite float > 0"
-    )
+    ))
 
 
 def _beta(name: str, value: Any) -> Any:
@@ -378,9 +380,9 @@ def _base_config(
         loss_scale_factor=_checked_number(
             "loss_scale_factor",
             loss_scale_factor,
-            lambda n, v: validation.real(
+            lambda n, v: float(validation.real(
                 n, v, minimum=0.0, min_inclusive=False, allowed="None or a finite float > 0"
-            ),
+            )),
         ),
         gradient_accumulation_steps=_integer(
             "gradient_accumulation_steps",

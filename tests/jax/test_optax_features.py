@@ -401,3 +401,15 @@ def test_no_warnings_on_a_plain_step():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         _run(tx, params, grads[:2])
+
+
+@pytest.mark.parametrize("argument", ["clipnorm", "global_clipnorm", "clipvalue",
+                                      "weight_decay", "loss_scale_factor"])
+def test_large_integer_hyperparameters_run_under_jit(argument):
+    """A Python int beyond int32 (2**31) is a valid float hyperparameter; it must not be
+    traced as an int32 (found by the hardening fuzz)."""
+    tx = kx.adam(**{argument: 2**31})
+    params = {"w": jnp.ones(3)}
+    state = tx.init(params)
+    updates, _ = jax.jit(tx.update)({"w": jnp.full(3, 0.5)}, state, params)
+    assert updates["w"].shape == (3,)
