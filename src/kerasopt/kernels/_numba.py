@@ -24,41 +24,41 @@ import numpy as np
 from numba import carray, njit, prange, types
 from numba.extending import intrinsic
 
-CHUNK = 1 << 15
+from kerasopt.kernels.layout import (
+    ACC,
+    ACCUMULATE,
+    AMSGRAD,
+    AVERAGE,
+    CHUNK,
+    CLIP_GLOBAL,
+    CLIP_NORM,
+    CLIP_VALUE,
+    DECAY,
+    EMA,
+    H_BETA_2,
+    H_CLIP_HIGH,
+    H_CLIP_LOW,
+    H_DECAY,
+    H_DENOMINATOR,
+    H_EMA,
+    H_EPSILON,
+    H_GLOBAL,
+    H_LR,
+    H_ONE_MINUS_BETA_1,
+    H_ONE_MINUS_EMA,
+    H_SCALE,
+    H_STEPS,
+    OVERWRITE,
+    UNSCALE,
+    VHAT,
+    G,
+    M,
+    V,
+    W,
+)
+
 BLOCK = 512
 
-# Columns of the address table.
-W, G, M, V, VHAT, ACC, EMA = range(7)
-COLUMNS = 7
-
-# Bits of the ``features`` argument.
-UNSCALE = 1
-ACCUMULATE = 2
-CLIP_VALUE = 4
-CLIP_NORM = 8
-CLIP_GLOBAL = 16
-DECAY = 32
-AVERAGE = 64
-OVERWRITE = 128
-AMSGRAD = 256
-
-# Slots of the ``hyper`` array (scalars already in the variables' dtype).
-(
-    H_SCALE,  # loss_scale_factor
-    H_STEPS,  # gradient_accumulation_steps
-    H_CLIP_LOW,  # -clipvalue
-    H_CLIP_HIGH,  # clipvalue
-    H_GLOBAL,  # global clip scale
-    H_DECAY,  # 1 - weight_decay * lr
-    H_LR,  # Adam: alpha; Adamax: lr
-    H_ONE_MINUS_BETA_1,
-    H_BETA_2,  # Adam: 1 - beta_2; Adamax: beta_2
-    H_EPSILON,
-    H_DENOMINATOR,  # Adamax: 1 - beta_1 ** t
-    H_EMA,  # EMA momentum
-    H_ONE_MINUS_EMA,
-) = range(13)
-HYPER = 13
 
 
 @intrinsic

@@ -32,6 +32,7 @@ import numpy as np
 
 from kerasopt import pipeline
 from kerasopt.backend import cast_scalar, is_torch, namespace
+from kerasopt.kernels import layout
 
 try:  # numba is the optional ``fast`` extra
     from kerasopt.kernels import _numba as _k
@@ -163,17 +164,17 @@ def fused_step(
     if accumulation_phase is not None and accumulators is None:
         raise ValueError("accumulation_phase needs accumulators.")
     roles: list[tuple[int, Sequence[Any], bool]] = [
-        (_k.W, params, True),
-        (_k.G, grads, False),
+        (layout.W, params, True),
+        (layout.G, grads, False),
     ]
     if not micro:
-        roles += [(_k.M, slots[0], True), (_k.V, slots[1], True)]
+        roles += [(layout.M, slots[0], True), (layout.V, slots[1], True)]
         if amsgrad:
-            roles.append((_k.VHAT, slots[2], True))
+            roles.append((layout.VHAT, slots[2], True))
     if accumulation_phase is not None:
-        roles.append((_k.ACC, accumulators, True))
+        roles.append((layout.ACC, accumulators, True))
     if ema_averages is not None:
-        roles.append((_k.EMA, ema_averages, True))
+        roles.append((layout.EMA, ema_averages, True))
     for _, arrays, _ in roles:
         if len(arrays) != n:
             raise ValueError(f"Every list must hold {n} arrays, one per weight.")
@@ -220,7 +221,7 @@ def _run(algorithm, table, chunks, marker, like, n, micro, amsgrad, params, is_t
     """Compute the step's scalars as the reference does, then launch the kernels."""
 
     features = 0
-    hyper = np.zeros(_k.HYPER, marker.dtype)
+    hyper = np.zeros(layout.HYPER, marker.dtype)
     xp = namespace(like)
     one = xp.ones((), dtype=like.dtype)
 
@@ -228,18 +229,18 @@ def _run(algorithm, table, chunks, marker, like, n, micro, amsgrad, params, is_t
         return marker.dtype.type(float(x))
 
     if loss_scale_factor is not None:
-        features |= _k.UNSCALE
-        hyper[_k.H_SCALE] = scalar(cast_scalar(loss_scale_factor, like))
+        features |= layout.UNSCALE
+        hyper[layout.H_SCALE] = scalar(cast_scalar(loss_scale_factor, like))
     if accumulation_phase == "update":
-        features |= _k.ACCUMULATE
-        hyper[_k.H_STEPS] = scalar(cast_scalar(accumulation_steps, like))
+        features |= layout.ACCUMULATE
+        hyper[layout.H_STEPS] = scalar(cast_scalar(accumulation_steps, like))
     if ema_averages is not None:
-        features |= _k.AVERAGE
+        features |= layout.AVERAGE
         momentum = cast_scalar(0.0 if ema_momentum is None else ema_momentum, like)
-        hyper[_k.H_EMA] = scalar(momentum)
-        hyper[_k.H_ONE_MINUS_EMA] = scalar(1 - momentum)
+        hyper[layout.H_EMA] = scalar(momentum)
+        hyper[layout.H_ONE_MINUS_EMA] = scalar(1 - momentum)
         if ema_overwrite:
-            features |= _k.OVERWRITE
+            features |= layout.OVERWRITE
 
     if micro:
         _k.micro_step(table, chunks, marker, features, hyper)
@@ -249,34 +250,34 @@ def _run(algorithm, table, chunks, marker, like, n, micro, amsgrad, params, is_t
     empty = np.zeros(0, marker.dtype)
     clip_c = clip_d = empty
     if clipvalue:
-        features |= _k.CLIP_VALUE
+        features |= layout.CLIP_VALUE
         bound = pipeline.keras_float(clipvalue)
-        hyper[_k.H_CLIP_LOW] = scalar(cast_scalar(-bound, like))
-        hyper[_k.H_CLIP_HIGH] = scalar(cast_scalar(bound, like))
+        hyper[layout.H_CLIP_LOW] = scalar(cast_scalar(-bound, like))
+        hyper[layout.H_CLIP_HIGH] = scalar(cast_scalar(bound, like))
     elif clipnorm or global_clipnorm:
         partial = _k.squared_sums(table, chunks, marker, features, hyper)
         l2sums = _k.tensor_sums(partial, chunks, n, marker)
         if clipnorm:
-            features |= _k.CLIP_NORM
+            features |= layout.CLIP_NORM
             clip_c, clip_d = _k.clip_norm_factors(
                 l2sums, marker.dtype.type(pipeline.keras_float(clipnorm))
             )
         else:
-            features |= _k.CLIP_GLOBAL
+            features |= layout.CLIP_GLOBAL
             norm = xp.sqrt(cast_scalar(float(_k.sequential_sum(l2sums)), like))
             scale = pipeline.clip_by_global_norm([one], global_clipnorm, norm=norm)[0]
-            hyper[_k.H_GLOBAL] = scalar(scale)
+            hyper[layout.H_GLOBAL] = scalar(scale)
     mask = np.ones(n, np.bool_) if weight_decay_mask is None else np.asarray(
         weight_decay_mask, np.bool_
     )
     if weight_decay is not None and mask.any():
-        features |= _k.DECAY
-        hyper[_k.H_DECAY] = scalar(pipeline.decay(one, weight_decay, learning_rate))
+        features |= layout.DECAY
+        hyper[layout.H_DECAY] = scalar(pipeline.decay(one, weight_decay, learning_rate))
 
     _algorithm_scalars(hyper, algorithm, like, learning_rate, beta_1, beta_2, epsilon, step)
     if algorithm == "adam":
         if amsgrad:
-            features |= _k.AMSGRAD
+            features |= layout.AMSGRAD
         _k.adam_step(table, chunks, marker, features, hyper, clip_c, clip_d, mask)
     else:
         _k.adamax_step(table, chunks, marker, features, hyper, clip_c, clip_d, mask)
@@ -291,16 +292,16 @@ def _algorithm_scalars(hyper, algorithm, like, learning_rate, beta_1, beta_2, ep
     lr = cast_scalar(learning_rate, like)
     t = cast_scalar(step, like)
     beta_1_power = cast_scalar(beta_1, like) ** t
-    hyper[_k.H_ONE_MINUS_BETA_1] = dtype(float(cast_scalar(1 - beta_1, like)))
-    hyper[_k.H_EPSILON] = dtype(float(cast_scalar(epsilon, like)))
+    hyper[layout.H_ONE_MINUS_BETA_1] = dtype(float(cast_scalar(1 - beta_1, like)))
+    hyper[layout.H_EPSILON] = dtype(float(cast_scalar(epsilon, like)))
     if algorithm == "adam":
         beta_2_power = cast_scalar(beta_2, like) ** t
-        hyper[_k.H_LR] = dtype(float(lr * xp.sqrt(1 - beta_2_power) / (1 - beta_1_power)))
-        hyper[_k.H_BETA_2] = dtype(float(cast_scalar(1 - beta_2, like)))
+        hyper[layout.H_LR] = dtype(float(lr * xp.sqrt(1 - beta_2_power) / (1 - beta_1_power)))
+        hyper[layout.H_BETA_2] = dtype(float(cast_scalar(1 - beta_2, like)))
     else:
-        hyper[_k.H_LR] = dtype(float(lr))
-        hyper[_k.H_BETA_2] = dtype(float(cast_scalar(beta_2, like)))
-        hyper[_k.H_DENOMINATOR] = dtype(float(1 - beta_1_power))
+        hyper[layout.H_LR] = dtype(float(lr))
+        hyper[layout.H_BETA_2] = dtype(float(cast_scalar(beta_2, like)))
+        hyper[layout.H_DENOMINATOR] = dtype(float(1 - beta_1_power))
 
 
 def sum_rows(inverse: np.ndarray, values: np.ndarray, n_rows: int) -> np.ndarray:
@@ -394,7 +395,7 @@ def fused_rows_step(
     if len(slots) not in expected_slots:
         raise ValueError(f"{algorithm} takes {expected_slots} slots; got {len(slots)}.")
     flat = [v.reshape(v.shape[0], -1) for v in views]
-    hyper = np.zeros(_k.HYPER, dtype)
+    hyper = np.zeros(layout.HYPER, dtype)
     _algorithm_scalars(hyper, algorithm, like, learning_rate, beta_1, beta_2, epsilon, step)
     w, g, *state = flat
     with _threads_for(g.size):
@@ -419,7 +420,7 @@ def _address_table(roles, n):
     weights (for scalar arithmetic) and whether they are torch tensors."""
     params = roles[0][1]
     first = params[0]
-    table = np.zeros((n, _k.COLUMNS), np.int64)
+    table = np.zeros((n, layout.COLUMNS), np.int64)
     if isinstance(first, np.ndarray):
         if first.dtype not in _DTYPES:
             raise NotFusable(f"dtype {first.dtype} is not float32 or float64.")
