@@ -345,32 +345,6 @@ def tensor_sums(partial, chunks, n_tensors, marker):
     return out
 
 
-@njit(cache=True)
-def sequential_sum(values):
-    """``((0 + v0) + v1) + ...`` in ``values``' dtype, as Python's ``sum`` of 0-d arrays."""
-    total = values[0] - values[0]
-    for x in values:
-        total = total + x
-    return total
-
-
-@njit(cache=True)
-def clip_norm_factors(l2sums, clipnorm):
-    """Per tensor, ``(c, d)`` with ``clip_by_norm(g) == g * c / d`` as the reference computes:
-    ``l2norm = sqrt(l2sum)`` (or ``l2sum`` when not positive), ``d = float32(max(l2norm,
-    clipnorm))`` back in the dtype, ``c = clipnorm``."""
-    n = l2sums.shape[0]
-    c = np.empty(n, l2sums.dtype)
-    d = np.empty(n, l2sums.dtype)
-    for t in range(n):
-        s = l2sums[t]
-        norm = np.sqrt(s) if s > 0 else s
-        divisor = norm if (norm > clipnorm or norm != norm) else clipnorm
-        d[t] = np.float32(divisor)
-        c[t] = clipnorm
-    return c, d
-
-
 @njit(parallel=True, cache=True)
 def adam_rows(w, m, v, vhat, rows, values, hyper, amsgrad):
     """Lazy sparse Adam: only ``rows`` of the 2-D ``w``, ``m``, ``v`` (and ``vhat``) move,

@@ -30,9 +30,9 @@ from typing import Any
 
 import numpy as np
 
-from kerasopt import pipeline
-from kerasopt.backend import cast_scalar, is_torch, namespace
+from kerasopt.backend import is_torch
 from kerasopt.kernels import layout
+from kerasopt.kernels.scalars import algorithm_scalars, step_scalars
 
 try:  # numba is the optional ``fast`` extra
     from kerasopt.kernels import _numba as _k
@@ -189,7 +189,7 @@ def fused_step(
              weight_decay_mask=weight_decay_mask, clipnorm=clipnorm,
              global_clipnorm=global_clipnorm, clipvalue=clipvalue,
              loss_scale_factor=loss_scale_factor, accumulation_steps=accumulation_steps,
-             accumulation_phase=accumulation_phase, ema_averages=ema_averages,
+             accumulation_phase=accumulation_phase, averaging=ema_averages is not None,
              ema_momentum=ema_momentum, ema_overwrite=ema_overwrite)
 
 
@@ -214,94 +214,23 @@ def _threads_for(elements: int):
         numba.set_num_threads(threads)
 
 
-def _run(algorithm, table, chunks, marker, like, n, micro, amsgrad, params, is_torch_step, *,
-         learning_rate, beta_1, beta_2, epsilon, step, weight_decay, weight_decay_mask,
-         clipnorm, global_clipnorm, clipvalue, loss_scale_factor, accumulation_steps,
-         accumulation_phase, ema_averages, ema_momentum, ema_overwrite):
+def _run(algorithm, table, chunks, marker, like, n, micro, amsgrad, params, is_torch_step,
+         **options):
     """Compute the step's scalars as the reference does, then launch the kernels."""
 
-    features = 0
-    hyper = np.zeros(layout.HYPER, marker.dtype)
-    xp = namespace(like)
-    one = xp.ones((), dtype=like.dtype)
-
-    def scalar(x: Any) -> Any:
-        return marker.dtype.type(float(x))
-
-    if loss_scale_factor is not None:
-        features |= layout.UNSCALE
-        hyper[layout.H_SCALE] = scalar(cast_scalar(loss_scale_factor, like))
-    if accumulation_phase == "update":
-        features |= layout.ACCUMULATE
-        hyper[layout.H_STEPS] = scalar(cast_scalar(accumulation_steps, like))
-    if ema_averages is not None:
-        features |= layout.AVERAGE
-        momentum = cast_scalar(0.0 if ema_momentum is None else ema_momentum, like)
-        hyper[layout.H_EMA] = scalar(momentum)
-        hyper[layout.H_ONE_MINUS_EMA] = scalar(1 - momentum)
-        if ema_overwrite:
-            features |= layout.OVERWRITE
-
-    if micro:
-        _k.micro_step(table, chunks, marker, features, hyper)
-        _bump_versions(params if ema_overwrite else (), is_torch_step)
-        return
-
-    empty = np.zeros(0, marker.dtype)
-    clip_c = clip_d = empty
-    if clipvalue:
-        features |= layout.CLIP_VALUE
-        bound = pipeline.keras_float(clipvalue)
-        hyper[layout.H_CLIP_LOW] = scalar(cast_scalar(-bound, like))
-        hyper[layout.H_CLIP_HIGH] = scalar(cast_scalar(bound, like))
-    elif clipnorm or global_clipnorm:
+    def squared_norms(features: int, hyper: np.ndarray) -> np.ndarray:
         partial = _k.squared_sums(table, chunks, marker, features, hyper)
-        l2sums = _k.tensor_sums(partial, chunks, n, marker)
-        if clipnorm:
-            features |= layout.CLIP_NORM
-            clip_c, clip_d = _k.clip_norm_factors(
-                l2sums, marker.dtype.type(pipeline.keras_float(clipnorm))
-            )
-        else:
-            features |= layout.CLIP_GLOBAL
-            norm = xp.sqrt(cast_scalar(float(_k.sequential_sum(l2sums)), like))
-            scale = pipeline.clip_by_global_norm([one], global_clipnorm, norm=norm)[0]
-            hyper[layout.H_GLOBAL] = scalar(scale)
-    mask = np.ones(n, np.bool_) if weight_decay_mask is None else np.asarray(
-        weight_decay_mask, np.bool_
-    )
-    if weight_decay is not None and mask.any():
-        features |= layout.DECAY
-        hyper[layout.H_DECAY] = scalar(pipeline.decay(one, weight_decay, learning_rate))
+        return _k.tensor_sums(partial, chunks, n, marker)
 
-    _algorithm_scalars(hyper, algorithm, like, learning_rate, beta_1, beta_2, epsilon, step)
-    if algorithm == "adam":
-        if amsgrad:
-            features |= layout.AMSGRAD
-        _k.adam_step(table, chunks, marker, features, hyper, clip_c, clip_d, mask)
-    else:
-        _k.adamax_step(table, chunks, marker, features, hyper, clip_c, clip_d, mask)
+    s = step_scalars(algorithm, like, marker.dtype, n, micro=micro, amsgrad=amsgrad,
+                     squared_norms=squared_norms, **options)
+    if micro:
+        _k.micro_step(table, chunks, marker, s.features, s.hyper)
+        _bump_versions(params if options["ema_overwrite"] else (), is_torch_step)
+        return
+    kernel = _k.adam_step if algorithm == "adam" else _k.adamax_step
+    kernel(table, chunks, marker, s.features, s.hyper, s.clip_c, s.clip_d, s.decay_mask)
     _bump_versions(params, is_torch_step)
-
-
-def _algorithm_scalars(hyper, algorithm, like, learning_rate, beta_1, beta_2, epsilon, step):
-    """The update rule's scalars, computed by the reference's own expressions on 0-d arrays
-    of ``like``'s library and dtype (so they round exactly as the reference's do)."""
-    xp = namespace(like)
-    dtype = hyper.dtype.type
-    lr = cast_scalar(learning_rate, like)
-    t = cast_scalar(step, like)
-    beta_1_power = cast_scalar(beta_1, like) ** t
-    hyper[layout.H_ONE_MINUS_BETA_1] = dtype(float(cast_scalar(1 - beta_1, like)))
-    hyper[layout.H_EPSILON] = dtype(float(cast_scalar(epsilon, like)))
-    if algorithm == "adam":
-        beta_2_power = cast_scalar(beta_2, like) ** t
-        hyper[layout.H_LR] = dtype(float(lr * xp.sqrt(1 - beta_2_power) / (1 - beta_1_power)))
-        hyper[layout.H_BETA_2] = dtype(float(cast_scalar(1 - beta_2, like)))
-    else:
-        hyper[layout.H_LR] = dtype(float(lr))
-        hyper[layout.H_BETA_2] = dtype(float(cast_scalar(beta_2, like)))
-        hyper[layout.H_DENOMINATOR] = dtype(float(1 - beta_1_power))
 
 
 def sum_rows(inverse: np.ndarray, values: np.ndarray, n_rows: int) -> np.ndarray:
@@ -396,7 +325,7 @@ def fused_rows_step(
         raise ValueError(f"{algorithm} takes {expected_slots} slots; got {len(slots)}.")
     flat = [v.reshape(v.shape[0], -1) for v in views]
     hyper = np.zeros(layout.HYPER, dtype)
-    _algorithm_scalars(hyper, algorithm, like, learning_rate, beta_1, beta_2, epsilon, step)
+    algorithm_scalars(hyper, algorithm, like, learning_rate, beta_1, beta_2, epsilon, step)
     w, g, *state = flat
     with _threads_for(g.size):
         if algorithm == "adam":

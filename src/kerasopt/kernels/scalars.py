@@ -1,0 +1,152 @@
+"""The per-step scalars of a fused step, computed exactly as the reference computes them.
+
+Every kernel (numba on the CPU, Triton on CUDA) gets the same :class:`StepScalars`: the
+``features`` bits, the ``hyper`` array (see :mod:`kerasopt.kernels.layout`) and, for
+``clipnorm``, the per-tensor factors ``c / d`` with ``clip_by_norm(g) == g * c / d``. The
+scalars are the reference's own expressions over 0-d arrays of the variables' library and
+dtype, so they round exactly as the reference's do. The only kernel-specific input is the
+per-tensor sum of squares of the (unscaled, accumulated) gradients, which the kernel computes
+in its read pass and hands back through ``squared_norms``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from kerasopt import pipeline
+from kerasopt.backend import cast_scalar, namespace
+from kerasopt.kernels import layout
+
+
+@dataclass
+class StepScalars:
+    """What a kernel launch needs besides the tensors."""
+
+    features: int
+    hyper: np.ndarray  # (layout.HYPER,) in the variables' dtype
+    clip_c: np.ndarray  # per tensor (clipnorm), else empty
+    clip_d: np.ndarray
+    decay_mask: np.ndarray  # per tensor, bool
+
+
+def step_scalars(
+    algorithm: str,
+    like: Any,
+    dtype: np.dtype,
+    n: int,
+    *,
+    micro: bool,
+    amsgrad: bool,
+    learning_rate: Any,
+    beta_1: float,
+    beta_2: float,
+    epsilon: float,
+    step: int,
+    weight_decay: float | None,
+    weight_decay_mask: Sequence[bool] | None,
+    clipnorm: float | None,
+    global_clipnorm: float | None,
+    clipvalue: float | None,
+    loss_scale_factor: float | None,
+    accumulation_steps: int | None,
+    accumulation_phase: str | None,
+    averaging: bool,
+    ema_momentum: Any,
+    ema_overwrite: bool,
+    squared_norms: Callable[[int, np.ndarray], np.ndarray],
+) -> StepScalars:
+    """The scalars of one step over ``n`` tensors like ``like`` (a 0-d array / tensor).
+
+    ``squared_norms(features, hyper)`` is called only under ``clipnorm`` /
+    ``global_clipnorm``, with the unscale and accumulation bits already set; it returns the
+    per-tensor sums of ``g * g`` rounded to ``dtype``.
+    """
+    features = 0
+    hyper = np.zeros(layout.HYPER, dtype)
+    one = namespace(like).ones((), dtype=like.dtype)
+    empty = np.zeros(0, dtype)
+    scalars = StepScalars(0, hyper, empty, empty, np.ones(n, np.bool_))
+
+    def put(slot: int, value: Any) -> None:
+        hyper[slot] = dtype.type(float(value))
+
+    if loss_scale_factor is not None:
+        features |= layout.UNSCALE
+        put(layout.H_SCALE, cast_scalar(loss_scale_factor, like))
+    if accumulation_phase == "update":
+        features |= layout.ACCUMULATE
+        put(layout.H_STEPS, cast_scalar(accumulation_steps, like))
+    if averaging:
+        features |= layout.AVERAGE
+        momentum = cast_scalar(0.0 if ema_momentum is None else ema_momentum, like)
+        put(layout.H_EMA, momentum)
+        put(layout.H_ONE_MINUS_EMA, 1 - momentum)
+        if ema_overwrite:
+            features |= layout.OVERWRITE
+    if micro:
+        scalars.features = features
+        return scalars
+
+    if clipvalue:
+        features |= layout.CLIP_VALUE
+        bound = pipeline.keras_float(clipvalue)
+        put(layout.H_CLIP_LOW, cast_scalar(-bound, like))
+        put(layout.H_CLIP_HIGH, cast_scalar(bound, like))
+    elif clipnorm or global_clipnorm:
+        l2sums = squared_norms(features, hyper)
+        if clipnorm:
+            features |= layout.CLIP_NORM
+            scalars.clip_c, scalars.clip_d = clip_norm_factors(
+                l2sums, dtype.type(pipeline.keras_float(clipnorm))
+            )
+        else:
+            features |= layout.CLIP_GLOBAL
+            total = np.cumsum(l2sums)[-1]  # ((s0 + s1) + s2) + ...: the reference's order
+            norm = namespace(like).sqrt(cast_scalar(float(total), like))
+            put(layout.H_GLOBAL, pipeline.clip_by_global_norm([one], global_clipnorm,
+                                                              norm=norm)[0])
+    if weight_decay_mask is not None:
+        scalars.decay_mask = np.asarray(weight_decay_mask, np.bool_)
+    if weight_decay is not None and scalars.decay_mask.any():
+        features |= layout.DECAY
+        put(layout.H_DECAY, pipeline.decay(one, weight_decay, learning_rate))
+    if amsgrad:
+        features |= layout.AMSGRAD
+    algorithm_scalars(hyper, algorithm, like, learning_rate, beta_1, beta_2, epsilon, step)
+    scalars.features = features
+    return scalars
+
+
+def clip_norm_factors(l2sums: np.ndarray, clipnorm: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Per tensor, ``(c, d)`` with ``clip_by_norm(g) == g * c / d`` as the reference computes:
+    ``l2norm = sqrt(l2sum)`` (``l2sum`` itself when not positive), ``d = float32(max(l2norm,
+    clipnorm))`` (NaN propagating) back in the dtype, ``c = clipnorm``."""
+    with np.errstate(invalid="ignore"):
+        norm = np.where(l2sums > 0, np.sqrt(np.maximum(l2sums, 0)), l2sums)
+        divisor = np.where((norm > clipnorm) | np.isnan(norm), norm, clipnorm)
+    d = divisor.astype(np.float32).astype(l2sums.dtype)
+    return np.full_like(l2sums, clipnorm), d
+
+
+def algorithm_scalars(hyper, algorithm, like, learning_rate, beta_1, beta_2, epsilon, step):
+    """The update rule's scalars into ``hyper``, by the reference's own expressions on 0-d
+    arrays of ``like``'s library and dtype (so they round exactly as the reference's do)."""
+    xp = namespace(like)
+    dtype = hyper.dtype.type
+    lr = cast_scalar(learning_rate, like)
+    t = cast_scalar(step, like)
+    beta_1_power = cast_scalar(beta_1, like) ** t
+    hyper[layout.H_ONE_MINUS_BETA_1] = dtype(float(cast_scalar(1 - beta_1, like)))
+    hyper[layout.H_EPSILON] = dtype(float(cast_scalar(epsilon, like)))
+    if algorithm == "adam":
+        beta_2_power = cast_scalar(beta_2, like) ** t
+        hyper[layout.H_LR] = dtype(float(lr * xp.sqrt(1 - beta_2_power) / (1 - beta_1_power)))
+        hyper[layout.H_BETA_2] = dtype(float(cast_scalar(1 - beta_2, like)))
+    else:
+        hyper[layout.H_LR] = dtype(float(lr))
+        hyper[layout.H_BETA_2] = dtype(float(cast_scalar(beta_2, like)))
+        hyper[layout.H_DENOMINATOR] = dtype(float(1 - beta_1_power))
