@@ -61,6 +61,7 @@ import numpy as np
 import torch
 
 from kerasopt import kernels, pipeline, validation
+from kerasopt._torch_plan import GroupPlan, state_columns
 from kerasopt.adam import Adam as _CoreAdam
 from kerasopt.adamax import Adamax as _CoreAdamax
 from kerasopt.algorithms.adam import AMSGRAD_SLOT, adam_update
@@ -440,6 +441,8 @@ class KerasOptimizer(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        if self._planned_step():
+            return loss
         entries = self._collect()
         if not any(True for group in self.param_groups for _ in group["params"]):
             return loss
@@ -459,12 +462,12 @@ class KerasOptimizer(torch.optim.Optimizer):
             return loss
         update = not n or (raw + 1) % n == 0
         if update:
-            rates = self._checked_rates(entries, raw)
+            rates = self._checked_rates({id(e.group): e.group for e in entries}.values(), raw)
         for group in self.param_groups:
             complete = len(self._slot_names(group)) + bool(n) + bool(group["use_ema"])
             for p in group["params"]:
                 state = self.state.get(p)
-                if (state is None and p.requires_grad) or (state and len(state) < complete):
+                if (not state and p.requires_grad) or (state and len(state) < complete):
                     self._ensure_state(group, p)
         if self._fused_step(entries, grads, raw, rates if update else None):
             for group in self.param_groups:
@@ -483,6 +486,60 @@ class KerasOptimizer(torch.optim.Optimizer):
         for group in self.param_groups:
             group["iterations"] = raw + 1
         return loss
+
+    def _planned_step(self) -> bool:
+        """The steady-state step through cached :class:`GroupPlan` s (see
+        :mod:`kerasopt._torch_plan`): every parameter of every group has a plain dense CPU
+        gradient and complete state. Returns False, having changed nothing, otherwise."""
+        algorithm = self._fused_algorithm
+        if (algorithm is None or not kernels.available() or self.norm_process_group is not None
+                or self.skip_nonfinite
+                or sum(1 for group in self.param_groups if group["global_clipnorm"]) > 1):
+            return False
+        count = len(self.param_groups)
+        plans = (getattr(self, "_plans", []) + [None] * count)[:count]
+        self._plans = plans
+        n = self.gradient_accumulation_steps
+        for index, group in enumerate(self.param_groups):
+            columns = state_columns(self._slot_names(group), ACCUMULATOR if n else None,
+                                    AVERAGE if group["use_ema"] else None)
+            decay_key = (self._excluded_ids, self._excluded_pattern, group.get("param_names"))
+            plan = plans[index]
+            if plan is None or not plan.matches(self.state, group, columns, decay_key):
+                names = group.get("param_names") or [None] * len(group["params"])
+                mask = [self._use_weight_decay(p, name) for p, name in zip(group["params"], names)]
+                plan = plans[index] = GroupPlan.build(self.state, group, columns, decay_key, mask)
+                if plan is None:
+                    return False
+            if not plan.read_gradients():
+                return False
+        raw = self.raw_iterations
+        iterations = raw // n if n else raw
+        phase = None if not n else ("update" if (raw + 1) % n == 0 else "micro")
+        rates = self._checked_rates(self.param_groups, raw) if phase != "micro" else None
+        for group, plan in zip(self.param_groups, plans):
+            frequency = group["ema_overwrite_frequency"]
+            kernels.fused_step_table(
+                algorithm, plan.table, plan.sizes, plan.like, plan.params, chunks=plan.chunks,
+                amsgrad=bool(group.get("amsgrad")),
+                learning_rate=rates[id(group)] if rates is not None else 0.0,
+                step=iterations + 1,
+                weight_decay=group["weight_decay"],
+                weight_decay_mask=plan.decay_mask,
+                clipnorm=group["clipnorm"] or None,
+                global_clipnorm=group["global_clipnorm"] or None,
+                clipvalue=group["clipvalue"] or None,
+                loss_scale_factor=self.loss_scale_factor,
+                accumulation_steps=n,
+                accumulation_phase=phase,
+                averaging=bool(group["use_ema"]),
+                ema_momentum=pipeline.ema_momentum_at(iterations, group["ema_momentum"]),
+                ema_overwrite=bool(frequency and (iterations + 1) % frequency == 0),
+                **self._hyperparameters(group),
+            )
+        for group in self.param_groups:
+            group["iterations"] = raw + 1
+        return True
 
     def _fused_step(
         self,
@@ -565,14 +622,15 @@ class KerasOptimizer(torch.optim.Optimizer):
                 return False
         return True
 
-    def _checked_rates(self, entries: list[_Entry], raw: int) -> dict[int, torch.Tensor]:
+    def _checked_rates(self, groups: Iterable[dict[str, Any]], raw: int
+                       ) -> dict[int, torch.Tensor]:
         """Every group's learning rate for this step, and its betas resolved once, so that a
         callable returning a bad value raises before the step changes anything."""
         with validation.evaluating_learning_rate(f"{type(self).__name__}.step()"):
             rates = {id(group): self._learning_rate(group, raw) for group in self.param_groups}
             for rate in rates.values():
                 float(rate)
-        for group in {id(e.group): e.group for e in entries}.values():
+        for group in groups:
             self._hyperparameters(group)
         return rates
 

@@ -10,17 +10,21 @@ reference and the fallback; ``tests/test_kernels.py`` checks that both agree.
 from kerasopt.kernels.fused import (
     NotFusable,
     available,
+    chunk_table,
     fusable,
     fused_rows_step,
     fused_step,
+    fused_step_table,
     sum_rows,
 )
 
 __all__ = [
     "NotFusable",
     "available",
+    "chunk_table",
     "fusable",
     "fused_rows_step",
     "fused_step",
+    "fused_step_table",
     "sum_rows",
 ]

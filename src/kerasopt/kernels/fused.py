@@ -42,9 +42,11 @@ except ImportError:  # pragma: no cover - exercised where numba is missing
 __all__ = [
     "NotFusable",
     "available",
+    "chunk_table",
     "fusable",
     "fused_rows_step",
     "fused_step",
+    "fused_step_table",
     "sum_rows",
 ]
 
@@ -179,18 +181,60 @@ def fused_step(
         if len(arrays) != n:
             raise ValueError(f"Every list must hold {n} arrays, one per weight.")
 
-    table, sizes, like, is_torch_step = _address_table(roles, n)
-    marker = np.zeros(1, like.dtype if not is_torch_step else _numpy_dtype(like))
-    chunks = _k.chunk_table(sizes)
+    table, sizes, like, _ = _address_table(roles, n)
+    fused_step_table(
+        algorithm, table, sizes, like, params, amsgrad=amsgrad, learning_rate=learning_rate,
+        beta_1=beta_1, beta_2=beta_2, epsilon=epsilon, step=step, weight_decay=weight_decay,
+        weight_decay_mask=weight_decay_mask, clipnorm=clipnorm,
+        global_clipnorm=global_clipnorm, clipvalue=clipvalue,
+        loss_scale_factor=loss_scale_factor, accumulation_steps=accumulation_steps,
+        accumulation_phase=accumulation_phase, averaging=ema_averages is not None,
+        ema_momentum=ema_momentum, ema_overwrite=ema_overwrite,
+    )
+
+
+def fused_step_table(
+    algorithm: str,
+    table: np.ndarray,
+    sizes: np.ndarray,
+    like: Any,
+    params: Sequence[Any],
+    *,
+    amsgrad: bool,
+    accumulation_phase: str | None,
+    chunks: np.ndarray | None = None,
+    **options: Any,
+) -> None:
+    """:func:`fused_step` on a prebuilt table of addresses, for frontends that keep one
+    across steps (:mod:`kerasopt.torch` does, so that a step over thousands of tensors
+    costs no per-tensor checks of what has not changed).
+
+    ``table`` is ``(n, layout.COLUMNS)`` int64 data addresses, one row per tensor, filled in
+    the columns the step uses (weights, gradients, the slots unless a micro-step, the
+    accumulators, the EMA averages); ``sizes`` the tensors' element counts; ``like`` a 0-d
+    array / CPU tensor of the variables' dtype; ``params`` the weights (their autograd
+    versions are bumped); ``chunks`` a cached ``chunk_table(sizes)``. ``options`` are
+    :func:`fused_step`'s scalar keywords, with ``averaging`` (bool) in place of
+    ``ema_averages``. Nothing is checked: the caller vouches that every address is a
+    C-contiguous, aligned, writeable (gradients: readable) buffer of ``sizes[i]`` elements
+    of ``like``'s dtype.
+    """
+    if _k is None:
+        raise NotFusable("numba is not installed (pip install 'kerasopt[fast]').")
+    is_torch_step = is_torch(like)
+    marker = np.zeros(1, _numpy_dtype(like) if is_torch_step else like.dtype)
+    if chunks is None:
+        chunks = chunk_table(sizes)
+    micro = accumulation_phase == "micro"
     with _threads_for(int(sizes.sum())):
-        _run(algorithm, table, chunks, marker, like, n, micro, amsgrad, params,
-             is_torch_step, learning_rate=learning_rate, beta_1=beta_1, beta_2=beta_2,
-             epsilon=epsilon, step=step, weight_decay=weight_decay,
-             weight_decay_mask=weight_decay_mask, clipnorm=clipnorm,
-             global_clipnorm=global_clipnorm, clipvalue=clipvalue,
-             loss_scale_factor=loss_scale_factor, accumulation_steps=accumulation_steps,
-             accumulation_phase=accumulation_phase, averaging=ema_averages is not None,
-             ema_momentum=ema_momentum, ema_overwrite=ema_overwrite)
+        _run(algorithm, table, chunks, marker, like, len(sizes), micro, amsgrad, params,
+             is_torch_step, accumulation_phase=accumulation_phase, **options)
+
+
+def chunk_table(sizes: np.ndarray) -> np.ndarray:
+    """The work split of a step over tensors of ``sizes`` elements (for
+    :func:`fused_step_table`)."""
+    return _k.chunk_table(sizes)
 
 
 PARALLEL_THRESHOLD = 1 << 18

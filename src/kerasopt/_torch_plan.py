@@ -1,0 +1,140 @@
+"""The steady-state fast path of :mod:`kerasopt.torch`: a cached address plan per group.
+
+A fused step over thousands of small tensors is dominated by Python work per tensor
+(looking up the state, checking dtypes, reading ``data_ptr()`` of four or more tensors)
+unless what does not change between steps is kept. :class:`GroupPlan` keeps, for one param
+group, the parameters, their state dicts and slot tensors, the kernel's table of addresses,
+the sizes, the work split and the weight-decay mask, all checked once when the plan is
+built. Each step then only
+
+* confirms, in bulk, that the plan still describes the group: the same parameter objects,
+  at the same data addresses (a ``p.data = ...`` swap changes them), requiring gradients,
+  with the same state dicts holding the same slot tensors, the same exclusions;
+* checks the gradients (fresh tensors each step: exact ``torch.Tensor``, strided, CPU,
+  contiguous, the parameter's dtype and shape) and writes their addresses into the table.
+
+Anything else (a missing gradient, a sparse or mismatched one, missing state on the first
+step, DTensors, ``skip_nonfinite`` ...) makes the caller take the general path, which
+handles and reports it.
+"""
+
+from __future__ import annotations
+
+from operator import attrgetter, is_, itemgetter
+from typing import Any
+
+import numpy as np
+import torch
+
+from kerasopt import kernels
+from kerasopt.kernels import layout
+
+_GRAD = attrgetter("grad")
+_SHAPE = attrgetter("shape")
+_LAYOUT = attrgetter("layout")
+_DTYPE = attrgetter("dtype")
+_IS_CPU = attrgetter("is_cpu")
+_REQUIRES_GRAD = attrgetter("requires_grad")
+_DATA_PTR = torch.Tensor.data_ptr
+_IS_CONTIGUOUS = torch.Tensor.is_contiguous
+_NUMEL = torch.Tensor.numel
+_PLAIN = {torch.Tensor, torch.nn.Parameter}
+_FLOATS = (torch.float32, torch.float64)
+_SLOT_COLUMNS = (layout.M, layout.V, layout.VHAT)
+
+
+def state_columns(slot_names: list[str], accumulator: str | None,
+                  average: str | None) -> list[tuple[str, int]]:
+    """``(state key, table column)`` of every state tensor a fused step reads."""
+    columns = list(zip(slot_names, _SLOT_COLUMNS))
+    if accumulator is not None:
+        columns.append((accumulator, layout.ACC))
+    if average is not None:
+        columns.append((average, layout.EMA))
+    return columns
+
+
+class GroupPlan:
+    """The fused step's view of one param group, valid while :meth:`matches` says so."""
+
+    __slots__ = ("group", "params", "param_ptrs", "shapes", "states", "columns", "slots",
+                 "table", "sizes", "chunks", "like", "dtype", "decay_key", "decay_mask")
+
+    @classmethod
+    def build(cls, state: dict, group: dict[str, Any], columns: list[tuple[str, int]],
+              decay_key: tuple, decay_mask: list[bool]) -> GroupPlan | None:
+        """A plan for ``group``, or None when it cannot take the fused path."""
+        params = list(group["params"])
+        if not params or not set(map(type, params)) <= _PLAIN:
+            return None
+        dtype = params[0].dtype
+        state_dtype = group.get("state_dtype")
+        if (dtype not in _FLOATS or set(map(_DTYPE, params)) != {dtype}
+                or (state_dtype is not None and state_dtype != dtype)
+                or not all(map(_IS_CPU, params)) or not all(map(_IS_CONTIGUOUS, params))):
+            return None
+        states = [state.get(p) for p in params]
+        if any(s is None for s in states):
+            return None
+        shapes = list(map(_SHAPE, params))
+        plan = cls()
+        plan.table = np.zeros((len(params), layout.COLUMNS), np.int64)
+        plan.param_ptrs = list(map(_DATA_PTR, params))
+        plan.table[:, layout.W] = plan.param_ptrs
+        plan.slots = []
+        for key, column in columns:
+            try:
+                tensors = list(map(itemgetter(key), states))
+            except KeyError:
+                return None
+            if (not set(map(type, tensors)) <= _PLAIN or set(map(_DTYPE, tensors)) != {dtype}
+                    or not all(map(_IS_CPU, tensors))
+                    or not all(map(_IS_CONTIGUOUS, tensors))
+                    or list(map(_SHAPE, tensors)) != shapes):
+                return None
+            plan.table[:, column] = list(map(_DATA_PTR, tensors))
+            plan.slots.append((key, tensors))
+        plan.group, plan.params, plan.shapes, plan.states = group, params, shapes, states
+        plan.columns = columns
+        plan.sizes = np.fromiter(map(_NUMEL, params), np.int64, len(params))
+        plan.chunks = kernels.chunk_table(plan.sizes)
+        plan.like = torch.zeros((), dtype=dtype)
+        plan.dtype = dtype
+        plan.decay_key = decay_key
+        plan.decay_mask = decay_mask
+        return plan
+
+    def matches(self, state: dict, group: dict[str, Any], columns: list[tuple[str, int]],
+                decay_key: tuple) -> bool:
+        """Whether the plan still describes ``group`` (bulk checks, no per-tensor Python)."""
+        params = group["params"]
+        if (self.group is not group or len(params) != len(self.params)
+                or not all(map(is_, params, self.params)) or columns != self.columns
+                or not all(map(is_, decay_key, self.decay_key))
+                or list(map(_DATA_PTR, params)) != self.param_ptrs):
+            return False
+        states = self.states
+        if not all(map(is_, map(state.get, params), states)):
+            return False
+        try:
+            return all(all(map(is_, map(itemgetter(key), states), tensors))
+                       for key, tensors in self.slots)
+        except KeyError:
+            return False
+
+    def read_gradients(self) -> bool:
+        """Put this step's gradient addresses into the table; False (table untouched) when a
+        gradient is missing or does not fit the kernel, or a parameter is frozen."""
+        params = self.params
+        if not all(map(_REQUIRES_GRAD, params)):
+            return False
+        grads = list(map(_GRAD, params))
+        if (set(map(type, grads)) != {torch.Tensor}
+                or set(map(_LAYOUT, grads)) != {torch.strided}
+                or set(map(_DTYPE, grads)) != {self.dtype}
+                or not all(map(_IS_CPU, grads))
+                or not all(map(_IS_CONTIGUOUS, grads))
+                or list(map(_SHAPE, grads)) != self.shapes):
+            return False
+        self.table[:, layout.G] = np.fromiter(map(_DATA_PTR, grads), np.int64, len(grads))
+        return True
