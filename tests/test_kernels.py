@@ -441,3 +441,38 @@ def test_sum_rows_matches_add_at(dtype):
     summed = kernels.sum_rows(inverse, values, 20)
     np.testing.assert_array_equal(summed, expected)
     assert summed.dtype == dtype
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("features", ["plain", "unscale", "accumulate", "both"])
+def test_norm_pass_reassociates_only_the_sum(dtype, features):
+    """The norm pass's per-element values (``g / scale``, ``(g + acc) / n``, their squares)
+    are exactly the IEEE ones: its sum is within float64 rounding of the exact sum of the
+    strictly computed squares. One altered element (e.g. a division turned into a multiply
+    by the reciprocal) would move it by ~1e-8 relative in float32, far beyond 1e-12."""
+    import math
+
+    from kerasopt.kernels import _numba, layout
+
+    rng = np.random.default_rng(7)
+    n = 3 * _numba.CHUNK + 123
+    g = (rng.standard_normal(n) * 3).astype(dtype)
+    acc = (rng.standard_normal(n) * 5).astype(dtype)
+    bits = {"plain": 0, "unscale": layout.UNSCALE, "accumulate": layout.ACCUMULATE,
+            "both": layout.UNSCALE | layout.ACCUMULATE}[features]
+    hyper = np.zeros(layout.HYPER, dtype)
+    hyper[layout.H_SCALE] = 3.0  # neither 3 nor 7 has an exact reciprocal
+    hyper[layout.H_STEPS] = 7.0
+    table = np.zeros((1, layout.COLUMNS), np.int64)
+    table[0, layout.G] = g.ctypes.data
+    table[0, layout.ACC] = acc.ctypes.data
+    chunks = _numba.chunk_table(np.array([n], np.int64))
+    got = _numba.squared_sums(table, chunks, np.zeros(1, dtype), bits, hyper).sum()
+
+    x = g
+    if bits & layout.UNSCALE:
+        x = x / hyper[layout.H_SCALE]
+    if bits & layout.ACCUMULATE:
+        x = (x + acc) / hyper[layout.H_STEPS]
+    exact = math.fsum((x * x).astype(np.float64).tolist())
+    assert abs(got - exact) <= 1e-12 * exact

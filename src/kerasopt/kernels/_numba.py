@@ -6,10 +6,12 @@ so one call updates thousands of tensors without a Python loop per tensor. The w
 split into chunks of at most ``CHUNK`` elements (rows of ``chunk_table``) that ``prange``
 spreads over the threads.
 
-Inside a chunk the elements are processed in blocks of ``BLOCK`` elements. For each block
-the gradient is loaded once from memory into a small scratch buffer (it stays in L1), each
-enabled feature (unscale, accumulation mean, clip, ...) is a separate branch-free loop over
-that buffer, then come the update loop and the EMA loop. Every array in memory is read and
+Inside a chunk the elements are processed in blocks of ``BLOCK`` elements. When a feature
+transforms the gradient (unscale, accumulation mean, clip), the block's gradient is loaded
+once from memory into a small scratch buffer (it stays in L1) and each such feature is a
+separate branch-free loop over that buffer; otherwise the update reads the gradient in
+place (the copy would be a pass that streams one array alone, ~25% of a plain step). Then
+come one loop per written array and the EMA loop. Every array in memory is read and
 written once per step; the features only add L1 traffic, and the feature switches are
 tested once per block, not per element, so every loop vectorizes. The arithmetic is the
 reference's, operation by operation and in the same order, in the variable's dtype
@@ -142,10 +144,17 @@ def chunk_table(sizes):
     return table
 
 
+TRANSFORMS = UNSCALE | ACCUMULATE | CLIP_VALUE | CLIP_NORM | CLIP_GLOBAL
+
+
 @njit(inline="always")
-def _gradient(tmp, table, t, start, count, marker, features, hyper, reset):
-    """The block's gradient after unscaling and the accumulation mean, into ``tmp``."""
+def _gradient(tmp, table, t, start, count, marker, features, hyper, clip_c, clip_d):
+    """The block's gradient after unscaling, the accumulation mean (which zeroes the block's
+    accumulator) and the clip: the gradient's own memory when none of these is on (no
+    copy), else ``tmp``."""
     g = _view(table[t, G], start, count, marker)
+    if not features & TRANSFORMS:
+        return g
     if features & UNSCALE:
         scale = hyper[H_SCALE]
         for i in range(count):
@@ -158,16 +167,9 @@ def _gradient(tmp, table, t, start, count, marker, features, hyper, reset):
         steps = hyper[H_STEPS]
         for i in range(count):
             tmp[i] = (tmp[i] + acc[i]) / steps
-        if reset:
-            zero = marker[0] - marker[0]
-            for i in range(count):
-                acc[i] = zero
-
-
-@njit(inline="always")
-def _clip_and_decay(tmp, table, t, start, count, marker, features, hyper, clip_c, clip_d,
-                    decay_mask):
-    """clipvalue / clipnorm / global_clipnorm on ``tmp``, then the decay of the weights."""
+        zero = marker[0] - marker[0]
+        for i in range(count):
+            acc[i] = zero
     if features & CLIP_VALUE:
         low = hyper[H_CLIP_LOW]
         high = hyper[H_CLIP_HIGH]
@@ -186,6 +188,12 @@ def _clip_and_decay(tmp, table, t, start, count, marker, features, hyper, clip_c
         s = hyper[H_GLOBAL]
         for i in range(count):
             tmp[i] = tmp[i] * s
+    return tmp
+
+
+@njit(inline="always")
+def _decay(table, t, start, count, marker, features, hyper, decay_mask):
+    """Decoupled weight decay ``w *= 1 - weight_decay * lr`` of the block's weights."""
     if features & DECAY and decay_mask[t]:
         w = _view(table[t, W], start, count, marker)
         f = hyper[H_DECAY]
@@ -220,19 +228,18 @@ def adam_step(table, chunks, marker, features, hyper, clip_c, clip_d, decay_mask
         tmp = np.empty(BLOCK, marker.dtype)
         for start in range(chunks[c, 1], chunks[c, 2], BLOCK):
             count = min(BLOCK, chunks[c, 2] - start)
-            _gradient(tmp, table, t, start, count, marker, features, hyper, True)
-            _clip_and_decay(tmp, table, t, start, count, marker, features, hyper, clip_c,
-                            clip_d, decay_mask)
+            g = _gradient(tmp, table, t, start, count, marker, features, hyper, clip_c, clip_d)
+            _decay(table, t, start, count, marker, features, hyper, decay_mask)
             # One loop per written array: each loop then needs only a couple of runtime
             # alias checks between its (raw-pointer) arrays, so LLVM vectorizes it.
             w = _view(table[t, W], start, count, marker)
             m = _view(table[t, M], start, count, marker)
             v = _view(table[t, V], start, count, marker)
             for i in range(count):
-                m[i] = m[i] + (tmp[i] - m[i]) * one_minus_beta_1
+                m[i] = m[i] + (g[i] - m[i]) * one_minus_beta_1
             for i in range(count):
-                g = tmp[i]
-                v[i] = v[i] + (g * g - v[i]) * one_minus_beta_2
+                gi = g[i]
+                v[i] = v[i] + (gi * gi - v[i]) * one_minus_beta_2
             if features & AMSGRAD:
                 vhat = _view(table[t, VHAT], start, count, marker)
                 for i in range(count):
@@ -261,17 +268,16 @@ def adamax_step(table, chunks, marker, features, hyper, clip_c, clip_d, decay_ma
         tmp = np.empty(BLOCK, marker.dtype)
         for start in range(chunks[c, 1], chunks[c, 2], BLOCK):
             count = min(BLOCK, chunks[c, 2] - start)
-            _gradient(tmp, table, t, start, count, marker, features, hyper, True)
-            _clip_and_decay(tmp, table, t, start, count, marker, features, hyper, clip_c,
-                            clip_d, decay_mask)
+            g = _gradient(tmp, table, t, start, count, marker, features, hyper, clip_c, clip_d)
+            _decay(table, t, start, count, marker, features, hyper, decay_mask)
             w = _view(table[t, W], start, count, marker)
             m = _view(table[t, M], start, count, marker)
             u = _view(table[t, V], start, count, marker)
             for i in range(count):
-                m[i] = m[i] + (tmp[i] - m[i]) * one_minus_beta_1
+                m[i] = m[i] + (g[i] - m[i]) * one_minus_beta_1
             for i in range(count):
                 a = beta_2 * u[i]
-                b = np.abs(tmp[i])
+                b = np.abs(g[i])
                 # np.maximum(a, b), NaN propagating
                 u[i] = b if (b > a or b != b) else a
             for i in range(count):
@@ -298,14 +304,30 @@ def micro_step(table, chunks, marker, features, hyper):
             _average(table, t, start, count, marker, features, hyper)
 
 
+@njit(cache=True)
+def _transformed(x, a, scale, steps, features):
+    """One gradient element after unscaling and the accumulation mean."""
+    if features & UNSCALE:
+        x = x / scale
+    if features & ACCUMULATE:
+        x = (x + a) / steps
+    return x
+
+
 @njit(cache=True, fastmath={"reassoc"})
-def _sum_squares(x, count):
-    """float64 sum of ``x[i] * x[i]`` (squares rounded in x's dtype), vectorized: its own
-    function so that the ``reassoc`` flag surely applies (prange bodies are compiled
-    separately)."""
+def _sum_squares(g, acc, count, features, scale, steps):
+    """float64 sum of ``x * x`` (squares rounded in the dtype) over ``x`` the block's
+    transformed gradient, in one vectorized loop over the gradient (and accumulator)."""
     total = 0.0
-    for i in range(count):
-        total += np.float64(x[i] * x[i])
+    if features & ACCUMULATE:
+        for i in range(count):
+            x = _transformed(g[i], acc[i], scale, steps, features)
+            total += np.float64(x * x)
+    else:
+        zero = scale - scale
+        for i in range(count):
+            x = _transformed(g[i], zero, scale, steps, features)
+            total += np.float64(x * x)
     return total
 
 
@@ -314,22 +336,29 @@ def squared_sums(table, chunks, marker, features, hyper):
     """Per chunk, the float64 sum of ``g * g`` (``g * g`` rounded in the dtype), where ``g``
     is the gradient after unscaling and the accumulation mean: the read pass of clipnorm.
 
-    The only code that lets LLVM reassociate (``fastmath={"reassoc"}`` on ``_sum_squares``, NaN
-    and inf still propagate): the float64 running sum is then vectorized, about six times
-    faster than a strict chain of dependent adds. The reference sums in the dtype (pairwise
-    in NumPy), so its order differs anyway; a float64 sum of float32 squares is exact to
-    ~1e-16 in any order and rounds to the same float32 norm but for rare ties.
+    The only code that lets LLVM reassociate (``fastmath={"reassoc"}`` on ``_sum_squares``;
+    NaN and inf still propagate), so that the float64 running sum is vectorized, several
+    times faster than a strict chain of dependent adds. The reference sums in the dtype
+    (pairwise in NumPy), so its order differs anyway; a float64 sum of float32 squares is
+    exact to ~1e-16 in any order and rounds to the same float32 norm but for rare ties.
+    The per-element values must stay exact: numba compiles ``_transformed`` inside
+    ``_sum_squares`` with the same flag, but with ``reassoc`` alone LLVM has no fold that
+    changes a lone division, addition or square (that takes ``arcp`` or ``contract``);
+    ``test_norm_pass_reassociates_only_the_sum`` checks the sum against the exact sum of the
+    strictly computed squares.
     """
     partial = np.empty(chunks.shape[0], np.float64)
+    scale = hyper[H_SCALE]
+    steps = hyper[H_STEPS]
     for c in prange(chunks.shape[0]):
         t = chunks[c, 0]
-        tmp = np.empty(BLOCK, marker.dtype)
-        total = 0.0
-        for start in range(chunks[c, 1], chunks[c, 2], BLOCK):
-            count = min(BLOCK, chunks[c, 2] - start)
-            _gradient(tmp, table, t, start, count, marker, features, hyper, False)
-            total += _sum_squares(tmp, count)
-        partial[c] = total
+        start = chunks[c, 1]
+        count = chunks[c, 2] - start
+        g = _view(table[t, G], start, count, marker)
+        acc = g
+        if features & ACCUMULATE:
+            acc = _view(table[t, ACC], start, count, marker)
+        partial[c] = _sum_squares(g, acc, count, features, scale, steps)
     return partial
 
 
