@@ -11,7 +11,10 @@ operation by operation, in the tensors' dtype (float32 or float64):
   pointers (``tl.load(...).to(tl.pointer_type(dtype))``) and steps the elements ``start ..
   start + BLOCK`` of that tensor: thousands of small tensors cost one launch. Both tables
   depend only on the tensors' addresses and sizes, so they are cached on the device and
-  sent again only when those change.
+  sent again only when those change. A full block is loaded and stored without a mask,
+  as 16-byte vectors when every address is 16-byte aligned (``tl.multiple_of`` on the
+  pointers; checked on the host, else scalar accesses); a tensor's last, partial block is
+  masked.
 * **Per-step scalars** come from :func:`kerasopt.kernels.scalars.step_scalars`, the
   reference's own expressions, exactly as for the numba kernels. They reach the kernel as
   one small device tensor of the dtype (``hyper``, then the per-tensor ``clipnorm`` factors
@@ -33,15 +36,20 @@ avoided:
   once instead of twice). Every launch passes ``enable_fp_fusion=False``: LLVM then keeps
   the separate ``mul`` and ``add`` and ``ptxas`` runs with ``--fmad=false``. (Separate
   Python statements would not help: contraction works on the IR, not on the source.)
+  The PTX then has only ``add.rn`` / ``sub.rn`` / ``mul.rn`` (an explicit rounding mode,
+  which ``ptxas`` never contracts) and no ``fma``; ``tests/torch/test_cuda_kernel.py``
+  compiles the kernels for sm_90 (no GPU needed) and checks that.
 * float32 ``/`` compiles to ``div.full.f32`` (about 2 ulp off) and ``tl.sqrt`` to
-  ``sqrt.approx.f32``: float32 uses ``tl.div_rn`` and ``tl.sqrt_rn`` (IEEE, rounded to
-  nearest); float64 ``/`` and ``sqrt`` are already IEEE.
-* ``tl.maximum`` / ``tl.clamp`` do not say how they treat NaN: the kernels write the numba
-  code's comparisons (``vi if (vi > h or vi != vi) else h``) as ``tl.where``.
+  ``sqrt.approx.ftz.f32``: float32 uses ``tl.div_rn`` and ``tl.sqrt_rn`` (IEEE, rounded to
+  nearest, subnormals kept); float64 ``/`` and ``sqrt`` are already ``div.rn`` / ``sqrt.rn``.
+* ``tl.maximum``'s default leaves NaN handling unspecified: the kernels write the numba
+  code's comparisons (``vi if (vi > h or vi != vi) else h``, and clipvalue's ``low if x <
+  low else x``) as ``tl.where``.
 
-So on a GPU the results are those of the numba kernels bit for bit, but for the norms of
+So the results are meant to be those of the numba kernels bit for bit, but for the norms of
 ``clipnorm`` / ``global_clipnorm``: both sum the squares in float64, in different orders,
-which can move a float64 norm by an ulp (a float32 norm only on rare ties).
+which can move a float64 norm by an ulp (a float32 norm only on rare ties). Under the
+interpreter they are bit-identical in every tested case, the norms included.
 
 ``TRITON_INTERPRET=1`` (set before this module is imported) runs the same kernels through
 Triton's interpreter on CPU tensors: that is how the tests check the kernels without a GPU.
@@ -68,7 +76,7 @@ try:  # Triton and torch are optional
 except ImportError:  # pragma: no cover - exercised where Triton is missing
     triton = None
 
-__all__ = ["BLOCK", "available", "fused_step", "interpreting"]
+__all__ = ["BLOCK", "available", "fused_step", "fused_step_table", "interpreting"]
 
 BLOCK = 1024
 """Elements per program (a row of the block table)."""
@@ -117,7 +125,8 @@ def fused_step(
     ema_momentum: Any = None,
     ema_overwrite: bool = False,
 ) -> None:
-    """One Keras optimizer step over CUDA torch tensors, in place, in one kernel launch.
+    """One Keras optimizer step over CUDA torch tensors, in place, in one kernel launch
+    (plus two small ones for the norms of ``clipnorm`` / ``global_clipnorm``).
 
     The contract of :func:`kerasopt.kernels.fused.fused_step` (same arguments, same
     results), for torch tensors on one CUDA device (on the CPU under Triton's interpreter).
@@ -185,6 +194,54 @@ def fused_step(
             raise ValueError(f"Every list must hold {n} arrays, one per weight.")
 
     addresses, sizes, device, dtype = _addresses(roles, n)
+    _launch(algorithm, addresses, sizes, device, dtype, params, amsgrad=amsgrad,
+            learning_rate=learning_rate, beta_1=beta_1, beta_2=beta_2, epsilon=epsilon,
+            step=step, weight_decay=weight_decay, weight_decay_mask=weight_decay_mask,
+            clipnorm=clipnorm, global_clipnorm=global_clipnorm, clipvalue=clipvalue,
+            loss_scale_factor=loss_scale_factor, accumulation_steps=accumulation_steps,
+            accumulation_phase=accumulation_phase, averaging=ema_averages is not None,
+            ema_momentum=ema_momentum, ema_overwrite=ema_overwrite)
+
+
+def fused_step_table(
+    algorithm: str,
+    table: np.ndarray,
+    sizes: np.ndarray,
+    like: Any,
+    params: Sequence[Any],
+    *,
+    amsgrad: bool,
+    accumulation_phase: str | None,
+    chunks: Any = None,
+    **options: Any,
+) -> None:
+    """:func:`fused_step` on a prebuilt table of addresses, as
+    :func:`kerasopt.kernels.fused.fused_step_table` (same arguments) but for tensors on
+    ``params[0]``'s CUDA device (CPU under the interpreter).
+
+    ``table`` is ``(n, layout.COLUMNS)`` int64 data addresses on that device, filled in the
+    columns the step uses; ``sizes`` the element counts; ``like`` a 0-d tensor of the
+    variables' dtype (any device); ``options`` :func:`fused_step`'s scalar keywords with
+    ``averaging`` (bool) in place of ``ema_averages``. ``chunks`` is ignored (the kernels'
+    block table is cached by address). Nothing is checked: the caller vouches that every
+    address is a contiguous buffer of ``sizes[i]`` elements of the dtype on the device.
+    """
+    del chunks
+    if not available():
+        raise NotFusable("Triton or a CUDA device is missing (pip install triton).")
+    sizes = np.asarray(sizes, np.int64)
+    addresses = np.empty((len(sizes), layout.COLUMNS + 1), np.int64)
+    addresses[:, : layout.COLUMNS] = table
+    addresses[:, layout.COLUMNS] = sizes
+    _launch(algorithm, addresses, sizes, params[0].device, like.dtype, params,
+            amsgrad=amsgrad, accumulation_phase=accumulation_phase, **options)
+
+
+def _launch(algorithm, addresses, sizes, device, dtype, params, *, amsgrad,
+            accumulation_phase, **options):
+    """Compute the step's scalars as the reference does, then launch the kernels."""
+    n = len(sizes)
+    micro = accumulation_phase == "micro"
     tables = _tables(addresses, sizes, device)
     if tables is None:  # every tensor is empty
         return
@@ -195,16 +252,9 @@ def fused_step(
         return _squared_norms(tables, n, features, hyper, device)
 
     with _on(device):
-        s = step_scalars(
-            algorithm, like, np_dtype, n, micro=micro, amsgrad=amsgrad,
-            learning_rate=learning_rate, beta_1=beta_1, beta_2=beta_2, epsilon=epsilon,
-            step=step, weight_decay=weight_decay, weight_decay_mask=weight_decay_mask,
-            clipnorm=clipnorm, global_clipnorm=global_clipnorm, clipvalue=clipvalue,
-            loss_scale_factor=loss_scale_factor, accumulation_steps=accumulation_steps,
-            accumulation_phase=accumulation_phase, averaging=ema_averages is not None,
-            ema_momentum=ema_momentum, ema_overwrite=ema_overwrite,
-            squared_norms=squared_norms,
-        )
+        s = step_scalars(algorithm, like, np_dtype, n, micro=micro, amsgrad=amsgrad,
+                         accumulation_phase=accumulation_phase, squared_norms=squared_norms,
+                         **options)
         # hyper, then (only when used) the clipnorm factors and the decay mask, per tensor.
         scalars = [s.hyper]
         if s.features & layout.CLIP_NORM:
@@ -221,7 +271,7 @@ def fused_step(
             _step_kernel[grid](table, blocks, hyper, n, FEATURES=s.features,
                                ADAMAX=algorithm == "adamax", ALIGNED=aligned, BLOCK=BLOCK,
                                enable_fp_fusion=False)
-    if not micro or ema_overwrite:
+    if not micro or options["ema_overwrite"]:
         torch.autograd.graph.increment_version(list(params))
 
 
