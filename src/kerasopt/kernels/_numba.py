@@ -148,46 +148,50 @@ TRANSFORMS = UNSCALE | ACCUMULATE | CLIP_VALUE | CLIP_NORM | CLIP_GLOBAL
 
 
 @njit(inline="always")
-def _gradient(tmp, table, t, start, count, marker, features, hyper, clip_c, clip_d):
-    """The block's gradient after unscaling, the accumulation mean (which zeroes the block's
-    accumulator) and the clip: the gradient's own memory when none of these is on (no
-    copy), else ``tmp``."""
+def _gradient_and_momentum(tmp, table, t, start, count, marker, features, hyper, clip_c,
+                           clip_d, one_minus_beta_1):
+    """The first moment's update ``m += (g - m) * (1 - beta_1)``, in the loop that reads the
+    gradient from memory; returns the block's gradient as the update uses it.
+
+    Without transforms that is the gradient's own memory. Otherwise each element goes
+    through ``g / scale``, ``(g + acc) / n`` (zeroing the accumulator), the clip to
+    ``[low, high]``, ``g * c / d`` (clipnorm) and ``g * s`` (global_clipnorm) in that order,
+    all in the same loop (``hyper`` holds the identity for each transform that is off, so
+    the loop has no branches) and into ``tmp`` for the loops that follow.
+    """
     g = _view(table[t, G], start, count, marker)
+    m = _view(table[t, M], start, count, marker)
     if not features & TRANSFORMS:
+        for i in range(count):
+            m[i] = m[i] + (g[i] - m[i]) * one_minus_beta_1
         return g
-    if features & UNSCALE:
-        scale = hyper[H_SCALE]
-        for i in range(count):
-            tmp[i] = g[i] / scale
-    else:
-        for i in range(count):
-            tmp[i] = g[i]
+    scale = hyper[H_SCALE]
+    steps = hyper[H_STEPS]
+    low = hyper[H_CLIP_LOW]
+    high = hyper[H_CLIP_HIGH]
+    c = clip_c[t]
+    d = clip_d[t]
+    s = hyper[H_GLOBAL]
     if features & ACCUMULATE:
         acc = _view(table[t, ACC], start, count, marker)
-        steps = hyper[H_STEPS]
-        for i in range(count):
-            tmp[i] = (tmp[i] + acc[i]) / steps
         zero = marker[0] - marker[0]
         for i in range(count):
+            x = (g[i] / scale + acc[i]) / steps
             acc[i] = zero
-    if features & CLIP_VALUE:
-        low = hyper[H_CLIP_LOW]
-        high = hyper[H_CLIP_HIGH]
-        for i in range(count):
-            x = tmp[i]
             # np.clip(x, low, high) == minimum(maximum(x, low), high), NaN propagating.
             x = low if x < low else x
             x = high if x > high else x
+            x = x * c / d * s
             tmp[i] = x
-    if features & CLIP_NORM:
-        c = clip_c[t]
-        d = clip_d[t]
+            m[i] = m[i] + (x - m[i]) * one_minus_beta_1
+    else:
         for i in range(count):
-            tmp[i] = tmp[i] * c / d
-    if features & CLIP_GLOBAL:
-        s = hyper[H_GLOBAL]
-        for i in range(count):
-            tmp[i] = tmp[i] * s
+            x = g[i] / scale
+            x = low if x < low else x
+            x = high if x > high else x
+            x = x * c / d * s
+            tmp[i] = x
+            m[i] = m[i] + (x - m[i]) * one_minus_beta_1
     return tmp
 
 
@@ -228,15 +232,15 @@ def adam_step(table, chunks, marker, features, hyper, clip_c, clip_d, decay_mask
         tmp = np.empty(BLOCK, marker.dtype)
         for start in range(chunks[c, 1], chunks[c, 2], BLOCK):
             count = min(BLOCK, chunks[c, 2] - start)
-            g = _gradient(tmp, table, t, start, count, marker, features, hyper, clip_c, clip_d)
             _decay(table, t, start, count, marker, features, hyper, decay_mask)
-            # One loop per written array: each loop then needs only a couple of runtime
-            # alias checks between its (raw-pointer) arrays, so LLVM vectorizes it.
+            # One loop per written array (the gradient's transforms go with the first): each
+            # loop then needs only a few runtime alias checks between its (raw-pointer)
+            # arrays, so LLVM vectorizes it.
+            g = _gradient_and_momentum(tmp, table, t, start, count, marker, features, hyper,
+                                       clip_c, clip_d, one_minus_beta_1)
             w = _view(table[t, W], start, count, marker)
             m = _view(table[t, M], start, count, marker)
             v = _view(table[t, V], start, count, marker)
-            for i in range(count):
-                m[i] = m[i] + (g[i] - m[i]) * one_minus_beta_1
             for i in range(count):
                 gi = g[i]
                 v[i] = v[i] + (gi * gi - v[i]) * one_minus_beta_2
@@ -268,13 +272,12 @@ def adamax_step(table, chunks, marker, features, hyper, clip_c, clip_d, decay_ma
         tmp = np.empty(BLOCK, marker.dtype)
         for start in range(chunks[c, 1], chunks[c, 2], BLOCK):
             count = min(BLOCK, chunks[c, 2] - start)
-            g = _gradient(tmp, table, t, start, count, marker, features, hyper, clip_c, clip_d)
             _decay(table, t, start, count, marker, features, hyper, decay_mask)
+            g = _gradient_and_momentum(tmp, table, t, start, count, marker, features, hyper,
+                                       clip_c, clip_d, one_minus_beta_1)
             w = _view(table[t, W], start, count, marker)
             m = _view(table[t, M], start, count, marker)
             u = _view(table[t, V], start, count, marker)
-            for i in range(count):
-                m[i] = m[i] + (g[i] - m[i]) * one_minus_beta_1
             for i in range(count):
                 a = beta_2 * u[i]
                 b = np.abs(g[i])

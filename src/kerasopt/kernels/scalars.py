@@ -28,7 +28,7 @@ class StepScalars:
 
     features: int
     hyper: np.ndarray  # (layout.HYPER,) in the variables' dtype
-    clip_c: np.ndarray  # per tensor (clipnorm), else empty
+    clip_c: np.ndarray  # per tensor (clipnorm; ones while off)
     clip_d: np.ndarray
     decay_mask: np.ndarray  # per tensor, bool
 
@@ -67,9 +67,14 @@ def step_scalars(
     """
     features = 0
     hyper = np.zeros(layout.HYPER, dtype)
+    # The gradient transforms' slots hold their identity while off, so that a kernel may
+    # apply them all in one branch-free loop: x / 1, x * 1 and clipping to +-inf return x
+    # bit for bit (NaN, inf and -0 included).
+    hyper[[layout.H_SCALE, layout.H_STEPS, layout.H_GLOBAL]] = 1
+    hyper[layout.H_CLIP_LOW], hyper[layout.H_CLIP_HIGH] = -np.inf, np.inf
     one = namespace(like).ones((), dtype=like.dtype)
-    empty = np.zeros(0, dtype)
-    scalars = StepScalars(0, hyper, empty, empty, np.ones(n, np.bool_))
+    ones = np.ones(n, dtype)
+    scalars = StepScalars(0, hyper, ones, ones, np.ones(n, np.bool_))
 
     def put(slot: int, value: Any) -> None:
         hyper[slot] = dtype.type(float(value))
