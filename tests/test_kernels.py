@@ -476,3 +476,16 @@ def test_norm_pass_reassociates_only_the_sum(dtype, features):
         x = (x + acc) / hyper[layout.H_STEPS]
     exact = math.fsum((x * x).astype(np.float64).tolist())
     assert abs(got - exact) <= 1e-12 * exact
+
+
+def test_same_numpy_layouts_reads_dtype_and_shape_from_headers():
+    a = [np.zeros((3, 4), np.float32), np.zeros(5, np.float64), np.zeros((), np.float32)]
+    same = [np.ones((3, 4), np.float32), np.ones(5, np.float64), np.ones((), np.float32)]
+    assert kernels.same_numpy_layouts(a, same)
+    for i, other in [(0, np.ones((4, 3), np.float32)), (0, np.ones(12, np.float32)),
+                     (1, np.ones(5, np.float32)), (2, np.ones(1, np.float32)),
+                     (1, np.ones(5, np.float64).view(np.recarray)), (1, [0.0] * 5)]:
+        changed = list(same)
+        changed[i] = other
+        assert not kernels.same_numpy_layouts(a, changed)
+    assert not kernels.same_numpy_layouts(a, same[:2])

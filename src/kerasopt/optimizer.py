@@ -23,6 +23,8 @@ from __future__ import annotations
 import re
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from itertools import repeat
+from operator import attrgetter, is_, is_not
 from typing import Any
 
 import numpy as np
@@ -287,7 +289,9 @@ class Optimizer:
         else:
             variables = list(variables)
             if self.built:
-                unknown = [v for v in variables if id(v) not in self._variable_indices]
+                unknown = [] if _same_objects(variables, self._trainable_variables) else [
+                    v for v in variables if id(v) not in self._variable_indices
+                ]
                 if unknown:
                     names = [getattr(v, "name", repr(v)) for v in unknown]
                     raise ValueError(
@@ -352,13 +356,17 @@ class Optimizer:
     ) -> tuple[list[Any], list[Variable]]:
         grads = list(grads)
         variables = self._resolve_variables(len(grads), variables)
-        checked = [
-            None if g is None else self._checked_gradient(g, v) for g, v in zip(grads, variables)
-        ]
-        if all(g is None for g in checked):
-            raise ValueError(
-                f"{self.name}: no gradients provided for any variable (all were None)."
-            )
+        if _plain_numpy_gradients(grads, variables):
+            checked = grads  # the common case, checked in bulk
+        else:
+            checked = [
+                None if g is None else self._checked_gradient(g, v)
+                for g, v in zip(grads, variables)
+            ]
+            if all(g is None for g in checked):
+                raise ValueError(
+                    f"{self.name}: no gradients provided for any variable (all were None)."
+                )
         self._check_hyperparameters()
         return checked, variables
 
@@ -431,7 +439,7 @@ class Optimizer:
         or (with EMA or accumulation, which cover every variable) a ``None`` gradient.
         """
         fused = self._fused_slots() if kernels.available() else None
-        if fused is None or any(isinstance(g, IndexedSlices) for g in grads):
+        if fused is None or any(map(isinstance, grads, repeat(IndexedSlices))):
             return False
         steps = self.gradient_accumulation_steps
         if (self.use_ema or steps) and len(variables) != len(self._trainable_variables):
@@ -439,7 +447,16 @@ class Optimizer:
         if not kernels.fusable(variables[0].value):
             return False
         algorithm, slot_lists = fused
-        index = [self._get_variable_index(v) for v in variables]
+        if _same_objects(variables, self._trainable_variables):
+            index = None  # every variable, in the built order: slots and masks in bulk
+        else:
+            index = [self._get_variable_index(v) for v in variables]
+
+        def values(slot: list[Variable]) -> list[Any]:
+            if index is None:
+                return list(map(_VALUE, slot))
+            return [slot[i].value for i in index]
+
         iterations = self._iteration_count()
         phase = None
         if steps:
@@ -450,31 +467,29 @@ class Optimizer:
         if self.use_ema:
             frequency = self.ema_overwrite_frequency
             options.update(
-                ema_averages=[self._ema_averages[i].value for i in index],
+                ema_averages=values(self._ema_averages),
                 ema_momentum=pipeline.ema_momentum_at(iterations, self.ema_momentum),
                 ema_overwrite=bool(frequency and (iterations + 1) % frequency == 0),
             )
         try:
             kernels.fused_step(
                 algorithm,
-                [v.value for v in variables],
+                list(map(_VALUE, variables)),
                 grads,
-                [[slot[i].value for i in index] for slot in slot_lists],
+                [values(slot) for slot in slot_lists],
                 beta_1=validation.resolved_beta("beta_1", self.beta_1),
                 beta_2=validation.resolved_beta("beta_2", self.beta_2),
                 epsilon=self.epsilon,
                 step=iterations + 1,
                 weight_decay=self.weight_decay,
                 weight_decay_mask=(
-                    [self._use_weight_decay(v) for v in variables]
-                    if self.weight_decay is not None
-                    else None
+                    self._weight_decay_mask(variables) if self.weight_decay is not None else None
                 ),
                 clipnorm=self.clipnorm or None,
                 global_clipnorm=self.global_clipnorm or None,
                 clipvalue=self.clipvalue or None,
                 loss_scale_factor=self.loss_scale_factor,
-                accumulators=[self._accumulators[i].value for i in index] if steps else None,
+                accumulators=values(self._accumulators) if steps else None,
                 accumulation_steps=steps,
                 accumulation_phase=phase,
                 **options,
@@ -670,6 +685,19 @@ class Optimizer:
                 f"var_names={names!r} ({error})."
             ) from error
 
+    def _weight_decay_mask(self, variables: list[Variable]) -> list[bool]:
+        """Per variable, whether it is decayed (kept between steps until the exclusions or
+        the variables change)."""
+        key = (self._excluded_ids, self._excluded_pattern)
+        cached = getattr(self, "_decay_mask_cache", None)
+        if cached is not None and _same_objects(cached[0], key) and _same_objects(
+            cached[1], variables
+        ):
+            return cached[2]
+        mask = [self._use_weight_decay(v) for v in variables]
+        self._decay_mask_cache = (key, list(variables), mask)
+        return mask
+
     def _use_weight_decay(self, variable: Variable) -> bool:
         if id(variable) in self._excluded_ids:
             return False
@@ -857,7 +885,32 @@ def _check_trainable(variable: Any) -> None:
         )
 
 
+_VALUE = attrgetter("_value")  # Variable.value, without the property's Python frame
+_SHAPE = attrgetter("shape")
+_DTYPE = attrgetter("dtype")
+
+
+def _same_objects(a: Sequence[Any], b: Sequence[Any]) -> bool:
+    return len(a) == len(b) and all(map(is_, a, b))
+
+
+def _plain_numpy_gradients(grads: list[Any], variables: list[Variable]) -> bool:
+    """Whether every gradient is a dense NumPy array of its variable's (NumPy) dtype and
+    shape, checked in bulk: such gradients need no conversion."""
+    values = list(map(_VALUE, variables))
+    if kernels.same_numpy_layouts(grads, values):
+        return True
+    return (
+        set(map(type, grads)) == {np.ndarray}
+        and set(map(type, values)) == {np.ndarray}
+        and list(map(_DTYPE, grads)) == list(map(_DTYPE, values))
+        and list(map(_SHAPE, grads)) == list(map(_SHAPE, values))
+    )
+
+
 def _drop_missing_gradients(grads: list[Any], variables: list[Variable]):
+    if all(map(is_not, grads, repeat(None))):
+        return grads, variables
     missing = [v.name for g, v in zip(grads, variables) if g is None]
     if missing:
         warnings.warn(

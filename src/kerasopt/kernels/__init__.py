@@ -15,6 +15,7 @@ from kerasopt.kernels.fused import (
     fused_rows_step,
     fused_step,
     fused_step_table,
+    same_numpy_layouts,
     sum_rows,
 )
 
@@ -26,5 +27,6 @@ __all__ = [
     "fused_rows_step",
     "fused_step",
     "fused_step_table",
+    "same_numpy_layouts",
     "sum_rows",
 ]

@@ -122,6 +122,26 @@ def read_numpy_headers(object_addresses, data_offset, expected_sizes, descr, wri
 
 
 @njit(cache=True)
+def same_layouts(first, second, data_offset):
+    """Whether each pair ``first[i]``, ``second[i]`` of NumPy arrays (``id()`` values, headers
+    as in :func:`read_numpy_headers`) has the same dtype object and the same shape."""
+    for i in range(first.shape[0]):
+        a = first[i] + data_offset
+        b = second[i] + data_offset
+        nd = _view(a + 8, 0, 1, _I32)[0]
+        if nd != _view(b + 8, 0, 1, _I32)[0]:
+            return False
+        if _view(a + 40, 0, 1, _I64)[0] != _view(b + 40, 0, 1, _I64)[0]:
+            return False
+        dims_a = _view(a + 16, 0, 1, _I64)[0]
+        dims_b = _view(b + 16, 0, 1, _I64)[0]
+        for d in range(nd):
+            if _view(dims_a, d, 1, _I64)[0] != _view(dims_b, d, 1, _I64)[0]:
+                return False
+    return True
+
+
+@njit(cache=True)
 def chunk_table(sizes):
     """``(tensor, start, stop)`` rows covering every tensor in chunks of <= CHUNK elements."""
     count = 0

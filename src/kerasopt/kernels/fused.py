@@ -47,6 +47,7 @@ __all__ = [
     "fused_rows_step",
     "fused_step",
     "fused_step_table",
+    "same_numpy_layouts",
     "sum_rows",
 ]
 
@@ -440,6 +441,18 @@ def _probe_numpy_header() -> int | None:
 
 _HEADER_OFFSET = _probe_numpy_header()
 _NDARRAY = {np.ndarray}
+
+
+def same_numpy_layouts(first: Sequence[Any], second: Sequence[Any]) -> bool:
+    """Whether ``first[i]`` and ``second[i]`` are, for every ``i``, NumPy ndarrays (exactly)
+    of the same dtype and shape: read from the array headers in bulk, ~10 ns a pair. False
+    also when that cannot be read (numba missing, another Python): check one by one then."""
+    n = len(first)
+    if (_k is None or _HEADER_OFFSET is None or n != len(second)
+            or set(map(type, first)) != _NDARRAY or set(map(type, second)) != _NDARRAY):
+        return False
+    return bool(_k.same_layouts(np.fromiter(map(id, first), np.int64, n),
+                                np.fromiter(map(id, second), np.int64, n), _HEADER_OFFSET))
 
 
 def _numpy_addresses(arrays, dtype, sizes, writeable):
