@@ -34,6 +34,7 @@ _SHAPE = attrgetter("shape")
 _LAYOUT = attrgetter("layout")
 _DTYPE = attrgetter("dtype")
 _IS_CPU = attrgetter("is_cpu")
+_DEVICE = attrgetter("device")
 _REQUIRES_GRAD = attrgetter("requires_grad")
 _DATA_PTR = torch.Tensor.data_ptr
 _IS_CONTIGUOUS = torch.Tensor.is_contiguous
@@ -58,7 +59,8 @@ class GroupPlan:
     """The fused step's view of one param group, valid while :meth:`matches` says so."""
 
     __slots__ = ("group", "params", "param_ptrs", "shapes", "states", "columns", "slots",
-                 "table", "sizes", "chunks", "like", "dtype", "decay_key", "decay_mask")
+                 "table", "sizes", "chunks", "like", "dtype", "device", "kernels",
+                 "decay_key", "decay_mask")
 
     @classmethod
     def build(cls, state: dict, group: dict[str, Any], columns: list[tuple[str, int]],
@@ -67,11 +69,13 @@ class GroupPlan:
         params = list(group["params"])
         if not params or not set(map(type, params)) <= _PLAIN:
             return None
-        dtype = params[0].dtype
+        dtype, device = params[0].dtype, params[0].device
+        module = kernels.for_device(device)
         state_dtype = group.get("state_dtype")
-        if (dtype not in _FLOATS or set(map(_DTYPE, params)) != {dtype}
+        if (module is None or dtype not in _FLOATS or set(map(_DTYPE, params)) != {dtype}
                 or (state_dtype is not None and state_dtype != dtype)
-                or not all(map(_IS_CPU, params)) or not all(map(_IS_CONTIGUOUS, params))):
+                or set(map(_DEVICE, params)) != {device}
+                or not all(map(_IS_CONTIGUOUS, params))):
             return None
         states = [state.get(p) for p in params]
         if any(s is None for s in states):
@@ -88,7 +92,7 @@ class GroupPlan:
             except KeyError:
                 return None
             if (not set(map(type, tensors)) <= _PLAIN or set(map(_DTYPE, tensors)) != {dtype}
-                    or not all(map(_IS_CPU, tensors))
+                    or set(map(_DEVICE, tensors)) != {device}
                     or not all(map(_IS_CONTIGUOUS, tensors))
                     or list(map(_SHAPE, tensors)) != shapes):
                 return None
@@ -97,9 +101,9 @@ class GroupPlan:
         plan.group, plan.params, plan.shapes, plan.states = group, params, shapes, states
         plan.columns = columns
         plan.sizes = np.fromiter(map(_NUMEL, params), np.int64, len(params))
-        plan.chunks = kernels.chunk_table(plan.sizes)
+        plan.chunks = kernels.chunk_table(plan.sizes) if module is kernels else None
         plan.like = torch.zeros((), dtype=dtype)
-        plan.dtype = dtype
+        plan.dtype, plan.device, plan.kernels = dtype, device, module
         plan.decay_key = decay_key
         plan.decay_mask = decay_mask
         return plan
@@ -132,7 +136,8 @@ class GroupPlan:
         if (set(map(type, grads)) != {torch.Tensor}
                 or set(map(_LAYOUT, grads)) != {torch.strided}
                 or set(map(_DTYPE, grads)) != {self.dtype}
-                or not all(map(_IS_CPU, grads))
+                or not (all(map(_IS_CPU, grads)) if self.device.type == "cpu"
+                        else set(map(_DEVICE, grads)) == {self.device})
                 or not all(map(_IS_CONTIGUOUS, grads))
                 or list(map(_SHAPE, grads)) != self.shapes):
             return False

@@ -117,6 +117,7 @@ def _dtensor_type() -> type | None:
 
 
 _DTensor = _dtensor_type()
+_FLOATS = (torch.float32, torch.float64)
 
 
 def _is_dtensor(t: Any) -> bool:
@@ -492,8 +493,7 @@ class KerasOptimizer(torch.optim.Optimizer):
         :mod:`kerasopt._torch_plan`): every parameter of every group has a plain dense CPU
         gradient and complete state. Returns False, having changed nothing, otherwise."""
         algorithm = self._fused_algorithm
-        if (algorithm is None or not kernels.available() or self.norm_process_group is not None
-                or self.skip_nonfinite
+        if (algorithm is None or self.norm_process_group is not None or self.skip_nonfinite
                 or sum(1 for group in self.param_groups if group["global_clipnorm"]) > 1):
             return False
         count = len(self.param_groups)
@@ -519,7 +519,7 @@ class KerasOptimizer(torch.optim.Optimizer):
         rates = self._checked_rates(self.param_groups, raw) if phase != "micro" else None
         for group, plan in zip(self.param_groups, plans):
             frequency = group["ema_overwrite_frequency"]
-            kernels.fused_step_table(
+            plan.kernels.fused_step_table(
                 algorithm, plan.table, plan.sizes, plan.like, plan.params, chunks=plan.chunks,
                 amsgrad=bool(group.get("amsgrad")),
                 learning_rate=rates[id(group)] if rates is not None else 0.0,
@@ -549,12 +549,17 @@ class KerasOptimizer(torch.optim.Optimizer):
         rates: dict[int, torch.Tensor] | None,
     ) -> bool:
         """The whole step in one pass over memory per group (:mod:`kerasopt.kernels`), when
-        it applies: numba present, dense CPU float32/float64 tensors (no DTensor) with state in
-        their own dtype, a global norm that no other group shares, and (under EMA or
-        accumulation, which cover every parameter) a gradient for every parameter. Returns
-        False, having changed nothing, otherwise."""
+        it applies: kernels for the parameters' device (numba on the CPU, Triton on CUDA),
+        dense float32/float64 tensors (no DTensor) on that one device with state in their own
+        dtype, a global norm that no other group shares, and (under EMA or accumulation,
+        which cover every parameter) a gradient for every parameter. Returns False, having
+        changed nothing, otherwise."""
         algorithm = self._fused_algorithm
-        if algorithm is None or not kernels.available() or self.norm_process_group is not None:
+        if algorithm is None or self.norm_process_group is not None:
+            return False
+        device = entries[0].param.device
+        module = kernels.for_device(device)
+        if module is None:
             return False
         if any(isinstance(g, IndexedSlices) for g in grads):
             return False
@@ -576,8 +581,9 @@ class KerasOptimizer(torch.optim.Optimizer):
                 return False
         if len(groups) > 1:  # the kernel's own checks must not refuse a later group
             for entry, g in zip(entries, grads):
-                if not (kernels.fusable(entry.param) and entry.param.is_contiguous()
-                        and g.is_cpu and g.is_contiguous()):
+                if not (entry.param.dtype in _FLOATS and entry.param.device == device
+                        and entry.param.is_contiguous() and g.device == device
+                        and g.is_contiguous()):
                     return False
         iterations = raw // n if n else raw
         phase = None if not n else ("update" if (raw + 1) % n == 0 else "micro")
@@ -593,7 +599,7 @@ class KerasOptimizer(torch.optim.Optimizer):
                     ema_overwrite=bool(frequency and (iterations + 1) % frequency == 0),
                 )
             try:
-                kernels.fused_step(
+                module.fused_step(
                     algorithm,
                     params,
                     [g for _, g in members],
