@@ -299,6 +299,7 @@ def kerasopt_contenders(sizes, backend):
     ema = dict(ema_averages=avg, ema_momentum=0.99)
     clip_decay = dict(global_clipnorm=1.0, weight_decay=0.004)
     accum = dict(accumulators=acc, accumulation_steps=2, accumulation_phase="update")
+    everything = dict(**clip_decay, **ema, loss_scale_factor=2.0)
     tag = f"kerasopt fused ({backend})"
     out = {
         f"{tag} Adam": (call("adam"), BYTES_PER_PARAM),
@@ -318,12 +319,32 @@ def kerasopt_contenders(sizes, backend):
                     12,
                 ),
                 f"{tag} Adamax all features": (
-                    call("adamax", **clip_decay, **ema, **accum, loss_scale_factor=2.0),
+                    call("adamax", **everything, **accum),
                     BYTES_PER_PARAM_EMA + 8,
+                ),
+                f"{tag} Adamax all features, per call of an accumulation cycle": (
+                    _cycle(
+                        call("adamax", **everything, **dict(accum, accumulation_phase="micro")),
+                        call("adamax", **everything, **accum),
+                    ),
+                    # micro-step 12 + EMA 12; update step 44: per call (24 + 44) / 2
+                    34,
                 ),
             }
         )
     return out
+
+
+def _cycle(*calls: Callable[[], None]) -> Callable[[], None]:
+    """One accumulation cycle (its micro-steps, then its update step) in one call; its time
+    is divided by the cycle's length (``fn.calls``) to give the time per optimizer call."""
+
+    def fn():
+        for call in calls:
+            call()
+
+    fn.calls = len(calls)  # type: ignore[attr-defined]
+    return fn
 
 
 def _torch_from_numpy(a):
@@ -501,6 +522,63 @@ def run_subprocess(backend: str, labels: list[str], sizes, repeats) -> dict[str,
     return {label: f"error: {tail[0][:200]}" for label in labels}
 
 
+# --------------------------------------------------------------------------- CUDA
+
+
+CUDA_TRIAD = "torch triad a = b + s*c on the GPU (roofline)"
+
+
+def cuda_rows(label: str, sizes: list[int], repeats: int) -> list[Row]:
+    """The workload on the GPU (when torch sees one): kerasopt.torch's step (the Triton
+    kernels) against torch.optim's fused and foreach steps and a device triad, round-robin.
+    Each sample times ``CUDA_CALLS`` calls between two synchronizations."""
+    import torch
+
+    import kerasopt.torch as kt
+
+    def optimizer(cls, **kwargs):
+        gen = torch.Generator().manual_seed(0)
+        params = [torch.nn.Parameter(torch.randn(s, generator=gen).cuda()) for s in sizes]
+        for p in params:
+            p.grad = (torch.randn(p.shape, generator=gen) * 1e-2).cuda()
+        return cls(params, **kwargs).step
+
+    n = 64_000_000
+    b = torch.rand(n, device="cuda")
+    c, a = b.clone(), torch.empty_like(b)
+    contenders = {
+        "kerasopt.torch.Adam.step (Triton)": optimizer(kt.Adam, learning_rate=1e-3),
+        "kerasopt.torch.Adamax.step (Triton)": optimizer(kt.Adamax, learning_rate=1e-3),
+        ANCHOR_FUSED: optimizer(torch.optim.Adam, lr=1e-3, fused=True),
+        "torch Adam foreach": optimizer(torch.optim.Adam, lr=1e-3, foreach=True),
+        ANCHOR_FOREACH: optimizer(torch.optim.Adamax, lr=1e-3, foreach=True),
+        CUDA_TRIAD: lambda: torch.add(b, c, alpha=3.0, out=a),
+    }
+
+    def batched(fn):
+        def run():
+            for _ in range(CUDA_CALLS):
+                fn()
+            torch.cuda.synchronize()
+
+        return run
+
+    times = time_round_robin({k: batched(fn) for k, fn in contenders.items()}, repeats,
+                             label + " (CUDA)")
+    total = sum(sizes)
+    out = []
+    for name, ms in times.items():
+        ms /= CUDA_CALLS
+        if name == CUDA_TRIAD:
+            out.append(Row(label + " on CUDA", name, ms, n, 12, note="roofline"))
+        else:
+            out.append(Row(label + " on CUDA", name, ms, total))
+    return out
+
+
+CUDA_CALLS = 10
+
+
 # --------------------------------------------------------------------------- sparse
 
 
@@ -579,11 +657,15 @@ def machine() -> dict[str, Any]:
         pass
     from importlib import metadata
 
-    for module in ("torch", "jax", "optax", "keras", "numba"):
+    for module in ("torch", "jax", "optax", "keras", "numba", "triton"):
         try:
             info[module] = metadata.version(module)
         except metadata.PackageNotFoundError:
             pass
+    if "torch" in info and _has_cuda():
+        import torch
+
+        info["gpu"] = torch.cuda.get_device_name()
     try:
         info["load_average"] = os.getloadavg()
     except OSError:  # pragma: no cover
@@ -649,6 +731,8 @@ def run(args: argparse.Namespace) -> int:
                 contenders[key] = (fn, BYTES_PER_PARAM)
         contenders[TRIAD] = (triad_step, triad_bytes)
         times = time_round_robin({k: fn for k, (fn, _) in contenders.items()}, repeats, label)
+        for key, (fn, _) in contenders.items():
+            times[key] /= getattr(fn, "calls", 1)  # per optimizer call
         bandwidths[label] = triad_n * triad_bytes / (times[TRIAD] * 1e-3)
         for key, (fn, nbytes) in contenders.items():
             if key == TRIAD:
@@ -660,6 +744,11 @@ def run(args: argparse.Namespace) -> int:
             else:
                 row.extra_bytes_per_param = extra_memory_rss(fn, n)
             rows.append(row)
+        if have_torch and not quick and _has_cuda():
+            cuda = cuda_rows(label, sizes, repeats)
+            rows.extend(cuda)
+            triad = next(r for r in cuda if r.name == CUDA_TRIAD)
+            bandwidths[triad.workload] = triad.gbps() * 1e9
         if not args.no_subprocess:
             sub_repeats = repeats
             jobs = [("torch", ["Keras 3 (torch) Adamax", SUB_FUSED + " [torch subprocess]"])]
@@ -714,6 +803,12 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _has_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
 def _add_ratios(rows: list[Row]) -> None:
     by_workload: dict[str, dict[str, Row]] = {}
     for row in rows:
@@ -729,7 +824,8 @@ def _add_ratios(rows: list[Row]) -> None:
 
 
 def _machine_line(info: dict[str, Any]) -> str:
-    keys = ("cpu", "cores", "numba_threads", "numpy", "numba", "torch", "jax", "optax", "keras")
+    keys = ("cpu", "cores", "numba_threads", "gpu", "numpy", "numba", "triton", "torch", "jax",
+            "optax", "keras")
     parts = [f"{k}={info[k]}" for k in keys if k in info]
     load = info.get("load_average")
     if load:
