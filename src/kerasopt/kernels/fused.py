@@ -26,6 +26,8 @@ import contextlib
 import ctypes
 import sys
 from collections.abc import Sequence
+from itertools import repeat
+from operator import attrgetter
 from typing import Any
 
 import numpy as np
@@ -486,19 +488,26 @@ def _numpy_addresses(arrays, dtype, sizes, writeable):
 
 
 def _torch_addresses(tensors, dtype, sizes):
-    tensor_type = sys.modules["torch"].Tensor
-    data, found = [], []
-    for t in tensors:  # one pass: this loop is the per-tensor cost of a step
-        if not isinstance(t, tensor_type):
-            raise NotFusable(f"{type(t).__name__} is not a torch tensor.")
-        if t.dtype != dtype or not t.is_cpu or not t.is_contiguous():
-            raise NotFusable("a tensor is not a contiguous CPU tensor of the weights' dtype.")
-        data.append(t.data_ptr())
-        found.append(t.numel())
-    found = np.array(found, np.int64)
+    """Data addresses (and sizes) of CPU torch tensors, checked in bulk (one C-level pass
+    per property: this is the per-tensor cost of a step)."""
+    torch = sys.modules["torch"]
+    tensors = list(tensors)
+    if not all(map(isinstance, tensors, repeat(torch.Tensor))):
+        raise NotFusable("an array is not a torch tensor.")
+    if (set(map(_LAYOUT, tensors)) - {torch.strided} or set(map(_DTYPE, tensors)) - {dtype}
+            or not all(map(_IS_CPU, tensors))
+            or not all(map(torch.Tensor.is_contiguous, tensors))):
+        raise NotFusable("a tensor is not a contiguous CPU tensor of the weights' dtype.")
+    n = len(tensors)
+    found = np.fromiter(map(torch.Tensor.numel, tensors), np.int64, n)
     if sizes is not None and not np.array_equal(found, sizes):
         raise NotFusable("a tensor's number of elements differs from its weight's.")
-    return np.array(data, np.int64), found
+    return np.fromiter(map(torch.Tensor.data_ptr, tensors), np.int64, n), found
+
+
+_LAYOUT = attrgetter("layout")
+_DTYPE = attrgetter("dtype")
+_IS_CPU = attrgetter("is_cpu")
 
 
 def _bump_versions(params: Sequence[Any], is_torch_step: bool) -> None:
