@@ -29,6 +29,8 @@ import torch
 from kerasopt import kernels
 from kerasopt.kernels import layout
 
+__all__ = ["GroupPlan", "StateSnapshot", "state_columns"]
+
 _GRAD = attrgetter("grad")
 _SHAPE = attrgetter("shape")
 _LAYOUT = attrgetter("layout")
@@ -53,6 +55,22 @@ def state_columns(slot_names: list[str], accumulator: str | None,
     if average is not None:
         columns.append((average, layout.EMA))
     return columns
+
+
+class StateSnapshot:
+    """The optimizer's ``state`` mapping as it was: the same dict object with the same keys
+    mapped to the same per-parameter dicts (by identity) means nothing was added, removed
+    or replaced at that level since."""
+
+    __slots__ = ("state", "keys", "values")
+
+    def __init__(self, state: dict) -> None:
+        self.state, self.keys, self.values = state, list(state), list(state.values())
+
+    def unchanged(self, state: dict) -> bool:
+        keys, values = self.keys, self.values
+        return (state is self.state and len(state) == len(keys)
+                and all(map(is_, state, keys)) and all(map(is_, state.values(), values)))
 
 
 class GroupPlan:
@@ -109,8 +127,10 @@ class GroupPlan:
         return plan
 
     def matches(self, state: dict, group: dict[str, Any], columns: list[tuple[str, int]],
-                decay_key: tuple) -> bool:
-        """Whether the plan still describes ``group`` (bulk checks, no per-tensor Python)."""
+                decay_key: tuple, state_unchanged: bool) -> bool:
+        """Whether the plan still describes ``group`` (bulk checks, no per-tensor Python).
+        ``state_unchanged``: the optimizer's state maps the same parameters to the same dicts
+        as when every plan last matched (then they need not be looked up again)."""
         params = group["params"]
         if (self.group is not group or len(params) != len(self.params)
                 or not all(map(is_, params, self.params)) or columns != self.columns
@@ -118,7 +138,7 @@ class GroupPlan:
                 or list(map(_DATA_PTR, params)) != self.param_ptrs):
             return False
         states = self.states
-        if not all(map(is_, map(state.get, params), states)):
+        if not state_unchanged and not all(map(is_, map(state.get, params), states)):
             return False
         try:
             return all(all(map(is_, map(itemgetter(key), states), tensors))

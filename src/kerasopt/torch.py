@@ -61,7 +61,7 @@ import numpy as np
 import torch
 
 from kerasopt import kernels, pipeline, validation
-from kerasopt._torch_plan import GroupPlan, state_columns
+from kerasopt._torch_plan import GroupPlan, StateSnapshot, state_columns
 from kerasopt.adam import Adam as _CoreAdam
 from kerasopt.adamax import Adamax as _CoreAdamax
 from kerasopt.algorithms.adam import AMSGRAD_SLOT, adam_update
@@ -500,12 +500,16 @@ class KerasOptimizer(torch.optim.Optimizer):
         plans = (getattr(self, "_plans", []) + [None] * count)[:count]
         self._plans = plans
         n = self.gradient_accumulation_steps
+        snapshot = getattr(self, "_state_snapshot", None)
+        unchanged = snapshot is not None and snapshot.unchanged(self.state)
+        self._state_snapshot = None
         for index, group in enumerate(self.param_groups):
             columns = state_columns(self._slot_names(group), ACCUMULATOR if n else None,
                                     AVERAGE if group["use_ema"] else None)
             decay_key = (self._excluded_ids, self._excluded_pattern, group.get("param_names"))
             plan = plans[index]
-            if plan is None or not plan.matches(self.state, group, columns, decay_key):
+            if plan is None or not plan.matches(self.state, group, columns, decay_key,
+                                                unchanged):
                 names = group.get("param_names") or [None] * len(group["params"])
                 mask = [self._use_weight_decay(p, name) for p, name in zip(group["params"], names)]
                 plan = plans[index] = GroupPlan.build(self.state, group, columns, decay_key, mask)
@@ -513,6 +517,10 @@ class KerasOptimizer(torch.optim.Optimizer):
                     return False
             if not plan.read_gradients():
                 return False
+        if not unchanged:  # every plan matches this state now
+            self._state_snapshot = StateSnapshot(self.state)
+        else:
+            self._state_snapshot = snapshot
         raw = self.raw_iterations
         iterations = raw // n if n else raw
         phase = None if not n else ("update" if (raw + 1) % n == 0 else "micro")
