@@ -160,39 +160,14 @@ def fused_step(
     """
     if not available():
         raise NotFusable("Triton or a CUDA device is missing (pip install triton).")
-    if algorithm not in ("adam", "adamax"):
-        raise ValueError(f"algorithm must be 'adam' or 'adamax'; received {algorithm!r}.")
-    if accumulation_phase not in (None, "micro", "update"):
-        raise ValueError(
-            "accumulation_phase must be None, 'micro' or 'update'; received "
-            f"{accumulation_phase!r}."
-        )
-    if sum(x is not None for x in (clipnorm, global_clipnorm, clipvalue)) > 1:
-        raise ValueError("At most one of clipnorm, global_clipnorm and clipvalue can be set.")
+    roles, amsgrad = layout.step_roles(
+        algorithm, params, grads, slots, clip_options=(clipnorm, global_clipnorm, clipvalue),
+        accumulators=accumulators, accumulation_phase=accumulation_phase,
+        ema_averages=ema_averages,
+    )
     n = len(params)
     if n == 0:
         return
-    slots = [list(s) for s in slots]
-    expected_slots = {"adam": (2, 3), "adamax": (2,)}[algorithm]
-    if len(slots) not in expected_slots:
-        raise ValueError(f"{algorithm} takes {expected_slots} slot lists; got {len(slots)}.")
-    amsgrad = len(slots) == 3
-    micro = accumulation_phase == "micro"
-    if accumulation_phase is not None and accumulators is None:
-        raise ValueError("accumulation_phase needs accumulators.")
-    roles: list[tuple[int, Sequence[Any]]] = [(layout.W, params), (layout.G, grads)]
-    if not micro:
-        roles += [(layout.M, slots[0]), (layout.V, slots[1])]
-        if amsgrad:
-            roles.append((layout.VHAT, slots[2]))
-    if accumulation_phase is not None:
-        roles.append((layout.ACC, accumulators))
-    if ema_averages is not None:
-        roles.append((layout.EMA, ema_averages))
-    for _, tensors in roles:
-        if len(tensors) != n:
-            raise ValueError(f"Every list must hold {n} arrays, one per weight.")
-
     addresses, sizes, device, dtype = _addresses(roles, n)
     _launch(algorithm, addresses, sizes, device, dtype, params, amsgrad=amsgrad,
             learning_rate=learning_rate, beta_1=beta_1, beta_2=beta_2, epsilon=epsilon,

@@ -148,42 +148,14 @@ def fused_step(
     """
     if _k is None:
         raise NotFusable("numba is not installed (pip install 'kerasopt[fast]').")
-    if algorithm not in ("adam", "adamax"):
-        raise ValueError(f"algorithm must be 'adam' or 'adamax'; received {algorithm!r}.")
-    if accumulation_phase not in (None, "micro", "update"):
-        raise ValueError(
-            "accumulation_phase must be None, 'micro' or 'update'; received "
-            f"{accumulation_phase!r}."
-        )
-    if sum(x is not None for x in (clipnorm, global_clipnorm, clipvalue)) > 1:
-        raise ValueError("At most one of clipnorm, global_clipnorm and clipvalue can be set.")
+    roles, amsgrad = layout.step_roles(
+        algorithm, params, grads, slots, clip_options=(clipnorm, global_clipnorm, clipvalue),
+        accumulators=accumulators, accumulation_phase=accumulation_phase,
+        ema_averages=ema_averages,
+    )
     n = len(params)
     if n == 0:
         return
-    slots = [list(s) for s in slots]
-    expected_slots = {"adam": (2, 3), "adamax": (2,)}[algorithm]
-    if len(slots) not in expected_slots:
-        raise ValueError(f"{algorithm} takes {expected_slots} slot lists; got {len(slots)}.")
-    amsgrad = len(slots) == 3
-    micro = accumulation_phase == "micro"
-    if accumulation_phase is not None and accumulators is None:
-        raise ValueError("accumulation_phase needs accumulators.")
-    roles: list[tuple[int, Sequence[Any], bool]] = [
-        (layout.W, params, True),
-        (layout.G, grads, False),
-    ]
-    if not micro:
-        roles += [(layout.M, slots[0], True), (layout.V, slots[1], True)]
-        if amsgrad:
-            roles.append((layout.VHAT, slots[2], True))
-    if accumulation_phase is not None:
-        roles.append((layout.ACC, accumulators, True))
-    if ema_averages is not None:
-        roles.append((layout.EMA, ema_averages, True))
-    for _, arrays, _ in roles:
-        if len(arrays) != n:
-            raise ValueError(f"Every list must hold {n} arrays, one per weight.")
-
     table, sizes, like, _ = _address_table(roles, n)
     fused_step_table(
         algorithm, table, sizes, like, params, amsgrad=amsgrad, learning_rate=learning_rate,
@@ -402,8 +374,9 @@ def _address_table(roles, n):
             raise NotFusable(f"dtype {first.dtype} is not float32 or float64.")
         dtype = first.dtype
         sizes = None
-        for column, arrays, writeable in roles:
-            table[:, column], sizes = _numpy_addresses(arrays, dtype, sizes, writeable)
+        for column, arrays in roles:  # every array but the gradients is written
+            table[:, column], sizes = _numpy_addresses(arrays, dtype, sizes,
+                                                       column != layout.G)
         return table, sizes, np.zeros((), dtype), False
     if is_torch(first):
         torch = sys.modules["torch"]
@@ -411,7 +384,7 @@ def _address_table(roles, n):
         if dtype not in (torch.float32, torch.float64):
             raise NotFusable(f"dtype {dtype} is not float32 or float64.")
         sizes = None
-        for column, arrays, _ in roles:
+        for column, arrays in roles:
             table[:, column], sizes = _torch_addresses(arrays, dtype, sizes)
         return table, sizes, torch.zeros((), dtype=dtype), True
     raise NotFusable(f"{type(first).__name__} is not a NumPy array or a torch tensor.")
