@@ -50,6 +50,9 @@ if importlib.util.find_spec("triton") is None:
 torch = pytest.importorskip("torch")
 
 ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "tests"))
+from fused_reference import reference_step  # noqa: E402  (the shared kernel reference)
+
 MAX_ULP = 4
 """Bound on |triton - reference| in ulps of the array's scale (max(1, max |reference|))."""
 
@@ -107,54 +110,6 @@ def _cases():
 
 CASES = _cases()
 NORM_FEATURES = ("clipnorm", "global_clipnorm")
-
-
-# --------------------------------------------------------------------------- the reference
-
-
-def reference_step(algorithm, params, grads, slots, *, learning_rate, beta_1, beta_2,
-                   epsilon, step, weight_decay=None, weight_decay_mask=None, clipnorm=None,
-                   global_clipnorm=None, clipvalue=None, loss_scale_factor=None,
-                   accumulators=None, accumulation_steps=None, accumulation_phase=None,
-                   ema_averages=None, ema_momentum=None, ema_overwrite=False):
-    """``fused_step`` from the pure functions, in Keras 3's order, written back in place."""
-    from kerasopt import pipeline
-    from kerasopt.algorithms import adam_update, adamax_update
-
-    grads = list(grads)
-    if loss_scale_factor is not None:
-        grads = [pipeline.unscale(g, loss_scale_factor) for g in grads]
-    if accumulation_phase == "micro":
-        _store(accumulators, pipeline.accumulate(grads, accumulators))
-    else:
-        if accumulation_phase == "update":
-            grads = pipeline.accumulated_mean(grads, accumulators, accumulation_steps)
-            _store(accumulators, [torch.zeros_like(a) for a in accumulators])
-        if clipnorm:
-            grads = [pipeline.clip_by_norm(g, clipnorm) for g in grads]
-        elif global_clipnorm:
-            grads = pipeline.clip_by_global_norm(grads, global_clipnorm)
-        elif clipvalue:
-            grads = [pipeline.clip_by_value(g, clipvalue) for g in grads]
-        if weight_decay is not None:
-            mask = weight_decay_mask or [True] * len(params)
-            decayed = [p for p, keep in zip(params, mask) if keep]
-            _store(decayed, [pipeline.decay(p, weight_decay, learning_rate) for p in decayed])
-        rule = adam_update if algorithm == "adam" else adamax_update
-        for i, (w, g) in enumerate(zip(params, grads)):
-            new = rule(w, g, *(s[i] for s in slots), learning_rate=learning_rate,
-                       beta_1=beta_1, beta_2=beta_2, epsilon=epsilon, step=step)
-            _store([w, *(s[i] for s in slots)], new)
-    if ema_averages is not None:
-        _store(ema_averages, [pipeline.ema(a, w, ema_momentum)
-                              for a, w in zip(ema_averages, params)])
-        if ema_overwrite:
-            _store(params, list(ema_averages))
-
-
-def _store(targets, values):
-    for target, value in zip(targets, values):
-        target.copy_(value)
 
 
 # ------------------------------------------------------------------------------ comparison
