@@ -20,6 +20,7 @@ import math
 import os
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -337,19 +338,24 @@ def train_one(
     return result
 
 
-def _warm_up(data: tuple[Any, Any, Any, Any], seed: int) -> None:
-    """A few untimed forward/backward passes, so the first timed run does not pay for
-    torch's one-off start-up costs (thread pool, allocator, kernel selection)."""
+def _warm_up(data: tuple[Any, Any, Any, Any], seed: int, optimizers: Sequence[str]) -> None:
+    """A few untimed steps of every optimizer on a throwaway model, so the first timed run
+    does not pay for one-off start-up costs: torch's (thread pool, allocator, kernel
+    selection) and kerasopt's (loading its compiled kernels from numba's cache, or
+    compiling them on the very first run)."""
     from torch.nn import functional as F
 
     x_train, y_train = data[0], data[1]
-    model = build_model(seed)
-    for _ in range(5):
-        model.zero_grad()
-        F.cross_entropy(
-            model(x_train[:DEFAULT_BATCH_SIZE]), y_train[:DEFAULT_BATCH_SIZE]
-        ).backward()
-        _evaluate(model, x_train, y_train)
+    for name in optimizers:
+        model = build_model(seed)
+        optimizer = make_optimizer(name, model, 1e-3)
+        for _ in range(3):
+            optimizer.zero_grad()
+            F.cross_entropy(
+                model(x_train[:DEFAULT_BATCH_SIZE]), y_train[:DEFAULT_BATCH_SIZE]
+            ).backward()
+            optimizer.step()
+            _evaluate(model, x_train, y_train)
 
 
 def make_batches(n_train: int, epochs: int, batch_size: int, seed: int) -> list[list[Any]]:
@@ -549,7 +555,7 @@ def _run_demo(
         f"({torch.get_num_threads()} thread{'s' if torch.get_num_threads() != 1 else ''})",
         flush=True,
     )
-    _warm_up(data, seed)
+    _warm_up(data, seed, optimizers)
     results = [
         train_one(name, initial_state, batches, data, learning_rate, seed, progress)
         for name in optimizers

@@ -72,7 +72,6 @@ def step_scalars(
     # bit for bit (NaN, inf and -0 included).
     hyper[[layout.H_SCALE, layout.H_STEPS, layout.H_GLOBAL]] = 1
     hyper[layout.H_CLIP_LOW], hyper[layout.H_CLIP_HIGH] = -np.inf, np.inf
-    one = namespace(like).ones((), dtype=like.dtype)
     ones = np.ones(n, dtype)
     scalars = StepScalars(0, hyper, ones, ones, np.ones(n, np.bool_))
 
@@ -81,15 +80,15 @@ def step_scalars(
 
     if loss_scale_factor is not None:
         features |= layout.UNSCALE
-        put(layout.H_SCALE, cast_scalar(loss_scale_factor, like))
+        hyper[layout.H_SCALE] = cast(loss_scale_factor, like)
     if accumulation_phase == "update":
         features |= layout.ACCUMULATE
-        put(layout.H_STEPS, cast_scalar(accumulation_steps, like))
+        hyper[layout.H_STEPS] = cast(accumulation_steps, like)
     if averaging:
         features |= layout.AVERAGE
-        momentum = cast_scalar(0.0 if ema_momentum is None else ema_momentum, like)
-        put(layout.H_EMA, momentum)
-        put(layout.H_ONE_MINUS_EMA, 1 - momentum)
+        momentum = cast(0.0 if ema_momentum is None else ema_momentum, like)
+        hyper[layout.H_EMA] = momentum
+        hyper[layout.H_ONE_MINUS_EMA] = 1 - momentum  # one IEEE subtraction in the dtype
         if ema_overwrite:
             features |= layout.OVERWRITE
     if micro:
@@ -99,8 +98,8 @@ def step_scalars(
     if clipvalue:
         features |= layout.CLIP_VALUE
         bound = pipeline.keras_float(clipvalue)
-        put(layout.H_CLIP_LOW, cast_scalar(-bound, like))
-        put(layout.H_CLIP_HIGH, cast_scalar(bound, like))
+        hyper[layout.H_CLIP_LOW] = cast(-bound, like)
+        hyper[layout.H_CLIP_HIGH] = cast(bound, like)
     elif clipnorm or global_clipnorm:
         l2sums = squared_norms(features, hyper)
         if clipnorm:
@@ -112,12 +111,14 @@ def step_scalars(
             features |= layout.CLIP_GLOBAL
             total = np.cumsum(l2sums)[-1]  # ((s0 + s1) + s2) + ...: the reference's order
             norm = namespace(like).sqrt(cast_scalar(float(total), like))
+            one = namespace(like).ones((), dtype=like.dtype)
             put(layout.H_GLOBAL, pipeline.clip_by_global_norm([one], global_clipnorm,
                                                               norm=norm)[0])
     if weight_decay_mask is not None:
         scalars.decay_mask = np.asarray(weight_decay_mask, np.bool_)
     if weight_decay is not None and scalars.decay_mask.any():
         features |= layout.DECAY
+        one = namespace(like).ones((), dtype=like.dtype)
         put(layout.H_DECAY, pipeline.decay(one, weight_decay, learning_rate))
     if amsgrad:
         features |= layout.AMSGRAD
@@ -145,13 +146,24 @@ def algorithm_scalars(hyper, algorithm, like, learning_rate, beta_1, beta_2, eps
     lr = cast_scalar(learning_rate, like)
     t = cast_scalar(step, like)
     beta_1_power = cast_scalar(beta_1, like) ** t
-    hyper[layout.H_ONE_MINUS_BETA_1] = dtype(float(cast_scalar(1 - beta_1, like)))
-    hyper[layout.H_EPSILON] = dtype(float(cast_scalar(epsilon, like)))
+    hyper[layout.H_ONE_MINUS_BETA_1] = cast(1 - beta_1, like)
+    hyper[layout.H_EPSILON] = cast(epsilon, like)
     if algorithm == "adam":
         beta_2_power = cast_scalar(beta_2, like) ** t
         hyper[layout.H_LR] = dtype(float(lr * xp.sqrt(1 - beta_2_power) / (1 - beta_1_power)))
-        hyper[layout.H_BETA_2] = dtype(float(cast_scalar(1 - beta_2, like)))
+        hyper[layout.H_BETA_2] = cast(1 - beta_2, like)
     else:
         hyper[layout.H_LR] = dtype(float(lr))
-        hyper[layout.H_BETA_2] = dtype(float(cast_scalar(beta_2, like)))
+        hyper[layout.H_BETA_2] = cast(beta_2, like)
         hyper[layout.H_DENOMINATOR] = dtype(float(1 - beta_1_power))
+
+
+def cast(value: Any, like: Any) -> Any:
+    """``cast_scalar(value, like)`` as a NumPy scalar of ``like``'s dtype. A Python number is
+    cast by NumPy directly: rounding it to float32 / float64 is IEEE round-to-nearest in
+    every library, so the result is the same, without a 0-d tensor of ``like``'s library
+    (a few microseconds each for torch)."""
+    dtype = np.dtype(str(like.dtype).removeprefix("torch."))
+    if type(value) in (int, float):
+        return dtype.type(value)
+    return dtype.type(float(cast_scalar(value, like)))
