@@ -528,23 +528,24 @@ def run_subprocess(backend: str, labels: list[str], sizes, repeats) -> dict[str,
 CUDA_TRIAD = "torch triad a = b + s*c on the GPU (roofline)"
 
 
-def cuda_rows(label: str, sizes: list[int], repeats: int) -> list[Row]:
+def cuda_rows(label: str, sizes: list[int], repeats: int, device: str = "cuda",
+              triad_elements: int = 64_000_000) -> list[Row]:
     """The workload on the GPU (when torch sees one): kerasopt.torch's step (the Triton
     kernels) against torch.optim's fused and foreach steps and a device triad, round-robin.
-    Each sample times ``CUDA_CALLS`` calls between two synchronizations."""
+    Each sample times ``CUDA_CALLS`` calls between two synchronizations. (``device`` is
+    for the tests, which run this on the CPU.)"""
     import torch
 
     import kerasopt.torch as kt
 
     def optimizer(cls, **kwargs):
         gen = torch.Generator().manual_seed(0)
-        params = [torch.nn.Parameter(torch.randn(s, generator=gen).cuda()) for s in sizes]
+        params = [torch.nn.Parameter(torch.randn(s, generator=gen).to(device)) for s in sizes]
         for p in params:
-            p.grad = (torch.randn(p.shape, generator=gen) * 1e-2).cuda()
+            p.grad = (torch.randn(p.shape, generator=gen) * 1e-2).to(device)
         return cls(params, **kwargs).step
 
-    n = 64_000_000
-    b = torch.rand(n, device="cuda")
+    b = torch.rand(triad_elements, device=device)
     c, a = b.clone(), torch.empty_like(b)
     contenders = {
         "kerasopt.torch.Adam.step (Triton)": optimizer(kt.Adam, learning_rate=1e-3),
@@ -559,18 +560,19 @@ def cuda_rows(label: str, sizes: list[int], repeats: int) -> list[Row]:
         def run():
             for _ in range(CUDA_CALLS):
                 fn()
-            torch.cuda.synchronize()
+            if device == "cuda":
+                torch.cuda.synchronize()
 
         return run
 
     times = time_round_robin({k: batched(fn) for k, fn in contenders.items()}, repeats,
-                             label + " (CUDA)")
+                             f"{label} ({device})")
     total = sum(sizes)
     out = []
     for name, ms in times.items():
         ms /= CUDA_CALLS
         if name == CUDA_TRIAD:
-            out.append(Row(label + " on CUDA", name, ms, n, 12, note="roofline"))
+            out.append(Row(label + " on CUDA", name, ms, triad_elements, 12, note="roofline"))
         else:
             out.append(Row(label + " on CUDA", name, ms, total))
     return out
