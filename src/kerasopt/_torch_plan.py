@@ -9,13 +9,16 @@ built. Each step then only
 
 * confirms, in bulk, that the plan still describes the group: the same parameter objects,
   at the same data addresses (a ``p.data = ...`` swap changes them), requiring gradients,
-  with the same state dicts holding the same slot tensors, the same exclusions;
-* checks the gradients (fresh tensors each step: exact ``torch.Tensor``, strided, CPU,
-  contiguous, the parameter's dtype and shape) and writes their addresses into the table.
+  with the same state dicts (skipped when a :class:`StateSnapshot` shows the optimizer's
+  state mapping unchanged) holding the same slot tensors, the same exclusions;
+* checks the gradients (fresh tensors each step: exact ``torch.Tensor``, strided, on the
+  parameters' device, contiguous, the parameter's dtype and shape) and writes their
+  addresses into the table.
 
-Anything else (a missing gradient, a sparse or mismatched one, missing state on the first
-step, DTensors, ``skip_nonfinite`` ...) makes the caller take the general path, which
-handles and reports it.
+The plan also holds the kernels for the group's device (:func:`kerasopt.kernels.for_device`:
+numba on the CPU, Triton on CUDA). Anything else (a missing gradient, a sparse or
+mismatched one, missing state on the first step, DTensors, ``skip_nonfinite`` ...) makes the
+caller take the general path, which handles and reports it.
 """
 
 from __future__ import annotations
