@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The main job on a fresh machine: creates .venv if needed, installs kerasopt with the demo
-# extra (PyTorch CPU 2.13.0, tqdm, matplotlib) and runs `kerasopt demo`. Arguments go to it.
+# extra (PyTorch CPU 2.13.0, numba for the fused kernels, tqdm, matplotlib) and runs
+# `kerasopt demo`. Arguments go to it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python="${PYTHON:-python3}"

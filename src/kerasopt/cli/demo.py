@@ -533,6 +533,8 @@ def _run_demo(
 ) -> list[RunResult]:
     import torch
 
+    from kerasopt import kernels
+
     images, labels = load_digits()
     x_train, y_train, x_test, y_test = split_digits(images, labels)
     if train_samples is not None:
@@ -552,7 +554,9 @@ def _run_demo(
         f"images), MLP 64-{HIDDEN_UNITS}-10;\n{epochs} epoch{'s' if epochs != 1 else ''} "
         f"x {len(batches[0])} steps of batch {batch_size} = {steps} steps per run, "
         f"learning rate {learning_rate:g}, seed {seed};\ntorch {torch.__version__} on CPU "
-        f"({torch.get_num_threads()} thread{'s' if torch.get_num_threads() != 1 else ''})",
+        f"({torch.get_num_threads()} thread{'s' if torch.get_num_threads() != 1 else ''}); "
+        + ("kerasopt steps with its fused kernels (numba)" if kernels.available() else
+           "numba is missing: kerasopt steps with its reference path"),
         flush=True,
     )
     _warm_up(data, seed, optimizers)
