@@ -8,9 +8,11 @@ the sizes, the work split and the weight-decay mask, all checked once when the p
 built. Each step then only
 
 * confirms, in bulk, that the plan still describes the group: the same parameter objects,
-  at the same data addresses (a ``p.data = ...`` swap changes them), requiring gradients,
-  with the same state dicts (skipped when a :class:`StateSnapshot` shows the optimizer's
-  state mapping unchanged) holding the same slot tensors, the same exclusions;
+  at the same data addresses (a ``p.data = ...`` swap changes them; one that keeps the address
+  but not the shape shows in the gradients' shapes, checked against the plan's), requiring
+  gradients, with the same state dicts (skipped when a :class:`StateSnapshot` shows the
+  optimizer's state mapping unchanged) holding the same slot tensors at the same addresses,
+  the same exclusions;
 * checks the gradients (fresh tensors each step: exact ``torch.Tensor``, strided, on the
   parameters' device, contiguous, the parameter's dtype and shape) and writes their
   addresses into the table.
@@ -117,8 +119,9 @@ class GroupPlan:
                     or not all(map(_IS_CONTIGUOUS, tensors))
                     or list(map(_SHAPE, tensors)) != shapes):
                 return None
-            plan.table[:, column] = list(map(_DATA_PTR, tensors))
-            plan.slots.append((key, tensors))
+            pointers = list(map(_DATA_PTR, tensors))
+            plan.table[:, column] = pointers
+            plan.slots.append((key, tensors, pointers))
         plan.group, plan.params, plan.shapes, plan.states = group, params, shapes, states
         plan.columns = columns
         plan.sizes = np.fromiter(map(_NUMEL, params), np.int64, len(params))
@@ -145,7 +148,8 @@ class GroupPlan:
             return False
         try:
             return all(all(map(is_, map(itemgetter(key), states), tensors))
-                       for key, tensors in self.slots)
+                       and list(map(_DATA_PTR, tensors)) == pointers
+                       for key, tensors, pointers in self.slots)
         except KeyError:
             return False
 

@@ -20,6 +20,21 @@ def _swap_data(opt, params):
     params[0].data = params[0].data.clone() * 0.5
 
 
+def _truncate_data(opt, params):
+    # Same storage, same first address, fewer elements: the plan must not write the old size.
+    for p in params[:1]:
+        p.data = p.data.reshape(-1)[:10].reshape(2, 5)
+        state = opt.state[p]
+        for key, value in list(state.items()):
+            if torch.is_tensor(value) and value.shape != p.shape:
+                state[key] = value.reshape(-1)[:10].reshape(2, 5).clone()
+
+
+def _swap_slot_storage(opt, params):
+    state = opt.state[params[1]]
+    state["momentum"].data = torch.full_like(state["momentum"], 0.25)
+
+
 def _replace_slot(opt, params):
     state = opt.state[params[1]]
     key = next(k for k in state if k == "momentum")
@@ -71,6 +86,8 @@ SCENARIOS = {
     "steady": None,
     "param data swapped": _swap_data,
     "slot tensor replaced": _replace_slot,
+    "slot storage swapped": _swap_slot_storage,
+    "param truncated in place": _truncate_data,
     "param state dict replaced": _replace_state_dict,
     "state cleared": _clear_state,
     "state_dict reloaded": _reload,
