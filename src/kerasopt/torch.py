@@ -463,14 +463,14 @@ class KerasOptimizer(torch.optim.Optimizer):
             return loss
         update = not n or (raw + 1) % n == 0
         if update:
-            rates = self._checked_rates({id(e.group): e.group for e in entries}.values(), raw)
+            checked = self._checked_rates({id(e.group): e.group for e in entries}.values(), raw)
         for group in self.param_groups:
             complete = len(self._slot_names(group)) + bool(n) + bool(group["use_ema"])
             for p in group["params"]:
                 state = self.state.get(p)
                 if (not state and p.requires_grad) or (state and len(state) < complete):
                     self._ensure_state(group, p)
-        if self._fused_step(entries, grads, raw, rates if update else None):
+        if self._fused_step(entries, grads, raw, checked if update else None):
             for group in self.param_groups:
                 group["iterations"] = raw + 1
             return loss
@@ -482,7 +482,7 @@ class KerasOptimizer(torch.optim.Optimizer):
         if update:
             grads = self._clip(entries, grads)
             for entry, g in zip(entries, grads):
-                self._update(entry, g, rates[id(entry.group)], iterations + 1)
+                self._update(entry, g, checked[0][id(entry.group)], iterations + 1)
         self._update_ema(iterations)
         for group in self.param_groups:
             group["iterations"] = raw + 1
@@ -490,8 +490,9 @@ class KerasOptimizer(torch.optim.Optimizer):
 
     def _planned_step(self) -> bool:
         """The steady-state step through cached :class:`GroupPlan` s (see
-        :mod:`kerasopt._torch_plan`): every parameter of every group has a plain dense CPU
-        gradient and complete state. Returns False, having changed nothing, otherwise."""
+        :mod:`kerasopt._torch_plan`): every parameter of every group has a plain dense
+        gradient on its device and complete state. Returns False, having changed nothing,
+        otherwise."""
         algorithm = self._fused_algorithm
         if (algorithm is None or self.norm_process_group is not None or self.skip_nonfinite
                 or sum(1 for group in self.param_groups if group["global_clipnorm"]) > 1):
@@ -524,26 +525,13 @@ class KerasOptimizer(torch.optim.Optimizer):
         raw = self.raw_iterations
         iterations = raw // n if n else raw
         phase = None if not n else ("update" if (raw + 1) % n == 0 else "micro")
-        rates = self._checked_rates(self.param_groups, raw) if phase != "micro" else None
+        checked = self._checked_rates(self.param_groups, raw) if phase != "micro" else None
         for group, plan in zip(self.param_groups, plans):
-            frequency = group["ema_overwrite_frequency"]
             plan.kernels.fused_step_table(
                 algorithm, plan.table, plan.sizes, plan.like, plan.params, chunks=plan.chunks,
-                amsgrad=bool(group.get("amsgrad")),
-                learning_rate=rates[id(group)] if rates is not None else 0.0,
-                step=iterations + 1,
-                weight_decay=group["weight_decay"],
-                weight_decay_mask=plan.decay_mask,
-                clipnorm=group["clipnorm"] or None,
-                global_clipnorm=group["global_clipnorm"] or None,
-                clipvalue=group["clipvalue"] or None,
-                loss_scale_factor=self.loss_scale_factor,
-                accumulation_steps=n,
-                accumulation_phase=phase,
+                amsgrad=bool(group.get("amsgrad")), weight_decay_mask=plan.decay_mask,
                 averaging=bool(group["use_ema"]),
-                ema_momentum=pipeline.ema_momentum_at(iterations, group["ema_momentum"]),
-                ema_overwrite=bool(frequency and (iterations + 1) % frequency == 0),
-                **self._hyperparameters(group),
+                **self._kernel_scalars(group, checked, iterations, phase),
             )
         for group in self.param_groups:
             group["iterations"] = raw + 1
@@ -554,7 +542,7 @@ class KerasOptimizer(torch.optim.Optimizer):
         entries: list[_Entry],
         grads: list[Any],
         raw: int,
-        rates: dict[int, torch.Tensor] | None,
+        checked: tuple[dict, dict] | None,
     ) -> bool:
         """The whole step in one pass over memory per group (:mod:`kerasopt.kernels`), when
         it applies: kernels for the parameters' device (numba on the CPU, Triton on CUDA),
@@ -598,37 +586,22 @@ class KerasOptimizer(torch.optim.Optimizer):
         for group in groups.values():
             members = [(e, g) for e, g in zip(entries, grads) if e.group is group]
             params = [e.param for e, _ in members]
-            options: dict[str, Any] = {}
-            if group["use_ema"]:
-                frequency = group["ema_overwrite_frequency"]
-                options.update(
-                    ema_averages=[self.state[p][AVERAGE] for p in params],
-                    ema_momentum=pipeline.ema_momentum_at(iterations, group["ema_momentum"]),
-                    ema_overwrite=bool(frequency and (iterations + 1) % frequency == 0),
-                )
             try:
                 module.fused_step(
                     algorithm,
                     params,
                     [g for _, g in members],
                     [[self.state[p][name] for p in params] for name in self._slot_names(group)],
-                    learning_rate=rates[id(group)] if rates is not None else 0.0,
-                    step=iterations + 1,
-                    weight_decay=group["weight_decay"],
                     weight_decay_mask=(
                         [self._use_weight_decay(e.param, e.name) for e, _ in members]
                         if group["weight_decay"] is not None
                         else None
                     ),
-                    clipnorm=group["clipnorm"] or None,
-                    global_clipnorm=group["global_clipnorm"] or None,
-                    clipvalue=group["clipvalue"] or None,
-                    loss_scale_factor=self.loss_scale_factor,
                     accumulators=[self.state[p][ACCUMULATOR] for p in params] if n else None,
-                    accumulation_steps=n,
-                    accumulation_phase=phase,
-                    **self._hyperparameters(group),
-                    **options,
+                    ema_averages=(
+                        [self.state[p][AVERAGE] for p in params] if group["use_ema"] else None
+                    ),
+                    **self._kernel_scalars(group, checked, iterations, phase),
                 )
             except kernels.NotFusable:
                 if len(groups) > 1:  # the checks above rule this out; never half a step
@@ -637,16 +610,41 @@ class KerasOptimizer(torch.optim.Optimizer):
         return True
 
     def _checked_rates(self, groups: Iterable[dict[str, Any]], raw: int
-                       ) -> dict[int, torch.Tensor]:
-        """Every group's learning rate for this step, and its betas resolved once, so that a
-        callable returning a bad value raises before the step changes anything."""
+                       ) -> tuple[dict[int, torch.Tensor], dict[int, dict[str, Any]]]:
+        """Every group's learning rate for this step, and the rule's hyperparameters of
+        ``groups`` (callable betas resolved once), so that a callable returning a bad value
+        raises before the step changes anything; both keyed by ``id(group)``."""
         with validation.evaluating_learning_rate(f"{type(self).__name__}.step()"):
             rates = {id(group): self._learning_rate(group, raw) for group in self.param_groups}
             for rate in rates.values():
                 float(rate)
-        for group in groups:
-            self._hyperparameters(group)
-        return rates
+        hypers = {id(group): self._hyperparameters(group) for group in groups}
+        return rates, hypers
+
+    def _kernel_scalars(self, group: dict[str, Any], checked: tuple[dict, dict] | None,
+                        iterations: int, phase: str | None) -> dict[str, Any]:
+        """The scalar keywords of a fused step (:func:`kerasopt.kernels.fused_step`) for
+        ``group``; ``checked`` is :meth:`_checked_rates`'s result on an update step, None on
+        an accumulation micro-step (which uses no rate)."""
+        if checked is None:
+            rate, hyper = 0.0, self._hyperparameters(group)
+        else:
+            rate, hyper = checked[0][id(group)], checked[1][id(group)]
+        frequency = group["ema_overwrite_frequency"]
+        return dict(
+            learning_rate=rate,
+            step=iterations + 1,
+            weight_decay=group["weight_decay"],
+            clipnorm=group["clipnorm"] or None,
+            global_clipnorm=group["global_clipnorm"] or None,
+            clipvalue=group["clipvalue"] or None,
+            loss_scale_factor=self.loss_scale_factor,
+            accumulation_steps=self.gradient_accumulation_steps,
+            accumulation_phase=phase,
+            ema_momentum=pipeline.ema_momentum_at(iterations, group["ema_momentum"]),
+            ema_overwrite=bool(frequency and (iterations + 1) % frequency == 0),
+            **hyper,
+        )
 
     @property
     def skipped_steps(self) -> int:
