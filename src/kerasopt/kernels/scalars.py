@@ -80,13 +80,13 @@ def step_scalars(
 
     if loss_scale_factor is not None:
         features |= layout.UNSCALE
-        hyper[layout.H_SCALE] = cast(loss_scale_factor, like)
+        hyper[layout.H_SCALE] = cast(loss_scale_factor, like, hyper.dtype)
     if accumulation_phase == "update":
         features |= layout.ACCUMULATE
-        hyper[layout.H_STEPS] = cast(accumulation_steps, like)
+        hyper[layout.H_STEPS] = cast(accumulation_steps, like, hyper.dtype)
     if averaging:
         features |= layout.AVERAGE
-        momentum = cast(0.0 if ema_momentum is None else ema_momentum, like)
+        momentum = cast(0.0 if ema_momentum is None else ema_momentum, like, hyper.dtype)
         hyper[layout.H_EMA] = momentum
         hyper[layout.H_ONE_MINUS_EMA] = 1 - momentum  # one IEEE subtraction in the dtype
         if ema_overwrite:
@@ -98,8 +98,8 @@ def step_scalars(
     if clipvalue:
         features |= layout.CLIP_VALUE
         bound = pipeline.keras_float(clipvalue)
-        hyper[layout.H_CLIP_LOW] = cast(-bound, like)
-        hyper[layout.H_CLIP_HIGH] = cast(bound, like)
+        hyper[layout.H_CLIP_LOW] = cast(-bound, like, hyper.dtype)
+        hyper[layout.H_CLIP_HIGH] = cast(bound, like, hyper.dtype)
     elif clipnorm or global_clipnorm:
         l2sums = squared_norms(features, hyper)
         if clipnorm:
@@ -146,24 +146,23 @@ def algorithm_scalars(hyper, algorithm, like, learning_rate, beta_1, beta_2, eps
     lr = cast_scalar(learning_rate, like)
     t = cast_scalar(step, like)
     beta_1_power = cast_scalar(beta_1, like) ** t
-    hyper[layout.H_ONE_MINUS_BETA_1] = cast(1 - beta_1, like)
-    hyper[layout.H_EPSILON] = cast(epsilon, like)
+    hyper[layout.H_ONE_MINUS_BETA_1] = cast(1 - beta_1, like, hyper.dtype)
+    hyper[layout.H_EPSILON] = cast(epsilon, like, hyper.dtype)
     if algorithm == "adam":
         beta_2_power = cast_scalar(beta_2, like) ** t
         hyper[layout.H_LR] = dtype(float(lr * xp.sqrt(1 - beta_2_power) / (1 - beta_1_power)))
-        hyper[layout.H_BETA_2] = cast(1 - beta_2, like)
+        hyper[layout.H_BETA_2] = cast(1 - beta_2, like, hyper.dtype)
     else:
         hyper[layout.H_LR] = dtype(float(lr))
-        hyper[layout.H_BETA_2] = cast(beta_2, like)
+        hyper[layout.H_BETA_2] = cast(beta_2, like, hyper.dtype)
         hyper[layout.H_DENOMINATOR] = dtype(float(1 - beta_1_power))
 
 
-def cast(value: Any, like: Any) -> Any:
-    """``cast_scalar(value, like)`` as a NumPy scalar of ``like``'s dtype. A Python number is
-    cast by NumPy directly: rounding it to float32 / float64 is IEEE round-to-nearest in
-    every library, so the result is the same, without a 0-d tensor of ``like``'s library
-    (a few microseconds each for torch)."""
-    dtype = np.dtype(str(like.dtype).removeprefix("torch."))
+def cast(value: Any, like: Any, dtype: np.dtype) -> Any:
+    """``cast_scalar(value, like)`` as a NumPy scalar of ``dtype`` (``like``'s dtype). A
+    Python number is cast by NumPy directly: rounding it to float32 / float64 is IEEE
+    round-to-nearest in every library, so the result is the same, without a 0-d tensor of
+    ``like``'s library (a few microseconds each for torch)."""
     if type(value) in (int, float):
         return dtype.type(value)
     return dtype.type(float(cast_scalar(value, like)))
