@@ -344,17 +344,12 @@ def _transformed(x, a, scale, steps, features):
 @njit(cache=True, fastmath={"reassoc"})
 def _sum_squares(g, acc, count, features, scale, steps):
     """float64 sum of ``x * x`` (squares rounded in the dtype) over ``x`` the block's
-    transformed gradient, in one vectorized loop over the gradient (and accumulator)."""
+    transformed gradient, in one vectorized loop over the gradient and the accumulator
+    (``acc`` may be ``g`` itself when there is none: ``_transformed`` then ignores it)."""
     total = 0.0
-    if features & ACCUMULATE:
-        for i in range(count):
-            x = _transformed(g[i], acc[i], scale, steps, features)
-            total += np.float64(x * x)
-    else:
-        zero = scale - scale
-        for i in range(count):
-            x = _transformed(g[i], zero, scale, steps, features)
-            total += np.float64(x * x)
+    for i in range(count):
+        x = _transformed(g[i], acc[i], scale, steps, features)
+        total += np.float64(x * x)
     return total
 
 
