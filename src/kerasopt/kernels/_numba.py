@@ -244,53 +244,53 @@ def _average(table, t, start, count, marker, features, hyper):
                 w[i] = a[i]
 
 
-@njit(parallel=True, cache=True)
-def adam_step(table, chunks, marker, features, hyper, clip_c, clip_d, decay_mask):
-    """One fused Adam step over every tensor of ``table`` (in place)."""
+@njit(inline="always")
+def _adam_weights(table, t, start, count, marker, features, hyper, g, w, m):
+    """Adam's second moment (and amsgrad maximum), then the weights."""
     alpha = hyper[H_LR]
-    one_minus_beta_1 = hyper[H_ONE_MINUS_BETA_1]
     one_minus_beta_2 = hyper[H_BETA_2]
     epsilon = hyper[H_EPSILON]
-    for c in prange(chunks.shape[0]):
-        t = chunks[c, 0]
-        tmp = np.empty(BLOCK, marker.dtype)
-        for start in range(chunks[c, 1], chunks[c, 2], BLOCK):
-            count = min(BLOCK, chunks[c, 2] - start)
-            _decay(table, t, start, count, marker, features, hyper, decay_mask)
-            # One loop per written array (the gradient's transforms go with the first): each
-            # loop then needs only a few runtime alias checks between its (raw-pointer)
-            # arrays, so LLVM vectorizes it.
-            g = _gradient_and_momentum(tmp, table, t, start, count, marker, features, hyper,
-                                       clip_c, clip_d, one_minus_beta_1)
-            w = _view(table[t, W], start, count, marker)
-            m = _view(table[t, M], start, count, marker)
-            v = _view(table[t, V], start, count, marker)
-            for i in range(count):
-                gi = g[i]
-                v[i] = v[i] + (gi * gi - v[i]) * one_minus_beta_2
-            if features & AMSGRAD:
-                vhat = _view(table[t, VHAT], start, count, marker)
-                for i in range(count):
-                    h = vhat[i]
-                    vi = v[i]
-                    # np.maximum(h, vi), NaN propagating
-                    vhat[i] = vi if (vi > h or vi != vi) else h
-                for i in range(count):
-                    w[i] = w[i] - m[i] * alpha / (np.sqrt(vhat[i]) + epsilon)
-            else:
-                for i in range(count):
-                    w[i] = w[i] - m[i] * alpha / (np.sqrt(v[i]) + epsilon)
-            _average(table, t, start, count, marker, features, hyper)
+    v = _view(table[t, V], start, count, marker)
+    for i in range(count):
+        gi = g[i]
+        v[i] = v[i] + (gi * gi - v[i]) * one_minus_beta_2
+    if features & AMSGRAD:
+        vhat = _view(table[t, VHAT], start, count, marker)
+        for i in range(count):
+            h = vhat[i]
+            vi = v[i]
+            # np.maximum(h, vi), NaN propagating
+            vhat[i] = vi if (vi > h or vi != vi) else h
+        v = vhat
+    for i in range(count):
+        w[i] = w[i] - m[i] * alpha / (np.sqrt(v[i]) + epsilon)
 
 
-@njit(parallel=True, cache=True)
-def adamax_step(table, chunks, marker, features, hyper, clip_c, clip_d, decay_mask):
-    """One fused Adamax step over every tensor of ``table`` (in place)."""
+@njit(inline="always")
+def _adamax_weights(table, t, start, count, marker, hyper, g, w, m):
+    """Adamax's infinity norm, then the weights."""
     lr = hyper[H_LR]
-    one_minus_beta_1 = hyper[H_ONE_MINUS_BETA_1]
     beta_2 = hyper[H_BETA_2]
     epsilon = hyper[H_EPSILON]
     denominator = hyper[H_DENOMINATOR]
+    u = _view(table[t, V], start, count, marker)
+    for i in range(count):
+        a = beta_2 * u[i]
+        b = np.abs(g[i])
+        # np.maximum(a, b), NaN propagating
+        u[i] = b if (b > a or b != b) else a
+    for i in range(count):
+        w[i] = w[i] - lr * m[i] / (denominator * (u[i] + epsilon))
+
+
+@njit(parallel=True, cache=True)
+def update_step(table, chunks, marker, features, hyper, clip_c, clip_d, decay_mask, adamax):
+    """One fused Adam (or, with ``adamax``, Adamax) step over every tensor of ``table``, in
+    place: per block the decay, the gradient's transforms with the first moment, the
+    algorithm's second moment and weights, then the EMA. One loop per written array: each
+    loop then needs only a few runtime alias checks between its (raw-pointer) arrays, so
+    LLVM vectorizes it."""
+    one_minus_beta_1 = hyper[H_ONE_MINUS_BETA_1]
     for c in prange(chunks.shape[0]):
         t = chunks[c, 0]
         tmp = np.empty(BLOCK, marker.dtype)
@@ -301,14 +301,10 @@ def adamax_step(table, chunks, marker, features, hyper, clip_c, clip_d, decay_ma
                                        clip_c, clip_d, one_minus_beta_1)
             w = _view(table[t, W], start, count, marker)
             m = _view(table[t, M], start, count, marker)
-            u = _view(table[t, V], start, count, marker)
-            for i in range(count):
-                a = beta_2 * u[i]
-                b = np.abs(g[i])
-                # np.maximum(a, b), NaN propagating
-                u[i] = b if (b > a or b != b) else a
-            for i in range(count):
-                w[i] = w[i] - lr * m[i] / (denominator * (u[i] + epsilon))
+            if adamax:
+                _adamax_weights(table, t, start, count, marker, hyper, g, w, m)
+            else:
+                _adam_weights(table, t, start, count, marker, features, hyper, g, w, m)
             _average(table, t, start, count, marker, features, hyper)
 
 

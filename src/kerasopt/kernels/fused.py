@@ -247,8 +247,8 @@ def _run(algorithm, table, chunks, marker, like, n, micro, amsgrad, params, is_t
         _k.micro_step(table, chunks, marker, s.features, s.hyper)
         _bump_versions(params if options["ema_overwrite"] else (), is_torch_step)
         return
-    kernel = _k.adam_step if algorithm == "adam" else _k.adamax_step
-    kernel(table, chunks, marker, s.features, s.hyper, s.clip_c, s.clip_d, s.decay_mask)
+    _k.update_step(table, chunks, marker, s.features, s.hyper, s.clip_c, s.clip_d,
+                   s.decay_mask, algorithm == "adamax")
     _bump_versions(params, is_torch_step)
 
 
