@@ -107,29 +107,17 @@ def fused_step(
     grads: Sequence[Any],
     slots: Sequence[Sequence[Any]],
     *,
-    learning_rate: Any,
-    beta_1: float,
-    beta_2: float,
-    epsilon: float,
-    step: int,
-    weight_decay: float | None = None,
-    weight_decay_mask: Sequence[bool] | None = None,
-    clipnorm: float | None = None,
-    global_clipnorm: float | None = None,
-    clipvalue: float | None = None,
-    loss_scale_factor: float | None = None,
     accumulators: Sequence[Any] | None = None,
-    accumulation_steps: int | None = None,
     accumulation_phase: str | None = None,
     ema_averages: Sequence[Any] | None = None,
-    ema_momentum: Any = None,
-    ema_overwrite: bool = False,
+    **scalars: Any,
 ) -> None:
     """One Keras optimizer step over CUDA torch tensors, in place, in one kernel launch
     (plus two small ones for the norms of ``clipnorm`` / ``global_clipnorm``).
 
     The contract of :func:`kerasopt.kernels.fused.fused_step` (same arguments, same
-    results), for torch tensors on one CUDA device (on the CPU under Triton's interpreter).
+    results), for torch tensors on one CUDA device (on the CPU under Triton's interpreter);
+    ``scalars`` are its scalar keywords (``learning_rate``, ``beta_1``, ..., ``ema_overwrite``).
     Per element, in Keras 3's order and in the tensors' dtype::
 
         g = grad / loss_scale_factor                      # loss_scale_factor
@@ -161,7 +149,8 @@ def fused_step(
     if not available():
         raise NotFusable("Triton or a CUDA device is missing (pip install triton).")
     roles, amsgrad = layout.step_roles(
-        algorithm, params, grads, slots, clip_options=(clipnorm, global_clipnorm, clipvalue),
+        algorithm, params, grads, slots,
+        clip_options=[scalars.get(k) for k in ("clipnorm", "global_clipnorm", "clipvalue")],
         accumulators=accumulators, accumulation_phase=accumulation_phase,
         ema_averages=ema_averages,
     )
@@ -170,12 +159,8 @@ def fused_step(
         return
     addresses, sizes, device, dtype = _addresses(roles, n)
     _launch(algorithm, addresses, sizes, device, dtype, params, amsgrad=amsgrad,
-            learning_rate=learning_rate, beta_1=beta_1, beta_2=beta_2, epsilon=epsilon,
-            step=step, weight_decay=weight_decay, weight_decay_mask=weight_decay_mask,
-            clipnorm=clipnorm, global_clipnorm=global_clipnorm, clipvalue=clipvalue,
-            loss_scale_factor=loss_scale_factor, accumulation_steps=accumulation_steps,
             accumulation_phase=accumulation_phase, averaging=ema_averages is not None,
-            ema_momentum=ema_momentum, ema_overwrite=ema_overwrite)
+            **scalars)
 
 
 def fused_step_table(
@@ -246,7 +231,7 @@ def _launch(algorithm, addresses, sizes, device, dtype, params, *, amsgrad,
             _step_kernel[grid](table, blocks, hyper, n, FEATURES=s.features,
                                ADAMAX=algorithm == "adamax", ALIGNED=aligned, BLOCK=BLOCK,
                                enable_fp_fusion=False)
-    if not micro or options["ema_overwrite"]:
+    if not micro or options.get("ema_overwrite"):
         torch.autograd.graph.increment_version(list(params))
 
 

@@ -245,7 +245,7 @@ def _run(algorithm, table, chunks, marker, like, n, micro, amsgrad, params, is_t
                      squared_norms=squared_norms, **options)
     if micro:
         _k.micro_step(table, chunks, marker, s.features, s.hyper)
-        _bump_versions(params if options["ema_overwrite"] else (), is_torch_step)
+        _bump_versions(params if options.get("ema_overwrite") else (), is_torch_step)
         return
     _k.update_step(table, chunks, marker, s.features, s.hyper, s.clip_c, s.clip_d,
                    s.decay_mask, algorithm == "adamax")

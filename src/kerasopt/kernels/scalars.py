@@ -41,25 +41,27 @@ def step_scalars(
     *,
     micro: bool,
     amsgrad: bool,
+    squared_norms: Callable[[int, np.ndarray], np.ndarray],
     learning_rate: Any,
     beta_1: float,
     beta_2: float,
     epsilon: float,
     step: int,
-    weight_decay: float | None,
-    weight_decay_mask: Sequence[bool] | None,
-    clipnorm: float | None,
-    global_clipnorm: float | None,
-    clipvalue: float | None,
-    loss_scale_factor: float | None,
-    accumulation_steps: int | None,
-    accumulation_phase: str | None,
-    averaging: bool,
-    ema_momentum: Any,
-    ema_overwrite: bool,
-    squared_norms: Callable[[int, np.ndarray], np.ndarray],
+    weight_decay: float | None = None,
+    weight_decay_mask: Sequence[bool] | None = None,
+    clipnorm: float | None = None,
+    global_clipnorm: float | None = None,
+    clipvalue: float | None = None,
+    loss_scale_factor: float | None = None,
+    accumulation_steps: int | None = None,
+    accumulation_phase: str | None = None,
+    averaging: bool = False,
+    ema_momentum: Any = None,
+    ema_overwrite: bool = False,
 ) -> StepScalars:
-    """The scalars of one step over ``n`` tensors like ``like`` (a 0-d array / tensor).
+    """The scalars of one step over ``n`` tensors like ``like`` (a 0-d array / tensor); the
+    keywords after ``squared_norms`` are :func:`kerasopt.kernels.fused_step`'s, with the same
+    defaults, and ``averaging`` (bool) in place of ``ema_averages``.
 
     ``squared_norms(features, hyper)`` is called only under ``clipnorm`` /
     ``global_clipnorm``, with the unscale and accumulation bits already set; it returns the
