@@ -672,12 +672,10 @@ def machine() -> dict[str, Any]:
         info["load_average"] = os.getloadavg()
     except OSError:  # pragma: no cover
         pass
-    try:
-        import numba
+    from kerasopt import kernels
 
-        info["numba_threads"] = numba.get_num_threads()
-    except ImportError:
-        pass
+    if kernels.available():
+        info["numba_threads"] = kernels.thread_count()
     return info
 
 

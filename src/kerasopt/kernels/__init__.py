@@ -23,6 +23,7 @@ from kerasopt.kernels.fused import (
     fused_step_table,
     same_numpy_layouts,
     sum_rows,
+    thread_count,
 )
 
 
@@ -52,4 +53,5 @@ __all__ = [
     "fused_step_table",
     "same_numpy_layouts",
     "sum_rows",
+    "thread_count",
 ]

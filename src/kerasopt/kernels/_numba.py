@@ -22,6 +22,8 @@ multiply-add; the one exception is the float64 running sum of the norm pass, see
 
 from __future__ import annotations
 
+from types import FunctionType
+
 import numpy as np
 from numba import carray, njit, prange, types
 from numba.extending import intrinsic
@@ -65,6 +67,19 @@ streams along a few cache lines at a time and the prefetchers see all streams ad
 together; on the 2-core EPYC of docs/benchmarks.md, 128 beat 512 by ~7% on one 16M tensor
 (32-128 were alike, 2048-8192 were 20-30% slower)."""
 
+
+
+def _threaded(function):
+    """``function`` compiled to spread its ``prange`` loop over numba's threads, with
+    ``.serial``: the same code compiled for the calling thread alone (``prange`` is then
+    ``range``), for steps too small to be worth waking the other threads. (A copy of the
+    function under its own name, so that the two builds have their own cache files.)"""
+    serial = FunctionType(function.__code__, function.__globals__, function.__name__ + "_serial",
+                          function.__defaults__, function.__closure__)
+    serial.__qualname__ = function.__qualname__ + "_serial"
+    dispatcher = njit(parallel=True, cache=True)(function)
+    dispatcher.serial = njit(cache=True)(serial)
+    return dispatcher
 
 
 @intrinsic
@@ -283,7 +298,7 @@ def _adamax_weights(table, t, start, count, marker, hyper, g, w, m):
         w[i] = w[i] - lr * m[i] / (denominator * (u[i] + epsilon))
 
 
-@njit(parallel=True, cache=True)
+@_threaded
 def update_step(table, chunks, marker, features, hyper, clip_c, clip_d, decay_mask, adamax):
     """One fused Adam (or, with ``adamax``, Adamax) step over every tensor of ``table``, in
     place: per block the decay, the gradient's transforms with the first moment, the
@@ -308,7 +323,7 @@ def update_step(table, chunks, marker, features, hyper, clip_c, clip_d, decay_ma
             _average(table, t, start, count, marker, features, hyper)
 
 
-@njit(parallel=True, cache=True)
+@_threaded
 def micro_step(table, chunks, marker, features, hyper):
     """An accumulation micro-step: ``acc += g (/ scale)``, and the EMA when on."""
     for c in prange(chunks.shape[0]):
@@ -349,7 +364,7 @@ def _sum_squares(g, acc, count, features, scale, steps):
     return total
 
 
-@njit(parallel=True, cache=True)
+@_threaded
 def squared_sums(table, chunks, marker, features, hyper):
     """Per chunk, the float64 sum of ``g * g`` (``g * g`` rounded in the dtype), where ``g``
     is the gradient after unscaling and the accumulation mean: the read pass of clipnorm.
@@ -392,7 +407,7 @@ def tensor_sums(partial, chunks, n_tensors, marker):
     return out
 
 
-@njit(parallel=True, cache=True)
+@_threaded
 def adam_rows(w, m, v, vhat, rows, values, hyper, amsgrad):
     """Lazy sparse Adam: only ``rows`` of the 2-D ``w``, ``m``, ``v`` (and ``vhat``) move,
     with ``values[k]`` the (deduplicated) gradient of row ``rows[k]``."""
@@ -416,7 +431,7 @@ def adam_rows(w, m, v, vhat, rows, values, hyper, amsgrad):
             w[r, j] = w[r, j] - mi * alpha / (np.sqrt(vi) + epsilon)
 
 
-@njit(parallel=True, cache=True)
+@_threaded
 def adamax_rows(w, m, u, rows, values, hyper):
     """Lazy sparse Adamax: only ``rows`` of the 2-D ``w``, ``m``, ``u`` move."""
     lr = hyper[H_LR]

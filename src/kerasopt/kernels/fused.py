@@ -22,7 +22,6 @@ which can move the clip scale by an ulp or so.
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import sys
 from collections.abc import Sequence
@@ -201,9 +200,8 @@ def fused_step_table(
     if chunks is None:
         chunks = chunk_table(sizes)
     micro = accumulation_phase == "micro"
-    with _threads_for(int(sizes.sum())):
-        _run(algorithm, table, chunks, marker, like, len(sizes), micro, amsgrad, params,
-             is_torch_step, accumulation_phase=accumulation_phase, **options)
+    _run(algorithm, table, chunks, marker, like, len(sizes), int(sizes.sum()), micro, amsgrad,
+         params, is_torch_step, accumulation_phase=accumulation_phase, **options)
 
 
 def chunk_table(sizes: np.ndarray) -> np.ndarray:
@@ -213,42 +211,56 @@ def chunk_table(sizes: np.ndarray) -> np.ndarray:
 
 
 PARALLEL_THRESHOLD = 1 << 18
-"""Steps over fewer elements than this run on one thread: waking the other threads costs
-more than it saves (and, on a loaded machine, a sleeping thread can take a whole scheduler
-time slice to wake)."""
+"""Steps over fewer elements than this run on the calling thread alone (each kernel's
+``.serial`` build): waking the other threads costs more than it saves (and, on a loaded
+machine, a sleeping thread can take a whole scheduler time slice to wake)."""
 
 
-@contextlib.contextmanager
-def _threads_for(elements: int):
+def thread_count() -> int:
+    """How many threads the CPU kernels use (numba's count), starting numba's thread pool if
+    it is not running yet without changing torch's thread count.
+
+    With numba's OpenMP threading layer, starting the pool sets the OpenMP thread count of
+    the calling thread to numba's, and torch (which shares the same libgomp) reads its own
+    intra-op thread count from there: a ``torch.set_num_threads(1)`` would silently become 2
+    or more for the forward and backward passes. This puts torch's setting back.
+    """
     import numba
 
-    threads = numba.get_num_threads()
-    if elements >= PARALLEL_THRESHOLD or threads == 1:
-        yield
-        return
-    numba.set_num_threads(1)
-    try:
-        yield
-    finally:
-        numba.set_num_threads(threads)
+    torch = sys.modules.get("torch")
+    if torch is None:
+        return numba.get_num_threads()
+    before = torch.get_num_threads()
+    count = numba.get_num_threads()
+    if torch.get_num_threads() != before:
+        torch.set_num_threads(before)
+    return count
 
 
-def _run(algorithm, table, chunks, marker, like, n, micro, amsgrad, params, is_torch_step,
-         **options):
+def _sized(kernel: Any, elements: int) -> Any:
+    """``kernel`` on numba's threads for a step over ``elements`` elements, or its one-thread
+    build for small steps and when numba has one thread."""
+    if elements >= PARALLEL_THRESHOLD and thread_count() > 1:
+        return kernel
+    return kernel.serial
+
+
+def _run(algorithm, table, chunks, marker, like, n, elements, micro, amsgrad, params,
+         is_torch_step, **options):
     """Compute the step's scalars as the reference does, then launch the kernels."""
 
     def squared_norms(features: int, hyper: np.ndarray) -> np.ndarray:
-        partial = _k.squared_sums(table, chunks, marker, features, hyper)
+        partial = _sized(_k.squared_sums, elements)(table, chunks, marker, features, hyper)
         return _k.tensor_sums(partial, chunks, n, marker)
 
     s = step_scalars(algorithm, like, marker.dtype, n, micro=micro, amsgrad=amsgrad,
                      squared_norms=squared_norms, **options)
     if micro:
-        _k.micro_step(table, chunks, marker, s.features, s.hyper)
+        _sized(_k.micro_step, elements)(table, chunks, marker, s.features, s.hyper)
         _bump_versions(params if options.get("ema_overwrite") else (), is_torch_step)
         return
-    _k.update_step(table, chunks, marker, s.features, s.hyper, s.clip_c, s.clip_d,
-                   s.decay_mask, algorithm == "adamax")
+    _sized(_k.update_step, elements)(table, chunks, marker, s.features, s.hyper, s.clip_c,
+                                     s.clip_d, s.decay_mask, algorithm == "adamax")
     _bump_versions(params, is_torch_step)
 
 
@@ -346,12 +358,12 @@ def fused_rows_step(
     hyper = np.zeros(layout.HYPER, dtype)
     algorithm_scalars(hyper, algorithm, like, learning_rate, beta_1, beta_2, epsilon, step)
     w, g, *state = flat
-    with _threads_for(g.size):
-        if algorithm == "adam":
-            vhat = state[2] if len(state) == 3 else state[1]
-            _k.adam_rows(w, state[0], state[1], vhat, rows, g, hyper, len(state) == 3)
-        else:
-            _k.adamax_rows(w, state[0], state[1], rows, g, hyper)
+    if algorithm == "adam":
+        vhat = state[2] if len(state) == 3 else state[1]
+        _sized(_k.adam_rows, g.size)(w, state[0], state[1], vhat, rows, g, hyper,
+                                     len(state) == 3)
+    else:
+        _sized(_k.adamax_rows, g.size)(w, state[0], state[1], rows, g, hyper)
     _bump_versions([param], torch_step)
 
 
