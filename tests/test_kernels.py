@@ -322,6 +322,66 @@ def test_torch_autograd_sees_the_in_place_update():
     assert torch.all(w.detach() < 1)
 
 
+# ----------------------------------------------------------------------------- threads
+
+
+@pytest.fixture
+def threaded(monkeypatch):
+    """Every launch takes the kernels' multi-threaded builds (normally only steps of
+    ``PARALLEL_THRESHOLD`` elements or more do); yields the names of the builds that ran."""
+    from kerasopt.kernels import fused
+
+    ran = []
+    sized = fused._sized
+
+    def spy(kernel, elements):
+        chosen = sized(kernel, elements)
+        ran.append(chosen.py_func.__name__)
+        return chosen
+
+    monkeypatch.setattr(fused, "PARALLEL_THRESHOLD", 0)
+    monkeypatch.setattr(fused, "_sized", spy)
+    yield ran
+    if kernels.thread_count() > 1:
+        assert ran and not any(name.endswith("_serial") for name in ran), ran
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_threaded_builds_match_the_reference(backend, algorithm, threaded):
+    run_both(backend, np.float32, algorithm, loss_scale_factor=8.0, accumulation_steps=2,
+             clipnorm=0.5, weight_decay=0.01, use_ema=True, amsgrad=algorithm == "adam",
+             steps=4, sizes=(7, 1, 3000, 64, 40_000))
+
+
+@pytest.mark.parametrize("algorithm", ["adam", "amsgrad", "adamax"])
+def test_threaded_rows_builds_match_the_reference(algorithm, threaded):
+    test_rows_step_matches_the_lazy_reference("numpy", np.float32, algorithm, (50, 300))
+
+
+def test_starting_the_thread_pool_keeps_torchs_thread_count():
+    """numba's OpenMP pool, when it starts, sets the thread count of the libgomp that torch
+    shares; a user's ``torch.set_num_threads`` must survive the first multi-threaded step."""
+    import subprocess
+    import sys
+
+    code = (
+        "import torch\n"
+        "torch.set_num_threads(1)\n"
+        "assert torch.get_num_threads() == 1\n"  # (torch applies the setting on first use)
+        "import numpy as np\n"
+        "from kerasopt import kernels\n"
+        "n = 1 << 19\n"
+        "kernels.fused_step('adam', [np.zeros(n, np.float32)], [np.ones(n, np.float32)],\n"
+        "                   [[np.zeros(n, np.float32)], [np.zeros(n, np.float32)]],\n"
+        "                   learning_rate=0.1, beta_1=0.9, beta_2=0.999, epsilon=1e-7, step=1)\n"
+        "print(torch.get_num_threads(), kernels.thread_count())\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=300, check=True).stdout.split()
+    assert out[0] == "1", out
+
+
 # ----------------------------------------------------------------------------- sparse rows
 
 
