@@ -8,11 +8,12 @@ the sizes, the work split and the weight-decay mask, all checked once when the p
 built. Each step then only
 
 * confirms, in bulk, that the plan still describes the group: the same parameter objects,
-  at the same data addresses (a ``p.data = ...`` swap changes them; one that keeps the address
-  but not the shape shows in the gradients' shapes, checked against the plan's), requiring
-  gradients, with the same state dicts (skipped when a :class:`StateSnapshot` shows the
-  optimizer's state mapping unchanged) holding the same slot tensors at the same addresses,
-  the same exclusions;
+  with the same state dicts (skipped when a :class:`StateSnapshot` shows the optimizer's
+  state mapping unchanged) holding the same slot tensors, the same exclusions; and that each
+  of these tensors still has its data address, shape, contiguity and dtype (a ``.data = ...``
+  swap, ``t_()``, ``resize_()`` ... change one of them). The plan holds the storages its
+  addresses point into, so an address cannot be freed and given to another tensor while the
+  plan lives: an unchanged address is the same memory;
 * checks the gradients (fresh tensors each step: exact ``torch.Tensor``, strided, on the
   parameters' device, contiguous, the parameter's dtype and shape) and writes their
   addresses into the table.
@@ -25,7 +26,8 @@ caller take the general path, which handles and reports it.
 
 from __future__ import annotations
 
-from operator import attrgetter, is_, itemgetter
+from itertools import repeat
+from operator import attrgetter, eq, is_, itemgetter
 from typing import Any
 
 import numpy as np
@@ -78,11 +80,20 @@ class StateSnapshot:
                 and all(map(is_, state, keys)) and all(map(is_, state.values(), values)))
 
 
+def _unchanged(tensors: list[torch.Tensor], pointers: list[int], shapes: list[torch.Size],
+               dtype: torch.dtype) -> bool:
+    """Whether ``tensors`` still have these data addresses and shapes, contiguous, in
+    ``dtype``."""
+    return (list(map(_DATA_PTR, tensors)) == pointers and list(map(_SHAPE, tensors)) == shapes
+            and all(map(_IS_CONTIGUOUS, tensors)) and all(map(eq, map(_DTYPE, tensors),
+                                                              repeat(dtype))))
+
+
 class GroupPlan:
     """The fused step's view of one param group, valid while :meth:`matches` says so."""
 
     __slots__ = ("group", "params", "param_ptrs", "shapes", "states", "columns", "slots",
-                 "table", "sizes", "chunks", "like", "dtype", "device", "kernels",
+                 "storages", "table", "sizes", "chunks", "like", "dtype", "device", "kernels",
                  "decay_key", "decay_mask")
 
     @classmethod
@@ -122,6 +133,8 @@ class GroupPlan:
             pointers = list(map(_DATA_PTR, tensors))
             plan.table[:, column] = pointers
             plan.slots.append((key, tensors, pointers))
+        plan.storages = [t.untyped_storage()
+                         for t in params + [t for _, tensors, _ in plan.slots for t in tensors]]
         plan.group, plan.params, plan.shapes, plan.states = group, params, shapes, states
         plan.columns = columns
         plan.sizes = np.fromiter(map(_NUMEL, params), np.int64, len(params))
@@ -138,17 +151,18 @@ class GroupPlan:
         ``state_unchanged``: the optimizer's state maps the same parameters to the same dicts
         as when every plan last matched (then they need not be looked up again)."""
         params = group["params"]
+        shapes, dtype = self.shapes, self.dtype
         if (self.group is not group or len(params) != len(self.params)
                 or not all(map(is_, params, self.params)) or columns != self.columns
                 or not all(map(is_, decay_key, self.decay_key))
-                or list(map(_DATA_PTR, params)) != self.param_ptrs):
+                or not _unchanged(params, self.param_ptrs, shapes, dtype)):
             return False
         states = self.states
         if not state_unchanged and not all(map(is_, map(state.get, params), states)):
             return False
         try:
             return all(all(map(is_, map(itemgetter(key), states), tensors))
-                       and list(map(_DATA_PTR, tensors)) == pointers
+                       and _unchanged(tensors, pointers, shapes, dtype)
                        for key, tensors, pointers in self.slots)
         except KeyError:
             return False

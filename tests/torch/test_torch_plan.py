@@ -41,6 +41,15 @@ def _replace_slot(opt, params):
     state[key] = torch.full_like(state[key], 0.25)
 
 
+def _transpose_data(opt, params):
+    # Same storage, same address, same shape: only the strides say it is now transposed.
+    params[3].data = params[3].data.t()
+
+
+def _transpose_slot(opt, params):
+    opt.state[params[3]]["momentum"].t_()
+
+
 def _replace_state_dict(opt, params):
     opt.state[params[2]] = {}
 
@@ -88,6 +97,8 @@ SCENARIOS = {
     "slot tensor replaced": _replace_slot,
     "slot storage swapped": _swap_slot_storage,
     "param truncated in place": _truncate_data,
+    "param transposed in place": _transpose_data,
+    "slot transposed in place": _transpose_slot,
     "param state dict replaced": _replace_state_dict,
     "state cleared": _clear_state,
     "state_dict reloaded": _reload,
@@ -96,6 +107,10 @@ SCENARIOS = {
     "hyperparameters changed": _hyperparameters,
     "group added": _add_group,
 }
+
+# A frozen parameter's gradient is ignored, a non-contiguous tensor does not fit the kernel:
+# the general path takes every step from the change on.
+DECLINED_AFTER_CHANGE = {"param frozen", "param transposed in place", "slot transposed in place"}
 
 GRADIENTS = {
     "fresh": lambda p, g: g,
@@ -144,7 +159,7 @@ def test_plan_follows_changes(cls, config, scenario, monkeypatch):
     # The planned path runs from step 1 on; a change that leaves a parameter without state
     # sends the next step (which creates it) down the general path.
     assert all(planned[1:3]), planned
-    if scenario == "param frozen":  # a frozen parameter's gradient is ignored: general path
+    if scenario in DECLINED_AFTER_CHANGE:
         assert not any(planned[3:]), planned
         return
     assert all(planned[4:]), planned
@@ -164,6 +179,47 @@ def test_plan_declines_unusual_gradients(kind, monkeypatch):
         assert not any(planned)
     else:
         assert all(planned[1:])
+
+
+def _shrink_slot_storage(opt, params):
+    # Free the momentum's storage, then give it a smaller one (which the allocator may well
+    # place at the freed address): the plan must neither write the old size there nor
+    # accept the mismatch that the reference path refuses.
+    m = opt.state[params[0]]["momentum"]
+    m.data = torch.empty(0, dtype=m.dtype)
+    m.data = torch.zeros(m.numel() * 9 // 10 or 1, dtype=m.dtype)
+
+
+def _truncate_keeping_gradient(opt, params):
+    # The parameter shrinks in place (same first address); its gradient keeps the old shape.
+    params[0].data = params[0].data.reshape(-1)[:4]
+
+
+def _reshape_slot(opt, params):
+    # As many elements as the parameter, in another shape: the reference cannot broadcast it.
+    state = opt.state[params[0]]
+    state["momentum"] = state["momentum"].reshape(1000, -1)
+
+
+@pytest.mark.parametrize("change", [_shrink_slot_storage, _truncate_keeping_gradient,
+                                    _reshape_slot])
+def test_plan_refuses_what_the_reference_refuses(change, monkeypatch):
+    raised = {}
+    for fused in (True, False):
+        with monkeypatch.context() as patch:
+            if not fused:
+                patch.setattr(kernels, "available", lambda: False)
+            p = torch.zeros(100_000, requires_grad=True)
+            opt = kt.Adam([p], learning_rate=0.01)
+            for _ in range(2):
+                p.grad = torch.ones_like(p)
+                opt.step()
+            p.grad = torch.ones_like(p)
+            change(opt, [p])
+            with pytest.raises((RuntimeError, ValueError)) as error:
+                opt.step()
+            raised[fused] = error.type
+    assert raised[True] is raised[False], raised
 
 
 def test_step_bumps_autograd_versions():

@@ -395,9 +395,9 @@ def _address_table(roles, n):
         dtype = first.dtype
         if dtype not in (torch.float32, torch.float64):
             raise NotFusable(f"dtype {dtype} is not float32 or float64.")
-        sizes = None
+        sizes = shapes = None
         for column, arrays in roles:
-            table[:, column], sizes = _torch_addresses(arrays, dtype, sizes)
+            table[:, column], sizes, shapes = _torch_addresses(arrays, dtype, shapes)
         return table, sizes, torch.zeros((), dtype=dtype), True
     raise NotFusable(f"{type(first).__name__} is not a NumPy array or a torch tensor.")
 
@@ -472,9 +472,10 @@ def _numpy_addresses(arrays, dtype, sizes, writeable):
     return data, found
 
 
-def _torch_addresses(tensors, dtype, sizes):
-    """Data addresses (and sizes) of CPU torch tensors, checked in bulk (one C-level pass
-    per property: this is the per-tensor cost of a step)."""
+def _torch_addresses(tensors, dtype, shapes):
+    """Data addresses, sizes and shapes of CPU torch tensors, checked in bulk (one C-level
+    pass per property: this is the per-tensor cost of a step); ``shapes``: what they must
+    have (the weights'), or None."""
     torch = sys.modules["torch"]
     tensors = list(tensors)
     if not all(map(isinstance, tensors, repeat(torch.Tensor))):
@@ -484,13 +485,15 @@ def _torch_addresses(tensors, dtype, sizes):
             or not all(map(torch.Tensor.is_contiguous, tensors))):
         raise NotFusable("a tensor is not a contiguous CPU tensor of the weights' dtype.")
     n = len(tensors)
-    found = np.fromiter(map(torch.Tensor.numel, tensors), np.int64, n)
-    if sizes is not None and not np.array_equal(found, sizes):
-        raise NotFusable("a tensor's number of elements differs from its weight's.")
-    return np.fromiter(map(torch.Tensor.data_ptr, tensors), np.int64, n), found
+    found = list(map(_SHAPE, tensors))
+    if shapes is not None and found != shapes:
+        raise NotFusable("a tensor's shape differs from its weight's.")
+    sizes = np.fromiter(map(torch.Tensor.numel, tensors), np.int64, n)
+    return np.fromiter(map(torch.Tensor.data_ptr, tensors), np.int64, n), sizes, found
 
 
 _LAYOUT = attrgetter("layout")
+_SHAPE = attrgetter("shape")
 _DTYPE = attrgetter("dtype")
 _IS_CPU = attrgetter("is_cpu")
 
