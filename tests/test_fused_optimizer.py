@@ -83,3 +83,39 @@ def test_sparse_rows_fused_matches_reference(cls, monkeypatch):
             np.testing.assert_array_equal(a, b)
     for a, b in zip(fused_state, reference_state):
         np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("built_order", [True, False])
+def test_variable_listed_twice_takes_the_reference_path(built_order, monkeypatch):
+    """Keras updates a variable listed twice twice in a row, both times through the slots
+    of its last position; the fused path declines rather than update it by position (or
+    twice in one launch)."""
+
+    def run(fused):
+        v = kerasopt.Variable(np.array([1.0, 2.0, 3.0], np.float32), name="v")
+        w = kerasopt.Variable(np.array([-1.0, 0.5], np.float32), name="w")
+        opt = kerasopt.Adam(learning_rate=0.1)
+        opt.build([v, w, v])
+        calls = []
+        with monkeypatch.context() as patch:
+            if not fused:
+                patch.setattr(kernels, "available", lambda: False)
+            real = kernels.fused_step
+            patch.setattr(kernels, "fused_step", lambda *a, **k: calls.append(1) or real(*a, **k))
+            for g in ([1.0, 1.0, 1.0], [0.5, -1.0, 2.0], [-2.0, 0.25, 1.0]):
+                g = np.array(g, np.float32)
+                grads, variables = [g, np.ones(2, np.float32), 2 * g], [v, w, v]
+                if not built_order:
+                    grads, variables = [g, 2 * g], [v, v]
+                opt.apply(grads, variables)
+        return v.numpy(), [s.numpy() for s in opt.variables], calls
+
+    fused_v, fused_slots, calls = run(True)
+    reference_v, reference_slots, _ = run(False)
+    assert not calls
+    np.testing.assert_array_equal(fused_v, reference_v)
+    for a, b in zip(fused_slots, reference_slots):
+        np.testing.assert_array_equal(a, b)
+    # The first occurrence's momentum and velocity (after the iteration count and the rate)
+    # never move: Keras reads the last position's.
+    assert not fused_slots[2].any() and not fused_slots[3].any()

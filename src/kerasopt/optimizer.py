@@ -449,8 +449,14 @@ class Optimizer:
         algorithm, slot_lists = fused
         if _same_objects(variables, self._trainable_variables):
             index = None  # every variable, in the built order: slots and masks in bulk
+            distinct = len(self._variable_indices) == len(variables)
         else:
             index = [self._get_variable_index(v) for v in variables]
+            distinct = len(set(index)) == len(index)
+        if not distinct:
+            # A variable listed twice is updated twice in a row, through the slots of its
+            # last position (as in Keras); one launch over both would race with itself.
+            return False
 
         def values(slot: list[Variable]) -> list[Any]:
             if index is None:
