@@ -10,10 +10,14 @@ built. Each step then only
 * confirms, in bulk, that the plan still describes the group: the same parameter objects,
   with the same state dicts (skipped when a :class:`StateSnapshot` shows the optimizer's
   state mapping unchanged) holding the same slot tensors, the same exclusions; and that each
-  of these tensors still has its data address, shape, contiguity and dtype (a ``.data = ...``
-  swap, ``t_()``, ``resize_()`` ... change one of them). The plan holds the storages its
-  addresses point into, so an address cannot be freed and given to another tensor while the
-  plan lives: an unchanged address is the same memory;
+  of these tensors still has its data address, number of elements and contiguity (a
+  ``.data = ...`` swap, ``t_()``, ``resize_()``, a view in a wider or narrower dtype ...
+  change one of them). The plan holds the storages its addresses point into, so an
+  address cannot be freed and given to another tensor while the plan lives: an unchanged
+  address is the same memory. The update is elementwise over contiguous memory, so a
+  tensor reshaped in place to as many elements is updated as before; one reinterpreted in
+  place as another dtype of the same width (``p.data = p.data.view(torch.int32)``) is not
+  noticed;
 * checks the gradients (fresh tensors each step: exact ``torch.Tensor``, strided, on the
   parameters' device, contiguous, the parameter's dtype and shape) and writes their
   addresses into the table.
@@ -26,8 +30,7 @@ caller take the general path, which handles and reports it.
 
 from __future__ import annotations
 
-from itertools import repeat
-from operator import attrgetter, eq, is_, itemgetter
+from operator import attrgetter, is_, itemgetter
 from typing import Any
 
 import numpy as np
@@ -80,21 +83,19 @@ class StateSnapshot:
                 and all(map(is_, state, keys)) and all(map(is_, state.values(), values)))
 
 
-def _unchanged(tensors: list[torch.Tensor], pointers: list[int], shapes: list[torch.Size],
-               dtype: torch.dtype) -> bool:
-    """Whether ``tensors`` still have these data addresses and shapes, contiguous, in
-    ``dtype``."""
-    return (list(map(_DATA_PTR, tensors)) == pointers and list(map(_SHAPE, tensors)) == shapes
-            and all(map(_IS_CONTIGUOUS, tensors)) and all(map(eq, map(_DTYPE, tensors),
-                                                              repeat(dtype))))
+def _unchanged(tensors: list[torch.Tensor], pointers: list[int], sizes: list[int]) -> bool:
+    """Whether ``tensors`` still have these data addresses and numbers of elements, and are
+    contiguous."""
+    return (list(map(_DATA_PTR, tensors)) == pointers and list(map(_NUMEL, tensors)) == sizes
+            and all(map(_IS_CONTIGUOUS, tensors)))
 
 
 class GroupPlan:
     """The fused step's view of one param group, valid while :meth:`matches` says so."""
 
-    __slots__ = ("group", "params", "param_ptrs", "shapes", "states", "columns", "slots",
-                 "storages", "table", "sizes", "chunks", "like", "dtype", "device", "kernels",
-                 "decay_key", "decay_mask")
+    __slots__ = ("group", "params", "param_ptrs", "shapes", "numels", "states", "columns",
+                 "slots", "storages", "table", "sizes", "chunks", "like", "dtype", "device",
+                 "kernels", "decay_key", "decay_mask")
 
     @classmethod
     def build(cls, state: dict, group: dict[str, Any], columns: list[tuple[str, int]],
@@ -138,6 +139,7 @@ class GroupPlan:
         plan.group, plan.params, plan.shapes, plan.states = group, params, shapes, states
         plan.columns = columns
         plan.sizes = np.fromiter(map(_NUMEL, params), np.int64, len(params))
+        plan.numels = plan.sizes.tolist()
         plan.chunks = kernels.chunk_table(plan.sizes) if module is kernels else None
         plan.like = torch.zeros((), dtype=dtype)
         plan.dtype, plan.device, plan.kernels = dtype, device, module
@@ -151,18 +153,18 @@ class GroupPlan:
         ``state_unchanged``: the optimizer's state maps the same parameters to the same dicts
         as when every plan last matched (then they need not be looked up again)."""
         params = group["params"]
-        shapes, dtype = self.shapes, self.dtype
+        numels = self.numels
         if (self.group is not group or len(params) != len(self.params)
                 or not all(map(is_, params, self.params)) or columns != self.columns
                 or not all(map(is_, decay_key, self.decay_key))
-                or not _unchanged(params, self.param_ptrs, shapes, dtype)):
+                or not _unchanged(params, self.param_ptrs, numels)):
             return False
         states = self.states
         if not state_unchanged and not all(map(is_, map(state.get, params), states)):
             return False
         try:
             return all(all(map(is_, map(itemgetter(key), states), tensors))
-                       and _unchanged(tensors, pointers, shapes, dtype)
+                       and _unchanged(tensors, pointers, numels)
                        for key, tensors, pointers in self.slots)
         except KeyError:
             return False
