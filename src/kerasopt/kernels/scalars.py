@@ -153,7 +153,7 @@ def algorithm_scalars(hyper, algorithm, like, learning_rate, beta_1, beta_2, eps
     hyper[layout.H_ONE_MINUS_BETA_1] = cast(1 - beta_1, like, hyper.dtype)
     hyper[layout.H_EPSILON] = cast(epsilon, like, hyper.dtype)
     lr = cast(learning_rate, like, hyper.dtype)
-    with np.errstate(all="ignore"):  # as the libraries' own 0-d ops, no warnings
+    with np.errstate(all="ignore"):  # an overflow or 0 / 0 rounds as in IEEE, silently
         if algorithm == "adam":
             beta_2_power = cast_scalar(beta_2, like) ** t
             root = dtype(float(namespace(like).sqrt(1 - beta_2_power)))
