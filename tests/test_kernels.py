@@ -244,6 +244,50 @@ def test_non_finite_gradients_propagate():
             np.testing.assert_array_equal(x, y)
 
 
+@pytest.mark.parametrize("option", [{}, {"clipnorm": 1.0}, {"global_clipnorm": 1.0},
+                                    {"clipvalue": 1.0}])
+@pytest.mark.parametrize("threads", ["one thread", "threaded"])
+def test_division_by_zero_gives_inf_and_nan(option, threads, request):
+    """A loss scale that rounds to 0 in float32 divides every gradient by zero: inf and NaN,
+    as in the reference, in both builds of every kernel (numba's default error model
+    raises ZeroDivisionError outside prange loops)."""
+    if threads == "threaded":
+        request.getfixturevalue("threaded")
+    for algorithm in ALGORITHMS:
+        fused, ref = make_problem("numpy", np.float32, (5, 3), algorithm, False, False, False)
+        grads = [np.array([1.0, 0.0, -2.0, 0.5, 0.0], np.float32),
+                 np.array([0.0, 2.0, -1.0], np.float32)]
+        kwargs = dict(learning_rate=np.float32(0.1), beta_1=0.9, beta_2=0.999, epsilon=1e-7,
+                      step=1, loss_scale_factor=1e-50, **option)
+        kernels.fused_step(algorithm, fused["params"], grads, fused["slots"], **kwargs)
+        with np.errstate(all="ignore"):
+            reference_step(algorithm, ref["params"], grads, ref["slots"], **kwargs)
+        for x, y in zip(fused["params"] + fused["slots"][1], ref["params"] + ref["slots"][1]):
+            np.testing.assert_array_equal(x, y)
+        assert not np.isfinite(fused["params"][0]).all()
+
+
+@pytest.mark.parametrize("threads", ["one thread", "threaded"])
+def test_rows_step_zero_over_zero_gives_nan(threads, request):
+    """Lazy sparse Adam with epsilon 0 and a zero gradient row: 0 / 0 is NaN, as in the
+    reference."""
+    if threads == "threaded":
+        request.getfixturevalue("threaded")
+    w = np.ones((4, 3), np.float32)
+    slots = [np.zeros((4, 3), np.float32), np.zeros((4, 3), np.float32)]
+    rows, values = np.array([1, 2]), np.zeros((2, 3), np.float32)
+    values[1] = 1.0
+    hyper = dict(learning_rate=np.float32(0.1), beta_1=0.9, beta_2=0.999, epsilon=0.0, step=1)
+    ref_w, ref_slots = w.copy(), [s.copy() for s in slots]
+    kernels.fused_rows_step("adam", w, rows, values, slots, **hyper)
+    with np.errstate(all="ignore"):
+        new = adam_update(ref_w[rows], values, *(s[rows] for s in ref_slots), **hyper)
+    for target, value in zip([ref_w, *ref_slots], new):
+        target[rows] = value
+    np.testing.assert_array_equal(w, ref_w)
+    assert np.isnan(w[1]).all() and np.isfinite(w[2]).all()
+
+
 # ----------------------------------------------------------------------------- hypothesis
 
 

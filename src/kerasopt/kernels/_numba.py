@@ -17,7 +17,9 @@ tested once per block, not per element, so every loop vectorizes. The arithmetic
 reference's, operation by operation and in the same order, in the variable's dtype
 (``fastmath`` is off, so LLVM neither reassociates nor contracts ``a * b + c`` into a fused
 multiply-add; the one exception is the float64 running sum of the norm pass, see
-``squared_sums``).
+``squared_sums``). Every function is compiled with ``error_model="numpy"``: a division by
+zero gives inf or NaN, as in NumPy and the reference, where numba's default for code outside
+``prange`` loops would raise ``ZeroDivisionError``.
 """
 
 from __future__ import annotations
@@ -77,8 +79,8 @@ def _threaded(function):
     serial = FunctionType(function.__code__, function.__globals__, function.__name__ + "_serial",
                           function.__defaults__, function.__closure__)
     serial.__qualname__ = function.__qualname__ + "_serial"
-    dispatcher = njit(parallel=True, cache=True)(function)
-    dispatcher.serial = njit(cache=True)(serial)
+    dispatcher = njit(parallel=True, cache=True, error_model="numpy")(function)
+    dispatcher.serial = njit(cache=True, error_model="numpy")(serial)
     return dispatcher
 
 
@@ -98,13 +100,13 @@ _I64 = np.zeros(1, np.int64)
 _I32 = np.zeros(1, np.int32)
 
 
-@njit(inline="always")
+@njit(inline="always", error_model="numpy")
 def _view(address, start, count, marker):
     """``count`` elements of ``marker``'s dtype starting ``start`` elements after address."""
     return carray(_pointer(address + start * marker.itemsize, marker), count)
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def read_numpy_headers(object_addresses, data_offset, expected_sizes, descr, writeable):
     """Data addresses of NumPy arrays, read from their ``PyArrayObject`` headers.
 
@@ -140,7 +142,7 @@ def read_numpy_headers(object_addresses, data_offset, expected_sizes, descr, wri
     return data, sizes, ok
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def same_layouts(first, second, data_offset):
     """Whether each pair ``first[i]``, ``second[i]`` of NumPy arrays (``id()`` values, headers
     as in :func:`read_numpy_headers`) has the same dtype object and the same shape."""
@@ -160,7 +162,7 @@ def same_layouts(first, second, data_offset):
     return True
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def chunk_table(sizes):
     """``(tensor, start, stop)`` rows covering every tensor in chunks of <= CHUNK elements."""
     count = 0
@@ -186,7 +188,7 @@ def chunk_table(sizes):
 TRANSFORMS = UNSCALE | ACCUMULATE | CLIP_VALUE | CLIP_NORM | CLIP_GLOBAL
 
 
-@njit(inline="always")
+@njit(inline="always", error_model="numpy")
 def _gradient_and_momentum(tmp, table, t, start, count, marker, features, hyper, clip_c,
                            clip_d, one_minus_beta_1):
     """The first moment's update ``m += (g - m) * (1 - beta_1)``, in the loop that reads the
@@ -234,7 +236,7 @@ def _gradient_and_momentum(tmp, table, t, start, count, marker, features, hyper,
     return tmp
 
 
-@njit(inline="always")
+@njit(inline="always", error_model="numpy")
 def _decay(table, t, start, count, marker, features, hyper, decay_mask):
     """Decoupled weight decay ``w *= 1 - weight_decay * lr`` of the block's weights."""
     if features & DECAY and decay_mask[t]:
@@ -244,7 +246,7 @@ def _decay(table, t, start, count, marker, features, hyper, decay_mask):
             w[i] = w[i] * f
 
 
-@njit(inline="always")
+@njit(inline="always", error_model="numpy")
 def _average(table, t, start, count, marker, features, hyper):
     """EMA of the weights, then the overwrite ``w := average`` when due."""
     if features & AVERAGE:
@@ -259,7 +261,7 @@ def _average(table, t, start, count, marker, features, hyper):
                 w[i] = a[i]
 
 
-@njit(inline="always")
+@njit(inline="always", error_model="numpy")
 def _adam_weights(table, t, start, count, marker, features, hyper, g, w, m):
     """Adam's second moment (and amsgrad maximum), then the weights."""
     alpha = hyper[H_LR]
@@ -281,7 +283,7 @@ def _adam_weights(table, t, start, count, marker, features, hyper, g, w, m):
         w[i] = w[i] - m[i] * alpha / (np.sqrt(v[i]) + epsilon)
 
 
-@njit(inline="always")
+@njit(inline="always", error_model="numpy")
 def _adamax_weights(table, t, start, count, marker, hyper, g, w, m):
     """Adamax's infinity norm, then the weights."""
     lr = hyper[H_LR]
@@ -342,7 +344,7 @@ def micro_step(table, chunks, marker, features, hyper):
             _average(table, t, start, count, marker, features, hyper)
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _transformed(x, a, scale, steps, features):
     """One gradient element after unscaling and the accumulation mean."""
     if features & UNSCALE:
@@ -352,7 +354,7 @@ def _transformed(x, a, scale, steps, features):
     return x
 
 
-@njit(cache=True, fastmath={"reassoc"})
+@njit(cache=True, error_model="numpy", fastmath={"reassoc"})
 def _sum_squares(g, acc, count, features, scale, steps):
     """float64 sum of ``x * x`` (squares rounded in the dtype) over ``x`` the block's
     transformed gradient, in one vectorized loop over the gradient and the accumulator
@@ -395,7 +397,7 @@ def squared_sums(table, chunks, marker, features, hyper):
     return partial
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def tensor_sums(partial, chunks, n_tensors, marker):
     """Per tensor, the sum of its chunks' partial sums, rounded to ``marker``'s dtype."""
     totals = np.zeros(n_tensors, np.float64)
@@ -452,7 +454,7 @@ def adamax_rows(w, m, u, rows, values, hyper):
             w[r, j] = w[r, j] - lr * mi / (denominator * (ui + epsilon))
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def add_rows(summed, inverse, values):
     """``summed[inverse[k]] += values[k]`` for k in order (``np.add.at``'s order, so the
     sums are bit-identical to it), on 2-D ``summed`` / ``values``."""
