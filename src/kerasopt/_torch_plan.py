@@ -12,12 +12,11 @@ built. Each step then only
   state mapping unchanged) holding the same slot tensors, the same exclusions; and that each
   of these tensors still has its data address, number of elements and contiguity (a
   ``.data = ...`` swap, ``t_()``, ``resize_()``, a view in a wider or narrower dtype ...
-  change one of them). The plan holds the storages its addresses point into, so an
-  address cannot be freed and given to another tensor while the plan lives: an unchanged
-  address is the same memory. The update is elementwise over contiguous memory, so a
-  tensor reshaped in place to as many elements is updated as before; one reinterpreted in
-  place as another dtype of the same width (``p.data = p.data.view(torch.int32)``) is not
-  noticed;
+  change one of them). These are each tensor's own, read this step, so the kernel writes
+  where the tensor's data is now, whatever was freed or reallocated since. The update is
+  elementwise over contiguous memory, so a tensor reshaped in place to as many elements is
+  updated as before; one reinterpreted in place as another dtype of the same width
+  (``p.data = p.data.view(torch.int32)``) is not noticed;
 * checks the gradients (fresh tensors each step: exact ``torch.Tensor``, strided, on the
   parameters' device, contiguous, the parameter's dtype and shape) and writes their
   addresses into the table.
@@ -94,7 +93,7 @@ class GroupPlan:
     """The fused step's view of one param group, valid while :meth:`matches` says so."""
 
     __slots__ = ("group", "params", "param_ptrs", "shapes", "numels", "states", "columns",
-                 "slots", "storages", "table", "sizes", "chunks", "like", "dtype", "device",
+                 "slots", "table", "sizes", "chunks", "like", "dtype", "device",
                  "kernels", "decay_key", "decay_mask")
 
     @classmethod
@@ -134,8 +133,6 @@ class GroupPlan:
             pointers = list(map(_DATA_PTR, tensors))
             plan.table[:, column] = pointers
             plan.slots.append((key, tensors, pointers))
-        plan.storages = [t.untyped_storage()
-                         for t in params + [t for _, tensors, _ in plan.slots for t in tensors]]
         plan.group, plan.params, plan.shapes, plan.states = group, params, shapes, states
         plan.columns = columns
         plan.sizes = np.fromiter(map(_NUMEL, params), np.int64, len(params))
