@@ -577,9 +577,14 @@ class KerasOptimizer(torch.optim.Optimizer):
                 return False
         if len(groups) > 1:  # the kernel's own checks must not refuse a later group
             for entry, g in zip(entries, grads):
-                if not (entry.param.dtype in _FLOATS and entry.param.device == device
-                        and entry.param.is_contiguous() and g.device == device
-                        and g.is_contiguous()):
+                p = entry.param
+                if not (p.dtype in _FLOATS and p.device == device and p.is_contiguous()
+                        and g.device == device and g.is_contiguous()):
+                    return False
+                names = self._slot_names(entry.group) + [ACCUMULATOR] * bool(n) + (
+                    [AVERAGE] if entry.group["use_ema"] else [])
+                state = self.state[p]
+                if not all(_fits(state.get(name), p) for name in names):
                     return False
         iterations = raw // n if n else raw
         phase = None if not n else ("update" if (raw + 1) % n == 0 else "micro")
@@ -940,6 +945,14 @@ class KerasOptimizer(torch.optim.Optimizer):
             for key, value in saved.items():
                 if key not in ("params", "param_names", MARKER):
                     group[key] = value
+
+
+def _fits(tensor: Any, param: torch.Tensor) -> bool:
+    """Whether a state tensor is one the fused kernels take for ``param``: a dense,
+    contiguous tensor of its dtype, device and shape."""
+    return (isinstance(tensor, torch.Tensor) and tensor.layout == torch.strided
+            and tensor.dtype == param.dtype and tensor.device == param.device
+            and tensor.is_contiguous() and tensor.shape == param.shape)
 
 
 class _Entry:

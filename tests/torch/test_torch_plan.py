@@ -181,13 +181,10 @@ def test_plan_declines_unusual_gradients(kind, monkeypatch):
         assert all(planned[1:])
 
 
-def _shrink_slot_storage(opt, params):
-    # Free the momentum's storage, then give it a smaller one (which the allocator may well
-    # place at the freed address): the plan must neither write the old size there nor
-    # accept the mismatch that the reference path refuses.
+def _truncate_slot_in_place(opt, params):
+    # Same storage, same first address, fewer elements: the plan must not write the old size.
     m = opt.state[params[0]]["momentum"]
-    m.data = torch.empty(0, dtype=m.dtype)
-    m.data = torch.zeros(m.numel() * 9 // 10 or 1, dtype=m.dtype)
+    m.data = m.data[: m.numel() * 9 // 10]
 
 
 def _truncate_keeping_gradient(opt, params):
@@ -201,7 +198,7 @@ def _reshape_slot(opt, params):
     state["momentum"] = state["momentum"].reshape(1000, -1)
 
 
-@pytest.mark.parametrize("change", [_shrink_slot_storage, _truncate_keeping_gradient,
+@pytest.mark.parametrize("change", [_truncate_slot_in_place, _truncate_keeping_gradient,
                                     _reshape_slot])
 def test_plan_refuses_what_the_reference_refuses(change, monkeypatch):
     raised = {}
@@ -220,6 +217,29 @@ def test_plan_refuses_what_the_reference_refuses(change, monkeypatch):
                 opt.step()
             raised[fused] = error.type
     assert raised[True] is raised[False], raised
+
+
+def test_a_later_groups_state_of_another_shape_raises_as_the_reference(monkeypatch):
+    """With several groups every state tensor is checked before the first group's kernel
+    runs, so the step is the reference path's (which refuses the broadcast), not a fused
+    step refused half-way."""
+    messages = {}
+    for fused in (True, False):
+        with monkeypatch.context() as patch:
+            if not fused:
+                patch.setattr(kernels, "available", lambda: False)
+            a, b = torch.zeros(5, requires_grad=True), torch.zeros(4, 6, requires_grad=True)
+            opt = kt.Adam([{"params": [a]}, {"params": [b], "weight_decay": 0.1}],
+                          learning_rate=0.01)
+            for _ in range(2):
+                a.grad, b.grad = torch.ones_like(a), torch.ones_like(b)
+                opt.step()
+            opt.state[b]["momentum"] = opt.state[b]["momentum"].reshape(6, 4)
+            a.grad, b.grad = torch.ones_like(a), torch.ones_like(b)
+            with pytest.raises(RuntimeError) as error:
+                opt.step()
+            messages[fused] = str(error.value)
+    assert messages[True] == messages[False], messages
 
 
 def test_step_bumps_autograd_versions():
