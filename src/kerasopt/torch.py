@@ -576,15 +576,14 @@ class KerasOptimizer(torch.optim.Optimizer):
             if len(dtypes) != 1 or (state_dtype is not None and state_dtype not in dtypes):
                 return False
         if len(groups) > 1:  # the kernel's own checks must not refuse a later group
+            keys = {id(group): [key for key, _ in state_columns(
+                self._slot_names(group), ACCUMULATOR if n else None,
+                AVERAGE if group["use_ema"] else None)] for group in groups.values()}
             for entry, g in zip(entries, grads):
-                p = entry.param
+                p, state = entry.param, self.state[entry.param]
                 if not (p.dtype in _FLOATS and p.device == device and p.is_contiguous()
-                        and g.device == device and g.is_contiguous()):
-                    return False
-                names = self._slot_names(entry.group) + [ACCUMULATOR] * bool(n) + (
-                    [AVERAGE] if entry.group["use_ema"] else [])
-                state = self.state[p]
-                if not all(_fits(state.get(name), p) for name in names):
+                        and g.device == device and g.is_contiguous()
+                        and all(_fits(state.get(key), p) for key in keys[id(entry.group)])):
                     return False
         iterations = raw // n if n else raw
         phase = None if not n else ("update" if (raw + 1) % n == 0 else "micro")
