@@ -50,6 +50,7 @@ __all__ = [
     "fused_step_table",
     "same_numpy_layouts",
     "sum_rows",
+    "thread_count",
 ]
 
 _DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
