@@ -435,10 +435,7 @@ def _torch_layout_and_params(optimizer: Any) -> tuple[list[tuple[str, int]], lis
         "amsgrad": group.get("amsgrad", False),
     }
     class_name = "Adam" if isinstance(inner, kt.Adam) else "Adamax"
-    layout = keras_variable_layout({"class_name": class_name, "config": cfg}, len(params))
-    if scale is not None:
-        layout = [(k, -1) for k in _SCALE_KEYS] + layout
-    return layout, params, scale
+    return _frontend_layout(class_name, cfg, len(params), scale is not None), params, scale
 
 
 def _load_torch(optimizer: Any, arrays: list[np.ndarray], where: str) -> None:
@@ -498,10 +495,15 @@ def _optax_layout(state: Any, has_lr: bool) -> tuple[list[tuple[str, int]], list
            "gradient_accumulation_steps": inner.accumulator is not None,
            "amsgrad": getattr(inner, "velocity_hat", None) is not None}
     class_name = "Adam" if isinstance(inner, ko.AdamState) else "Adamax"
-    layout = keras_variable_layout({"class_name": class_name, "config": cfg}, len(leaves))
-    if scale is not None:
-        layout = [(k, -1) for k in _SCALE_KEYS] + layout
-    return layout, leaves, treedef
+    return _frontend_layout(class_name, cfg, len(leaves), scale is not None), leaves, treedef
+
+
+def _frontend_layout(class_name: str, cfg: dict[str, Any], n: int,
+                     scaled: bool) -> list[tuple[str, int]]:
+    """:func:`keras_variable_layout` of a frontend's optimizer, led by the loss-scale
+    wrapper's variables when it has one."""
+    layout = keras_variable_layout({"class_name": class_name, "config": cfg}, n)
+    return [(k, -1) for k in _SCALE_KEYS] + layout if scaled else layout
 
 
 def _load_optax(state: Any, arrays: list[np.ndarray], where: str) -> Any:
