@@ -225,7 +225,7 @@ def test_none_gradient_on_accumulation_update_step_drops_partial_sum():
 
 def test_state_variable_names_follow_keras():
     var = kerasopt.Variable(np.ones(2, np.float32), name="dense/kernel")
-    opt = kerasopt.Adam(amsgrad=True, use_ema=True, gradient_accumulation_steps=2)
+    opt = kerasopt.Adam(name="adam", amsgrad=True, use_ema=True, gradient_accumulation_steps=2)
     opt.build([var])
     names = [v.name for v in opt.variables]
     assert names == ["adam/iteration", "adam/learning_rate", "adam/dense_kernel_average",
