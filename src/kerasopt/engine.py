@@ -71,32 +71,48 @@ class Group:
 
 Rule = Callable[[int, Any, Any, tuple, Mapping[str, Any]], tuple[Any, tuple]]
 """``rule(index, w, g, slots, arguments) -> (w, slots)``: the update of variable ``index``
-(``arguments``: ``learning_rate``, ``step`` and the hyperparameters). ``g`` may be a
-canonical ``IndexedSlices``: then only its rows of ``w`` and ``slots`` may move."""
+by a dense gradient (``arguments``: ``learning_rate``, ``step`` and the hyperparameters),
+in the compute dtype."""
+
+RowsRule = Callable[[int, Any, IndexedSlices, tuple, Mapping[str, Any], Any], tuple[Any, tuple]]
+"""``rows_rule(index, w, g, slots, arguments, decay) -> (w, slots)``: the lazy update of
+variable ``index`` by a canonical ``IndexedSlices``: only its rows of ``w`` and ``slots``
+move, first decayed by ``decay = (weight_decay, learning_rate)`` unless it is None."""
 
 
-def spec_rule(spec: AlgorithmSpec, ops: Ops) -> Rule:
-    """The rule of ``spec`` in the engine's calling convention; a sparse gradient updates
-    its rows lazily (gathered, updated by the rule, written back)."""
+def spec_rule(spec: AlgorithmSpec) -> Rule:
+    """The rule of ``spec`` in the engine's calling convention."""
 
     def rule(index: int, w: Any, g: Any, slots: tuple, arguments: Mapping[str, Any]):
-        if isinstance(g, IndexedSlices):
-            return lazy_rows(spec.rule, w, g, slots, arguments, ops)
         new = spec.rule(w, g, *slots, **arguments)
         return new[0], tuple(new[1:])
 
     return rule
 
 
-def lazy_rows(rule: Callable[..., tuple], w: Any, g: IndexedSlices, slots: tuple,
-              arguments: Mapping[str, Any], ops: Ops) -> tuple[Any, tuple]:
-    """``rule`` on the rows ``g`` touches: the rows of ``w`` and of each slot are read,
-    updated and written back; every other row keeps its value and its state."""
-    rows = g.indices
-    new = rule(ops.take_rows(w, rows), g.values, *(ops.take_rows(s, rows) for s in slots),
-               **arguments)
-    return (ops.put_rows(w, rows, new[0]),
-            tuple(ops.put_rows(s, rows, v) for s, v in zip(slots, new[1:])))
+def lazy_rows(rule: Rule, ops: Ops) -> RowsRule:
+    """``rule`` applied to the rows a sparse gradient touches: the rows of ``w`` and of
+    each slot are read (in the compute dtype), decayed, updated and written back; every
+    other row keeps its value and its state."""
+
+    def rows_rule(index: int, w: Any, g: IndexedSlices, slots: tuple,
+                  arguments: Mapping[str, Any], decay: Any):
+        rows = g.indices
+        w_rows = ops.astype(ops.take_rows(w, rows), compute_dtype(w, slots))
+        if decay is not None:
+            w_rows = pipeline.decay(w_rows, *decay)
+        new_w, new_slots = rule(index, w_rows, g.values,
+                                tuple(ops.take_rows(s, rows) for s in slots), arguments)
+        return (ops.put_rows(w, rows, new_w),
+                tuple(ops.put_rows(s, rows, v) for s, v in zip(slots, new_slots)))
+
+    return rows_rule
+
+
+def compute_dtype(w: Any, slots: tuple) -> Any:
+    """The dtype a variable's step is computed in: its state's (``state_dtype``: float32
+    state for a bfloat16 weight), else the weight's (Keras's rule)."""
+    return slots[0].dtype if slots else w.dtype
 
 
 @dataclass(frozen=True)
@@ -159,6 +175,7 @@ def apply(
     group_of: Sequence[int] | None = None,
     decay_mask: Sequence[bool] | None = None,
     ops: Ops,
+    rows_rule: RowsRule | None = None,
 ) -> Result:
     """One Keras ``apply()`` over ``arrays`` (see the module docstring for the order).
 
@@ -177,6 +194,8 @@ def apply(
             (default: all in group 0).
         decay_mask: Per variable, whether weight decay applies (default: all).
         ops: The array library's :class:`~kerasopt.backend.Ops`.
+        rows_rule: The lazy update by a sparse gradient (default: :func:`lazy_rows` of
+            ``rule``).
 
     Returns:
         The new arrays (NumPy and torch may have updated rows of the given ones in place),
@@ -186,6 +205,7 @@ def apply(
     group_of = list(group_of) if group_of is not None else [0] * n
     decay_mask = list(decay_mask) if decay_mask is not None else [True] * n
     grads = list(grads)
+    rows_rule = rows_rule or lazy_rows(rule, ops)
     if step.sparse_updates == "dense":
         grads = [(i, densify(g, ops)) for i, g in grads]
 
@@ -195,10 +215,11 @@ def apply(
             factor = step.loss_scale_factor
             gs = [(i, map_values(lambda v: pipeline.unscale(v, factor), g)) for i, g in gs]
         if step.accumulation_steps:
-            arrays = accumulate_and_update(rule, arrays, gs, step, groups, group_of,
-                                           decay_mask, ops)
+            arrays = accumulate_and_update(rule, rows_rule, arrays, gs, step, groups,
+                                           group_of, decay_mask, ops)
         else:
-            arrays = update(rule, arrays, gs, step, groups, group_of, decay_mask, ops)
+            arrays = update(rule, rows_rule, arrays, gs, step, groups, group_of, decay_mask,
+                            ops)
         return average(arrays, step.iterations, groups, group_of, ops)
 
     if not step.skip_nonfinite:
@@ -217,8 +238,9 @@ def densify(g: Any, ops: Ops) -> Any:
     return g
 
 
-def accumulate_and_update(rule: Rule, arrays: Arrays, grads: list[tuple[int, Any]],
-                          step: Step, groups: Sequence[Group], group_of: list[int],
+def accumulate_and_update(rule: Rule, rows_rule: RowsRule, arrays: Arrays,
+                          grads: list[tuple[int, Any]], step: Step,
+                          groups: Sequence[Group], group_of: list[int],
                           decay_mask: list[bool], ops: Ops) -> Arrays:
     """Step 3 around 4-6: a micro-step adds into the accumulators; the update step takes
     the mean of the cycle, runs :func:`update` on it and resets every accumulator (a
@@ -229,7 +251,8 @@ def accumulate_and_update(rule: Rule, arrays: Arrays, grads: list[tuple[int, Any
     def on_update_step(arrays: Arrays) -> Arrays:
         totals = pipeline.accumulated_mean([g for _, g in dense],
                                            [arrays.accumulators[i] for i, _ in dense], n)
-        arrays = update(rule, arrays, [(i, total) for (i, _), total in zip(dense, totals)],
+        arrays = update(rule, rows_rule, arrays,
+                        [(i, total) for (i, _), total in zip(dense, totals)],
                         step, groups, group_of, decay_mask, ops)
         return arrays._replace(accumulators=[ops.zeros_like(a) for a in arrays.accumulators])
 
@@ -245,8 +268,8 @@ def accumulate_and_update(rule: Rule, arrays: Arrays, grads: list[tuple[int, Any
     return ops.cond(step.phase, on_update_step, on_micro_step, arrays)
 
 
-def update(rule: Rule, arrays: Arrays, grads: list[tuple[int, Any]], step: Step,
-           groups: Sequence[Group], group_of: list[int], decay_mask: list[bool],
+def update(rule: Rule, rows_rule: RowsRule, arrays: Arrays, grads: list[tuple[int, Any]],
+           step: Step, groups: Sequence[Group], group_of: list[int], decay_mask: list[bool],
            ops: Ops) -> Arrays:
     """Steps 4-6: clip, then decay and the rule, gradient by gradient."""
     grads = clip(grads, groups, group_of, step.hooks, ops)
@@ -255,21 +278,20 @@ def update(rule: Rule, arrays: Arrays, grads: list[tuple[int, Any]], step: Step,
     for i, g in grads:
         group = groups[group_of[i]]
         w = weights[i]
+        decay = None
         if decay_mask[i] and group.weight_decay is not None:
-            w = decayed(w, g, group.weight_decay, group.learning_rate, ops)
+            decay = (group.weight_decay, group.learning_rate)
         arguments = {"learning_rate": group.learning_rate, "step": t,
                      **group.hyperparameters}
-        weights[i], slots[i] = rule(i, w, g, slots[i], arguments)
+        if isinstance(g, IndexedSlices):
+            weights[i], slots[i] = rows_rule(i, w, g, slots[i], arguments, decay)
+            continue
+        w_c = ops.astype(w, compute_dtype(w, slots[i]))
+        if decay is not None:
+            w_c = pipeline.decay(w_c, *decay)
+        new_w, slots[i] = rule(i, w_c, g, slots[i], arguments)
+        weights[i] = ops.astype(new_w, w.dtype)  # the weight gets the rounded result
     return arrays._replace(weights=weights, slots=slots)
-
-
-def decayed(w: Any, g: Any, weight_decay: Any, learning_rate: Any, ops: Ops) -> Any:
-    """Step 5 for one variable: all of ``w``, or for a sparse gradient only its rows."""
-    if isinstance(g, IndexedSlices):
-        rows = g.indices
-        return ops.put_rows(w, rows, pipeline.decay(ops.take_rows(w, rows), weight_decay,
-                                                    learning_rate))
-    return pipeline.decay(w, weight_decay, learning_rate)
 
 
 def clip(grads: list[tuple[int, Any]], groups: Sequence[Group], group_of: list[int],

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from kerasopt import config, engine, kernels, serialization, validation
+from kerasopt import config, engine, kernels, pipeline, serialization, validation
 from kerasopt.backend import is_jax, is_torch, namespace, ops_for, to_numpy
 from kerasopt.schedules import LearningRateSchedule
 from kerasopt.sparse import IndexedSlices, canonical, validate_indexed_slices, values_of
@@ -471,9 +471,11 @@ class Optimizer:
         )
         indices = [self._get_variable_index(v) for v in variables]
         ops = ops_for(arrays.weights[0])
+        rule, rows_rule = self._rules(ops)
         result = engine.apply(
-            self._rule(ops), arrays, list(zip(indices, grads)), step=self._engine_step(),
+            rule, arrays, list(zip(indices, grads)), step=self._engine_step(),
             groups=[self._group()], decay_mask=self._weight_decay_mask(trainable), ops=ops,
+            rows_rule=rows_rule,
         )
         new = result.arrays
         targets = [(trainable, new.weights)]
@@ -488,27 +490,38 @@ class Optimizer:
                 if value is not variable.value:
                     variable.assign(value)
 
-    def _rule(self, ops: Any) -> engine.Rule:
-        """The engine's rule stage: the spec's rule (lazy rows through the fused rows kernel
-        when it applies), or Keras's ``update_step`` on the variable itself."""
-        if not self._uses_spec_rule():
-            def keras_update_step(i: int, w: Any, g: Any, slots: tuple,
-                                  arguments: Mapping[str, Any]):
-                variable = self._trainable_variables[i]
-                if w is not variable.value:
-                    variable.assign(w)  # the decayed weight
-                self.update_step(g, variable, arguments["learning_rate"])
-                return variable.value, slots
+    def _rules(self, ops: Any) -> tuple[engine.Rule, engine.RowsRule]:
+        """The engine's rule stage, dense and lazy sparse: the spec's rule (sparse rows in
+        place through the fused rows kernel when it applies), or Keras's ``update_step`` on
+        the variable itself."""
+        if self._uses_spec_rule():
+            rule = engine.spec_rule(self.spec)
+            lazy = engine.lazy_rows(rule, ops)
 
-            return keras_update_step
-        spec_rule = engine.spec_rule(self.spec, ops)
+            def rows_rule(i: int, w: Any, g: IndexedSlices, slots: tuple,
+                          arguments: Mapping[str, Any], decay: Any):
+                if _fused_rows(self.spec, w, g, slots, arguments, decay, ops):
+                    return w, slots
+                return lazy(i, w, g, slots, arguments, decay)
 
-        def rule(i: int, w: Any, g: Any, slots: tuple, arguments: Mapping[str, Any]):
-            if isinstance(g, IndexedSlices) and _fused_rows(self.spec, w, g, slots, arguments):
-                return w, slots
-            return spec_rule(i, w, g, slots, arguments)
+            return rule, rows_rule
 
-        return rule
+        def keras_update_step(i: int, w: Any, g: Any, slots: tuple,
+                              arguments: Mapping[str, Any]):
+            variable = self._trainable_variables[i]
+            if w is not variable.value:
+                variable.assign(w)  # the decayed weight
+            self.update_step(g, variable, arguments["learning_rate"])
+            return variable.value, slots
+
+        def keras_rows_step(i: int, w: Any, g: IndexedSlices, slots: tuple,
+                            arguments: Mapping[str, Any], decay: Any):
+            if decay is not None:
+                rows = g.indices
+                w = ops.put_rows(w, rows, pipeline.decay(ops.take_rows(w, rows), *decay))
+            return keras_update_step(i, w, g, slots, arguments)
+
+        return keras_update_step, keras_rows_step
 
     def _clip_gradients(self, grads: Sequence[Any]) -> list[Any]:
         """Keras's ``_clip_gradients``: this optimizer's clip (the engine's step 4)."""
@@ -758,7 +771,7 @@ class Optimizer:
                            accumulation_steps=self.gradient_accumulation_steps,
                            sparse_updates=self.sparse_updates,
                            skip_nonfinite=self.skip_nonfinite)
-        result = engine.apply(engine.spec_rule(self.spec, ops), arrays, pairs, step=step,
+        result = engine.apply(engine.spec_rule(self.spec), arrays, pairs, step=step,
                               groups=[group], decay_mask=self._weight_decay_mask(
                                   self._trainable_variables), ops=ops)
         new = result.arrays
@@ -875,14 +888,20 @@ class Optimizer:
 
 
 def _fused_rows(spec: AlgorithmSpec, w: Any, g: IndexedSlices, slots: tuple,
-                arguments: Mapping[str, Any]) -> bool:
-    """The lazy row update in place in one kernel pass, when the spec has a kernel and the
-    arrays fit it; False, having changed nothing, otherwise."""
-    if spec.kernel is None or not kernels.available():
+                arguments: Mapping[str, Any], decay: Any, ops: Any) -> bool:
+    """The lazy row update in place in one kernel pass (after the rows' decay), when the
+    spec has a kernel and the arrays fit it; False, having changed nothing, otherwise."""
+    if spec.kernel is None or not kernels.available() or not kernels.fusable(w):
         return False
+    rows = g.indices
+    before = ops.take_rows(w, rows) if decay is not None else None
+    if decay is not None:
+        ops.put_rows(w, rows, pipeline.decay(before, *decay))
     try:
-        kernels.fused_rows_step(spec.kernel, w, g.indices, g.values, list(slots), **arguments)
+        kernels.fused_rows_step(spec, w, rows, g.values, list(slots), **arguments)
     except kernels.NotFusable:
+        if before is not None:
+            ops.put_rows(w, rows, before)  # nothing changed
         return False
     return True
 

@@ -17,6 +17,7 @@ from typing import Any, ClassVar
 from kerasopt import config, engine, serialization, specs
 from kerasopt.backend import ops_for
 from kerasopt.optimizer import Optimizer
+from kerasopt.sparse import IndexedSlices
 from kerasopt.variable import Variable
 
 
@@ -70,9 +71,13 @@ class AlgorithmOptimizer(Optimizer):
         slots = [s[i] for s in self._slot_lists()]
         arguments = {"learning_rate": learning_rate, "step": self._iteration_count() + 1,
                      **self._hyperparameters()}
-        rule = engine.spec_rule(self.spec, ops_for(variable.value))
-        w, new_slots = rule(i, variable.value, gradient, tuple(s.value for s in slots),
-                            arguments)
+        rule = engine.spec_rule(self.spec)
+        values = tuple(s.value for s in slots)
+        if isinstance(gradient, IndexedSlices):
+            rows_rule = engine.lazy_rows(rule, ops_for(variable.value))
+            w, new_slots = rows_rule(i, variable.value, gradient, values, arguments, None)
+        else:
+            w, new_slots = rule(i, variable.value, gradient, values, arguments)
         for target, value in zip((variable, *slots), (w, *new_slots)):
             if value is not target.value:
                 target.assign(value)
