@@ -21,10 +21,13 @@ never unpickles or imports anything. The header's ``__metadata__`` holds the for
 kerasopt's own metadata (JSON: the optimizer class and config, shapes, dtypes) and a SHA-256
 of the header and the whole payload.
 
-Writes are atomic: the file is written to a temporary file in the same directory, flushed
-and fsync'ed, renamed over ``path`` with ``os.replace``, and the directory is fsync'ed. A
-process killed at any point leaves either the previous complete checkpoint or the new one.
-(A killed writer can leave a ``.<name>.*.tmp`` file behind; it is never read.)
+Writes are atomic (:func:`kerasopt.files.atomic_write`): the file is written to a temporary
+file in the same directory, flushed and fsync'ed, renamed over ``path`` with ``os.replace``,
+and the directory is fsync'ed. A process killed at any point leaves either the previous
+complete checkpoint or the new one. (A killed writer can leave a ``.<name>.*.tmp`` file
+behind; it is never read.) A new checkpoint gets the mode the umask gives; an existing one
+keeps its mode. ``load`` reads regular files only (a FIFO or ``/dev/zero`` is refused at
+once) and never more than the file's size.
 
 ``load`` reads and checks everything first -- format, integrity hash, optimizer class, the
 number, shapes and dtypes of the arrays -- and raises :class:`CheckpointError` (a
@@ -33,15 +36,15 @@ number, shapes and dtypes of the arrays -- and raises :class:`CheckpointError` (
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
 import struct
-import tempfile
 from typing import Any
 
 import numpy as np
+
+from kerasopt import files
 
 __all__ = ["CheckpointError", "load", "save"]
 
@@ -78,7 +81,7 @@ def save(path: str | os.PathLike, optimizer: Any, *, include_weights: bool = Tru
     else:
         arrays, meta = _pytree_payload(optimizer)
     meta.update({"format": FORMAT, "version": VERSION, "kind": kind})
-    _atomic_write(path, _encode(arrays, meta))
+    files.atomic_write(path, _encode(arrays, meta))
 
 
 def load(path: str | os.PathLike, optimizer: Any) -> Any:
@@ -129,8 +132,7 @@ def _canonical(header: dict) -> bytes:
 def _decode(path: str | os.PathLike) -> tuple[dict, dict[str, tuple[str, tuple, bytes]]]:
     path = os.fspath(path)
     try:
-        with open(path, "rb") as f:
-            raw = f.read()
+        raw = files.read_regular(path)
     except OSError as error:
         raise CheckpointError(f"cannot read checkpoint {path}: {error}") from error
     where = f"{path} ({len(raw)} bytes)"
@@ -194,32 +196,6 @@ def _decode(path: str | os.PathLike) -> tuple[dict, dict[str, tuple[str, tuple, 
             f"{where}: the data section has {len(payload)} bytes; expected {end}."
         )
     return meta, arrays
-
-
-def _atomic_write(path: str | os.PathLike, blob: bytes) -> None:
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(
-        dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp"
-    )
-    try:
-        with os.fdopen(fd, "wb") as f:
-            with contextlib.suppress(AttributeError, OSError):
-                os.fchmod(f.fileno(), 0o644)
-            f.write(blob)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    with contextlib.suppress(OSError, AttributeError):  # not possible on every platform
-        dir_fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
 
 
 # --------------------------------------------------------------------------- arrays

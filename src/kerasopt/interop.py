@@ -29,7 +29,9 @@ the first layer, then of the second...). For a JAX pytree the order is
 pass them again (``exclude_from_weight_decay=[...]``).
 
 Reading uses h5py (``pip install h5py``) and never unpickles or imports anything a file
-names. Writes are atomic (a temporary file in the same directory, then a rename).
+names. Writes are atomic (:func:`kerasopt.files.atomic_write`: a temporary file in the same
+directory, fsync, rename, directory fsync; a new file gets the umask's mode, an existing one
+keeps its mode); reads accept regular files only.
 
 Example::
 
@@ -42,16 +44,17 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
-import tempfile
 import zipfile
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
+from kerasopt import files
 from kerasopt.backend import is_jax, is_torch
 
 __all__ = [
@@ -89,35 +92,54 @@ def _h5py() -> Any:
     return h5py
 
 
-def _is_archive(path: str | os.PathLike) -> bool:
-    return zipfile.is_zipfile(os.fspath(path))
+# config.json of a .keras archive is small; a larger entry is refused before it is inflated.
+_MAX_CONFIG_BYTES = 64 << 20
 
 
-def _weights_bytes(path: str | os.PathLike) -> bytes | None:
-    """``model.weights.h5`` of a ``.keras`` archive, or None for a plain weights file."""
-    if not _is_archive(path):
+@contextlib.contextmanager
+def _open_file(path: str | os.PathLike) -> Iterator[Any]:
+    """``path`` opened for reading if it is a regular file (a FIFO, a device or a directory
+    is refused at once with KerasFileError: never blocking, never reading without bound)."""
+    path = os.fspath(path)
+    try:
+        f = files.open_regular(path)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"No such Keras file: {path!r}.") from None
+    except files.NotRegularFileError as error:
+        raise KerasFileError(f"{path}: not a Keras file ({error}).") from None
+    with f:
+        yield f
+
+
+def _weights_bytes(f: Any, path: str) -> bytes | None:
+    """``model.weights.h5`` of a ``.keras`` archive opened as ``f``, or None for a plain
+    weights file."""
+    if not zipfile.is_zipfile(f):
         return None
-    with zipfile.ZipFile(os.fspath(path)) as archive:
+    f.seek(0)
+    with zipfile.ZipFile(f) as archive:
         if WEIGHTS_IN_ARCHIVE not in archive.namelist():
             raise KerasFileError(
-                f"{os.fspath(path)}: this zip archive has no {WEIGHTS_IN_ARCHIVE} (entries: "
+                f"{path}: this zip archive has no {WEIGHTS_IN_ARCHIVE} (entries: "
                 f"{archive.namelist()}); is it a Keras 3 .keras file?")
         return archive.read(WEIGHTS_IN_ARCHIVE)
 
 
-def _open_h5(path: str | os.PathLike) -> Any:
+@contextlib.contextmanager
+def _open_h5(path: str | os.PathLike) -> Iterator[Any]:
     h5py = _h5py()
     path = os.fspath(path)
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"No such Keras file: {path!r}.")
-    data = _weights_bytes(path)
-    if data is not None:
-        return h5py.File(io.BytesIO(data), "r")
-    try:
-        return h5py.File(path, "r")
-    except OSError as error:
-        raise KerasFileError(
-            f"{path}: not a Keras .keras archive or .weights.h5 HDF5 file ({error}).") from None
+    with _open_file(path) as f:
+        data = _weights_bytes(f, path)
+        f.seek(0)
+        try:
+            h5 = h5py.File(io.BytesIO(data) if data is not None else f, "r")
+        except OSError as error:
+            raise KerasFileError(
+                f"{path}: not a Keras .keras archive or .weights.h5 HDF5 file ({error})."
+            ) from None
+        with h5:
+            yield h5
 
 
 def _numbered(group: Any, where: str) -> list[np.ndarray]:
@@ -132,19 +154,32 @@ def read_optimizer_config(path: str | os.PathLike) -> dict[str, Any]:
     """The optimizer config stored in a ``.keras`` file (``compile_config["optimizer"]``),
     as Keras's dict (``{"module", "class_name", "config", "registered_name"}``)."""
     path = os.fspath(path)
-    if not _is_archive(path):
-        raise KerasFileError(
-            f"{path}: a weights file holds no optimizer config (only a .keras archive does); "
-            "pass the optimizer's config with config=... (e.g. kerasopt.serialize(opt) or the "
-            "Keras optimizer's get_config()), or load into an existing optimizer with "
-            "load_keras_optimizer_state().")
-    with zipfile.ZipFile(path) as archive:
-        try:
-            config = json.loads(archive.read("config.json"))
-        except KeyError:
-            raise KerasFileError(f"{path}: the archive has no config.json.") from None
+    with _open_file(path) as f:
+        if not zipfile.is_zipfile(f):
+            raise KerasFileError(
+                f"{path}: a weights file holds no optimizer config (only a .keras archive "
+                "does); pass the optimizer's config with config=... (e.g. "
+                "kerasopt.serialize(opt) or the Keras optimizer's get_config()), or load into "
+                "an existing optimizer with load_keras_optimizer_state().")
+        f.seek(0)
+        with zipfile.ZipFile(f) as archive:
+            try:
+                info = archive.getinfo("config.json")
+            except KeyError:
+                raise KerasFileError(f"{path}: the archive has no config.json.") from None
+            if info.file_size > _MAX_CONFIG_BYTES:
+                raise KerasFileError(
+                    f"{path}: its config.json has {info.file_size} bytes (at most "
+                    f"{_MAX_CONFIG_BYTES} are read); not a Keras config.")
+            try:
+                config = json.loads(archive.read(info))
+            except (ValueError, RecursionError) as error:
+                raise KerasFileError(
+                    f"{path}: its config.json is not valid JSON ({str(error)[:200]}).") from None
+    if not isinstance(config, Mapping):
+        raise KerasFileError(f"{path}: its config.json is not a JSON object.")
     compile_config = config.get("compile_config") or {}
-    optimizer = compile_config.get("optimizer")
+    optimizer = compile_config.get("optimizer") if isinstance(compile_config, Mapping) else None
     if not isinstance(optimizer, Mapping):
         raise KerasFileError(
             f"{path}: the model was saved without a compiled optimizer (compile_config "
@@ -625,21 +660,6 @@ def _write_optimizer(f: Any, arrays: Sequence[np.ndarray], n_scale: int, name: s
             inner.create_dataset(str(i), data=array)
 
 
-def _atomic_write(path: str, data: bytes) -> None:
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".kerasopt-", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def _weights_file(like_bytes: bytes | None, arrays: Sequence[np.ndarray], n_scale: int,
                   name: str, model_weights: Mapping[str, Any] | None, where: str) -> bytes:
     h5py = _h5py()
@@ -715,20 +735,21 @@ def save_keras_weights(
         like = os.fspath(like)
         if not os.path.exists(like):
             raise FileNotFoundError(f"like={like!r}: no such file.")
-        data = _weights_bytes(like)
-        if data is None:
-            with open(like, "rb") as f:
+        with _open_file(like) as f:
+            data = _weights_bytes(f, like)
+            f.seek(0)
+            if data is None:
                 like_bytes = f.read()
-        else:
-            like_bytes = data
-            with zipfile.ZipFile(like) as archive:
-                archive_entries = {n: archive.read(n) for n in archive.namelist()
-                                   if n != WEIGHTS_IN_ARCHIVE}
+            else:
+                like_bytes = data
+                with zipfile.ZipFile(f) as archive:
+                    archive_entries = {n: archive.read(n) for n in archive.namelist()
+                                       if n != WEIGHTS_IN_ARCHIVE}
     elif model_weights:
         raise KerasFileError("model_weights needs like=<a Keras file of the model>.")
     weights = _weights_file(like_bytes, arrays, n_scale, name, model_weights, str(like))
     if not path.endswith(".keras"):
-        _atomic_write(path, weights)
+        files.atomic_write(path, weights)
         return
     if not archive_entries:
         raise KerasFileError(
@@ -749,4 +770,4 @@ def save_keras_weights(
         for entry, data in archive_entries.items():
             archive.writestr(entry, data)
         archive.writestr(WEIGHTS_IN_ARCHIVE, weights)
-    _atomic_write(path, buffer.getvalue())
+    files.atomic_write(path, buffer.getvalue())
