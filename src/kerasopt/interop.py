@@ -28,7 +28,8 @@ the first layer, then of the second...). For a JAX pytree the order is
 **Weight-decay exclusions** (``exclude_from_weight_decay``) are not part of a Keras config;
 pass them again (``exclude_from_weight_decay=[...]``).
 
-Reading uses h5py (``pip install h5py``) and never unpickles or imports anything a file
+Reading uses h5py (the ``interop`` extra: ``pip install ".[interop]"`` from a kerasopt
+checkout, or ``pip install h5py``) and never unpickles or imports anything a file
 names. Writes are atomic (:func:`kerasopt.files.atomic_write`: a temporary file in the same
 directory, fsync, rename, directory fsync; a new file gets the umask's mode, an existing one
 keeps its mode); reads accept regular files only.
@@ -87,8 +88,9 @@ def _h5py() -> Any:
         import h5py
     except ImportError as error:  # pragma: no cover - h5py is in the test extra
         raise ImportError(
-            "kerasopt.interop reads and writes Keras's HDF5 weight files with h5py; install "
-            'it with `pip install h5py` (or `pip install "kerasopt[test]"`).'
+            "kerasopt.interop reads and writes Keras's HDF5 weight files with h5py, which is "
+            "not installed: `pip install h5py`, or kerasopt's interop extra (from a kerasopt "
+            'checkout: `pip install ".[interop]"`).'
         ) from error
     return h5py
 

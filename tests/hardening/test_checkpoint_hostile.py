@@ -190,7 +190,7 @@ def test_crafted_numpy_checkpoints_are_refused_before_any_change(tmp_path, case,
     hardening_count("crafted checkpoints with a valid hash refused (NumPy)")
 
 
-def test_crafted_loss_scale_skipped_steps_are_refused(tmp_path):
+def test_crafted_loss_scale_skipped_steps_are_refused(tmp_path, hardening_count):
     opt, _ = _numpy_trained(wrap=True)
     path = tmp_path / "c.ckpt"
     kerasopt.save(path, opt)
@@ -198,6 +198,7 @@ def test_crafted_loss_scale_skipped_steps_are_refused(tmp_path):
         crafted = _craft(path, tmp_path / "crafted.ckpt",
                          _meta(lambda m, s=skipped: m.update(skipped_steps=s)))
         _numpy_refuses(path, crafted, "skipped_steps", wrap=True)
+        hardening_count("crafted checkpoints with a valid hash refused (NumPy)")
     # the untouched file loads (the crafting itself is faithful)
     target, variables = _numpy_trained(seed=7, wrap=True)
     kerasopt.load(_craft(path, tmp_path / "same.ckpt", _meta(lambda m: None)), target)
@@ -327,7 +328,7 @@ def _schedule():
 
 
 @pytest.mark.parametrize("value", [0.5, "ExponentialDecay", {"class_name": "ExponentialDecay"}])
-def test_a_number_where_a_schedule_is_kept_is_refused(tmp_path, value):
+def test_a_number_where_a_schedule_is_kept_is_refused(tmp_path, value, hardening_count):
     """The file stores a schedule as "kept" (the loader keeps its own): a crafted number
     there would replace the schedule and crash the next step (``rate()`` on a float)."""
     opt, _ = _torch_trained(learning_rate=_schedule())
@@ -337,9 +338,10 @@ def test_a_number_where_a_schedule_is_kept_is_refused(tmp_path, value):
         "learning_rate"] == {"__kerasopt_kept__": "ExponentialDecay"}
     crafted = _craft(path, tmp_path / "crafted.ckpt", _group_value(0, "learning_rate", value))
     _torch_refuses(crafted, "learning_rate", lambda: _torch_trained(learning_rate=_schedule()))
+    hardening_count("crafted checkpoints with a valid hash refused (torch)")
 
 
-def test_state_in_another_dtype_than_state_dtype_is_refused(tmp_path):
+def test_state_in_another_dtype_than_state_dtype_is_refused(tmp_path, hardening_count):
     """bf16 parameters with float32 state (state_dtype): a file whose state is bf16 (saved
     without state_dtype) is not cast silently into the float32 state, nor the reverse."""
     def make(state_dtype):
@@ -364,6 +366,7 @@ def test_state_in_another_dtype_than_state_dtype_is_refused(tmp_path):
     crafted = _craft(path, tmp_path / "c.ckpt",
                      _entry("state/0/momentum", lambda e: e.update(dtype="BF16", shape=[12])))
     _torch_refuses(crafted, "bfloat16", lambda: make(torch.float32))
+    hardening_count("crafted checkpoints with a valid hash refused (torch)")
 
 
 def test_the_untouched_torch_file_loads(tmp_path):
