@@ -214,6 +214,7 @@ def checked_options(
     owner: str,
     arrays_ok: bool = False,
     extra: tuple[str, ...] = (),
+    spellings: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """Every argument of ``values`` checked, the missing ones at their defaults.
 
@@ -224,13 +225,16 @@ def checked_options(
         owner: Who takes them, for the unknown-keyword message (``"Adam"``).
         arrays_ok: Accept 0-d arrays (checked by value; tracers unchecked).
         extra: Further argument names the caller handles itself (left in, unchecked).
+        spellings: Further "did you mean" hints for foreign names (``{"mask":
+            "weight_decay_mask"}`` for optax users).
 
     Raises:
         TypeError / ValueError naming the argument, the value and what is allowed; an
         unknown keyword gets "did you mean" for the names other libraries use.
     """
     known = set(defaults(spec)) | set(extra)
-    validation.unknown_keywords(owner, {k: v for k, v in values.items() if k not in known})
+    validation.unknown_keywords(owner, {k: v for k, v in values.items() if k not in known},
+                                spellings)
     merged = {**defaults(spec), **values}
     out = dict(merged)
     for name, value in merged.items():
