@@ -233,8 +233,9 @@ def checked_options(
         unknown keyword gets "did you mean" for the names other libraries use.
     """
     known = set(defaults(spec)) | set(extra)
-    validation.unknown_keywords(owner, {k: v for k, v in values.items() if k not in known},
-                                spellings)
+    unknown = {k: v for k, v in values.items() if k not in known}
+    _other_algorithms_argument(owner, spec, unknown)
+    validation.unknown_keywords(owner, unknown, spellings)
     merged = {**defaults(spec), **values}
     out = dict(merged)
     for name, value in merged.items():
@@ -254,6 +255,23 @@ def checked_options(
                 f"{spec.base_defaults.get(name)!r}); received {name}=None."
             )
     return out
+
+
+def _other_algorithms_argument(owner: str, spec: AlgorithmSpec | None,
+                               unknown: Mapping[str, Any]) -> None:
+    """An argument of another registered algorithm (``amsgrad`` given to Adamax) is refused
+    with the algorithms that take it."""
+    from kerasopt import specs
+
+    for name, value in unknown.items():
+        takers = [s.keras_name for s in specs.registered() if name in s.defaults()]
+        if takers:
+            raise TypeError(
+                f"{owner} got unknown keyword argument `{name}`={validation.short_repr(value)}: "
+                f"`{name}` is an argument of {' and '.join(takers)}, not of "
+                f"{spec.keras_name if spec is not None else owner}. Use, e.g., "
+                f"{takers[0]}({name}={validation.short_repr(value)})."
+            )
 
 
 def clip_active(value: Any) -> bool:
