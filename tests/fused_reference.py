@@ -9,9 +9,9 @@ from __future__ import annotations
 import numpy as np
 
 from kerasopt import engine
+from kerasopt.algorithms import registered
 from kerasopt.backend import ops_for
 from kerasopt.kernels.scalars import kernel_scalars_of
-from kerasopt.specs import registered
 
 
 def reference_step(algorithm, params, grads, slots, *, learning_rate, beta_1, beta_2,

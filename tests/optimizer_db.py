@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from kerasopt import specs
+from kerasopt import algorithms, specs
 
-SPECS = list(specs.registered())
+SPECS = list(algorithms.registered())
 ALGORITHMS = [spec.name for spec in SPECS]
 KERAS_NAMES = [spec.keras_name for spec in SPECS]
 KERNELS = sorted({spec.kernel for spec in SPECS if spec.kernel})
@@ -21,34 +21,34 @@ KERNELS = sorted({spec.kernel for spec in SPECS if spec.kernel})
 
 
 def spec(name: str) -> specs.AlgorithmSpec:
-    return specs.get(name)
+    return algorithms.get(name)
 
 
 def core_class(name: str) -> type:
     """``kerasopt.<KerasName>``."""
     import kerasopt
 
-    return getattr(kerasopt, specs.get(name).keras_name)
+    return getattr(kerasopt, algorithms.get(name).keras_name)
 
 
 def torch_class(name: str) -> type:
     """``kerasopt.torch.<KerasName>``."""
     import kerasopt.torch
 
-    return getattr(kerasopt.torch, specs.get(name).keras_name)
+    return getattr(kerasopt.torch, algorithms.get(name).keras_name)
 
 
 def optax_factory(name: str) -> Any:
     """``kerasopt.optax.<name>``."""
     import kerasopt.optax
 
-    return kerasopt.optax.FACTORIES[specs.get(name).name]
+    return kerasopt.optax.FACTORIES[algorithms.get(name).name]
 
 
 def with_slot_flags(name: str) -> list[tuple[str, dict[str, Any]]]:
     """``(name, extra config)`` for the algorithm alone and with each flag that adds a slot
     switched on (Adam and AdamW with ``amsgrad``)."""
-    s = specs.get(name)
+    s = algorithms.get(name)
     return [(name, {})] + [(name, {h.name: True}) for h in s.hyperparameters if h.adds_slot]
 
 

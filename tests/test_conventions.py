@@ -277,7 +277,7 @@ def test_one_rule_for_an_integer_learning_rate():
 
 
 def test_amsgrad_on_adamax_names_the_algorithms_that_have_it():
-    takers = [n for n in KERAS_NAMES if "amsgrad" in kerasopt.specs.get(n).defaults()]
+    takers = [n for n in KERAS_NAMES if "amsgrad" in kerasopt.algorithms.get(n).defaults()]
     with pytest.raises(TypeError, match=f"argument of {' and '.join(takers)}, not of Adamax"):
         kerasopt.Adamax(amsgrad=True)
 

@@ -261,10 +261,10 @@ def _other_algorithms_argument(owner: str, spec: AlgorithmSpec | None,
                                unknown: Mapping[str, Any]) -> None:
     """An argument of another registered algorithm (``amsgrad`` given to Adamax) is refused
     with the algorithms that take it."""
-    from kerasopt import specs
+    from kerasopt import algorithms
 
     for name, value in unknown.items():
-        takers = [s.keras_name for s in specs.registered() if name in s.defaults()]
+        takers = [s.keras_name for s in algorithms.registered() if name in s.defaults()]
         if takers:
             raise TypeError(
                 f"{owner} got unknown keyword argument `{name}`={validation.short_repr(value)}: "
@@ -283,6 +283,22 @@ def clip_active(value: Any) -> bool:
         return True
     return bool(value)
 
+
+
+def arguments_doc(spec: AlgorithmSpec, extra: Mapping[str, str] | None = None) -> str:
+    """The "Args:" section of ``spec``'s constructor, in its order (then ``extra``)."""
+    docs = {h.name: h.doc for h in spec.hyperparameters}
+    docs.update({o.name: o.doc for o in (*OPTIONS, *EXTENSIONS)})
+    docs["name"] = ("The optimizer's name (its state variables' prefix); by default "
+                    f"``{spec.default_name}``, made unique as Keras does.")
+    docs.update(extra or {})
+    defaults_ = defaults(spec)
+    order = [*argument_order(spec), "name", *(extra or {})]
+    lines = ["Args:"]
+    for name in dict.fromkeys(order):
+        default = f" Defaults to ``{defaults_[name]!r}``." if name in defaults_ else ""
+        lines.append(f"    {name}: {docs[name]}{default}")
+    return "\n".join(lines)
 
 
 # --------------------------------------------------------------------------- weight decay

@@ -101,7 +101,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from kerasopt import config, engine, pipeline, specs, validation
+from kerasopt import algorithms, config, engine, pipeline, specs, validation
 from kerasopt.backend import ops_for
 from kerasopt.schedules import LearningRateSchedule
 from kerasopt.sparse import IndexedSlices, canonical_fixed_size, values_of, with_values
@@ -147,7 +147,7 @@ def _state_class(spec: specs.AlgorithmSpec) -> type:
     return cls
 
 
-STATES: dict[str, type] = {spec.name: _state_class(spec) for spec in specs.registered()}
+STATES: dict[str, type] = {spec.name: _state_class(spec) for spec in algorithms.registered()}
 """The state class of each registered algorithm's transformation, by registry name."""
 globals().update({cls.__name__: cls for cls in STATES.values()})
 
@@ -156,7 +156,7 @@ def spec_of_state(state: Any) -> specs.AlgorithmSpec | None:
     """The algorithm whose transformation made ``state`` (None for other objects)."""
     for name, cls in STATES.items():
         if isinstance(state, cls):
-            return specs.get(name)
+            return algorithms.get(name)
     return None
 
 
@@ -560,18 +560,16 @@ def factory(spec: specs.AlgorithmSpec) -> Callable[..., optax.GradientTransforma
     # Shown without ``**kwargs`` (optax.inject_hyperparams binds the signature it sees);
     # unknown keywords still reach ``make`` and get "did you mean".
     make.__signature__ = signature.replace(parameters=list(signature.parameters.values())[:-1])
-    from kerasopt.optimizers import arguments_doc
-
     make.__doc__ = (
         f"Keras 3's {spec.keras_name} (``keras.optimizers.{spec.keras_name}``) as an optax "
-        f"transformation.\n\n{inspect.cleandoc(spec.doc)}\n\n    Args:\n"
-        + arguments_doc(spec, {k: _OPTAX_DOC[k] for k in OPTAX_ONLY}) + "\n"
+        f"transformation.\n\n{inspect.cleandoc(spec.doc)}\n\n"
+        + config.arguments_doc(spec, {k: _OPTAX_DOC[k] for k in OPTAX_ONLY}) + "\n"
     )
     return make
 
 
 FACTORIES: dict[str, Callable[..., optax.GradientTransformationExtraArgs]] = {
-    spec.name: factory(spec) for spec in specs.registered()
+    spec.name: factory(spec) for spec in algorithms.registered()
 }
 """Each registered algorithm's factory by registry name (``adam``, ``adamax``, ``adamw``)."""
 globals().update(FACTORIES)

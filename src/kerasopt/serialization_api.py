@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from kerasopt import serialization, specs
+from kerasopt import algorithms, serialization
 from kerasopt.optimizer import Optimizer
 
 
@@ -36,6 +36,6 @@ def get(identifier: Any) -> Optimizer | None:
         return deserialize(identifier)
     raise ValueError(
         "Could not interpret optimizer identifier: expected a kerasopt optimizer, a name such "
-        f"as {', '.join(repr(s.name) for s in specs.registered())}, a config dict or None; "
+        f"as {', '.join(repr(s.name) for s in algorithms.registered())}, a config dict or None; "
         f"received {identifier!r}."
     )
