@@ -111,3 +111,12 @@ def test_no_import_cycle():
 def test_the_layers_see_every_module():
     for module in _graph():
         _layer(module)
+
+
+def test_the_documented_adamw_diff_is_the_adamw_module():
+    """docs/architecture.md shows AdamW's whole diff: the block is the module's code."""
+    page = (SRC.parents[1] / "docs" / "architecture.md").read_text()
+    block = page.split("<!-- no-run -->\n```python\n", 1)[1].split("```", 1)[0]
+    module = (SRC / "algorithms" / "adamw.py").read_text()
+    code = module.split('"""', 2)[2].split("from __future__ import annotations\n", 1)[1]
+    assert block.strip() == code.strip()
