@@ -214,6 +214,7 @@ def checked_options(
     owner: str,
     arrays_ok: bool = False,
     extra: tuple[str, ...] = (),
+    spellings: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """Every argument of ``values`` checked, the missing ones at their defaults.
 
@@ -224,13 +225,17 @@ def checked_options(
         owner: Who takes them, for the unknown-keyword message (``"Adam"``).
         arrays_ok: Accept 0-d arrays (checked by value; tracers unchecked).
         extra: Further argument names the caller handles itself (left in, unchecked).
+        spellings: Further "did you mean" hints for foreign names (``{"mask":
+            "weight_decay_mask"}`` for optax users).
 
     Raises:
         TypeError / ValueError naming the argument, the value and what is allowed; an
         unknown keyword gets "did you mean" for the names other libraries use.
     """
     known = set(defaults(spec)) | set(extra)
-    validation.unknown_keywords(owner, {k: v for k, v in values.items() if k not in known})
+    unknown = {k: v for k, v in values.items() if k not in known}
+    _other_algorithms_argument(owner, spec, unknown)
+    validation.unknown_keywords(owner, unknown, spellings)
     merged = {**defaults(spec), **values}
     out = dict(merged)
     for name, value in merged.items():
@@ -252,6 +257,23 @@ def checked_options(
     return out
 
 
+def _other_algorithms_argument(owner: str, spec: AlgorithmSpec | None,
+                               unknown: Mapping[str, Any]) -> None:
+    """An argument of another registered algorithm (``amsgrad`` given to Adamax) is refused
+    with the algorithms that take it."""
+    from kerasopt import algorithms
+
+    for name, value in unknown.items():
+        takers = [s.keras_name for s in algorithms.registered() if name in s.defaults()]
+        if takers:
+            raise TypeError(
+                f"{owner} got unknown keyword argument `{name}`={validation.short_repr(value)}: "
+                f"`{name}` is an argument of {' and '.join(takers)}, not of "
+                f"{spec.keras_name if spec is not None else owner}. Use, e.g., "
+                f"{takers[0]}({name}={validation.short_repr(value)})."
+            )
+
+
 def clip_active(value: Any) -> bool:
     """Whether a clip option clips: set and non-zero (Keras treats 0 as off); an array
     (which may be traced) counts as set, the step then clips only where it is > 0."""
@@ -261,6 +283,22 @@ def clip_active(value: Any) -> bool:
         return True
     return bool(value)
 
+
+
+def arguments_doc(spec: AlgorithmSpec, extra: Mapping[str, str] | None = None) -> str:
+    """The "Args:" section of ``spec``'s constructor, in its order (then ``extra``)."""
+    docs = {h.name: h.doc for h in spec.hyperparameters}
+    docs.update({o.name: o.doc for o in (*OPTIONS, *EXTENSIONS)})
+    docs["name"] = ("The optimizer's name (its state variables' prefix); by default "
+                    f"``{spec.default_name}``, made unique as Keras does.")
+    docs.update(extra or {})
+    defaults_ = defaults(spec)
+    order = [*argument_order(spec), "name", *(extra or {})]
+    lines = ["Args:"]
+    for name in dict.fromkeys(order):
+        default = f" Defaults to ``{defaults_[name]!r}``." if name in defaults_ else ""
+        lines.append(f"    {name}: {docs[name]}{default}")
+    return "\n".join(lines)
 
 
 # --------------------------------------------------------------------------- weight decay

@@ -11,10 +11,10 @@ the fused kernel named by the spec when one applies. Subclass it as you would Ke
 from __future__ import annotations
 
 import inspect
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any, ClassVar
 
-from kerasopt import config, engine, serialization, specs
+from kerasopt import algorithms, config, engine, serialization, specs
 from kerasopt.backend import ops_for
 from kerasopt.optimizer import Optimizer
 from kerasopt.sparse import IndexedSlices
@@ -104,25 +104,10 @@ def _signature(spec: specs.AlgorithmSpec) -> inspect.Signature:
     return inspect.Signature(parameters)
 
 
-def arguments_doc(spec: specs.AlgorithmSpec, extra: Mapping[str, str] | None = None) -> str:
-    """The "Args:" section for ``spec``'s constructor, in Keras's order."""
-    docs = {h.name: h.doc for h in spec.hyperparameters}
-    docs.update({o.name: o.doc for o in (*config.OPTIONS, *config.EXTENSIONS)})
-    docs["name"] = ("The optimizer's name (its state variables' prefix); by default "
-                    f"``{spec.default_name}``, made unique as Keras does.")
-    docs.update(extra or {})
-    defaults = config.defaults(spec)
-    lines = []
-    for name in docs:
-        default = f" Defaults to ``{defaults[name]!r}``." if name in defaults else ""
-        lines.append(f"        {name}: {docs[name]}{default}")
-    return "\n".join(lines)
-
-
 def optimizer_class(spec: specs.AlgorithmSpec) -> type[AlgorithmOptimizer]:
     """The NumPy optimizer class of ``spec``: Keras's ``keras.optimizers.<keras_name>``."""
     doc = (f"Keras 3's {spec.keras_name}, with Keras's exact numerics.\n\n"
-           f"{inspect.cleandoc(spec.doc)}\n\n    Args:\n{arguments_doc(spec)}\n")
+           f"{inspect.cleandoc(spec.doc)}\n\n{config.arguments_doc(spec)}\n")
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:  # noqa: N807
         AlgorithmOptimizer.__init__(self, *args, **kwargs)
@@ -138,7 +123,7 @@ def optimizer_class(spec: specs.AlgorithmSpec) -> type[AlgorithmOptimizer]:
 
 
 CLASSES: dict[str, type[AlgorithmOptimizer]] = {
-    spec.keras_name: optimizer_class(spec) for spec in specs.registered()
+    spec.keras_name: optimizer_class(spec) for spec in algorithms.registered()
 }
 """Every registered algorithm's class by Keras class name (``kerasopt.Adam`` ...)."""
 

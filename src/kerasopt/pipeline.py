@@ -95,10 +95,15 @@ def clip_by_value(g: Any, clipvalue: float) -> Any:
 def decay(w: Any, weight_decay: float, learning_rate: Any) -> Any:
     """Decoupled weight decay: ``w * (1 - weight_decay * lr)``, i.e. ``w -= w * wd * lr``.
 
-    The factor is computed in float32, as Keras's torch backend does (the learning rate is a
-    float32 variable there), then applied in ``w``'s dtype.
+    The factor is computed as Keras's torch backend computes it: in float32 when the
+    learning rate is a float32 value (the optimizer's learning-rate variable, a schedule's
+    value), in double precision when it is a Python float (what a callable learning rate
+    returns); then applied in ``w``'s dtype.
     """
-    factor = 1 - float32_scalar(weight_decay) * float32_scalar(learning_rate)
+    if isinstance(learning_rate, float) and isinstance(weight_decay, (float, int)):
+        factor = 1 - weight_decay * learning_rate
+    else:
+        factor = 1 - float32_scalar(weight_decay) * float32_scalar(learning_rate)
     return w * cast_scalar(factor, w)
 
 

@@ -3,20 +3,21 @@
 A spec holds everything about an algorithm that is not Keras's shared pipeline: its names,
 its state (slots), its hyperparameters with their defaults and checks, its update rule as a
 pure function, and the scalars its fused kernel body needs. Everything else reads the
-registry: the frontends build their classes and factories from it (``kerasopt.Adam``,
+registry (through :mod:`kerasopt.algorithms`, which loads the built-in algorithms): the
+frontends build their classes and factories from it (``kerasopt.Adam``,
 ``kerasopt.torch.Adam``, ``kerasopt.optax.adam``, ``kerasopt.keras.Adam``), and checkpoints,
 Keras interop, ``kerasopt verify``, the benchmarks, the R wrappers and the test database
 iterate over it. Adding an algorithm is one module in :mod:`kerasopt.algorithms` that calls
 :func:`register`.
 
 This module depends on nothing else in kerasopt (the bottom layer, with ``validation`` and
-``backend``).
+``backend``); :mod:`kerasopt.algorithms` registers the built-in algorithms into it.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -168,38 +169,18 @@ class AlgorithmSpec:
         return {h.name: h.resolved(values[h.name]) for h in self.numeric}
 
 
-_REGISTRY: dict[str, AlgorithmSpec] = {}
+REGISTRY: dict[str, AlgorithmSpec] = {}
+"""Every registered algorithm by name. Read it through :func:`kerasopt.algorithms.registered`
+and :func:`kerasopt.algorithms.get`, which first load the built-in algorithms."""
 
 
 def register(spec: AlgorithmSpec) -> AlgorithmSpec:
     """Add ``spec`` to the registry (its ``name`` and ``keras_name`` must be new)."""
-    for existing in _REGISTRY.values():
+    for existing in REGISTRY.values():
         if spec.name == existing.name or spec.keras_name == existing.keras_name:
             raise ValueError(
                 f"An algorithm named {spec.name!r} / {spec.keras_name!r} is already "
                 "registered."
             )
-    _REGISTRY[spec.name] = spec
+    REGISTRY[spec.name] = spec
     return spec
-
-
-def registered() -> Iterator[AlgorithmSpec]:
-    """Every registered algorithm, in registration order."""
-    _load_builtins()
-    return iter(list(_REGISTRY.values()))
-
-
-def get(name: str) -> AlgorithmSpec:
-    """The spec registered as ``name``: the registry key (``"adam"``) or the Keras class
-    name (``"Adam"``); case-insensitive."""
-    _load_builtins()
-    wanted = str(name).lower()
-    for spec in _REGISTRY.values():
-        if wanted in (spec.name, spec.keras_name.lower()):
-            return spec
-    known = ", ".join(spec.keras_name for spec in _REGISTRY.values())
-    raise KeyError(f"No algorithm named {name!r}; the registered ones are {known}.")
-
-
-def _load_builtins() -> None:
-    import kerasopt.algorithms  # noqa: F401  (registers the built-in algorithms)

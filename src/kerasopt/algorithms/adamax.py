@@ -15,7 +15,7 @@ from __future__ import annotations
 from typing import Any
 
 from kerasopt import specs
-from kerasopt.algorithms.adam import BETA_1, EPSILON, beta
+from kerasopt.algorithms.adam import BETA_1, beta, positive
 from kerasopt.backend import cast_scalar, namespace
 
 
@@ -63,7 +63,8 @@ ADAMAX = specs.register(specs.AlgorithmSpec(
         BETA_1,
         specs.Hyperparameter("beta_2", 0.999, beta,
                              "Decay of the infinity norm, in [0, 1).", callable_ok=True),
-        EPSILON,
+        specs.Hyperparameter("epsilon", 1e-7, positive,
+                             "Added to the infinity norm (after the max), > 0."),
     ),
     rule=adamax_update,
     kernel="adamax",

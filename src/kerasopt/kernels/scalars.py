@@ -168,11 +168,11 @@ class ScalarMath:
 def kernel_scalars_of(algorithm: Any) -> tuple[str, Callable[..., dict[str, Any]]]:
     """``(kernel body, kernel_scalars)`` of ``algorithm``: an AlgorithmSpec, or a kernel
     body's name (the scalars of the registered algorithm that names it)."""
-    from kerasopt import specs
+    from kerasopt import algorithms, specs
 
     if isinstance(algorithm, specs.AlgorithmSpec):
         return algorithm.kernel, algorithm.kernel_scalars
-    for spec in specs.registered():
+    for spec in algorithms.registered():
         if spec.kernel == algorithm:
             return algorithm, spec.kernel_scalars
     raise ValueError(f"No registered algorithm runs on the kernel body {algorithm!r}.")
