@@ -232,14 +232,14 @@ def _unwrap(config: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
 
 def _spec(class_name: str) -> Any:
     """The registered algorithm Keras calls ``class_name``."""
-    from kerasopt import specs
+    from kerasopt import algorithms
 
     try:
-        spec = specs.get(class_name)
+        spec = algorithms.get(class_name)
     except KeyError:
         spec = None
     if spec is None or spec.keras_name != class_name:
-        known = ", ".join(s.keras_name for s in specs.registered())
+        known = ", ".join(s.keras_name for s in algorithms.registered())
         raise KerasFileError(
             f"kerasopt reads the state of {known} and LossScaleOptimizer; the optimizer is "
             f"{class_name!r}.")
@@ -459,7 +459,7 @@ def _build(config: Mapping[str, Any], variables: Any, kind: str,
 
     import kerasopt.optax as ko
 
-    factory = _frontend_class(ko, class_name.lower(), "kerasopt.optax")
+    factory = _frontend_class(ko, _spec(class_name).name, "kerasopt.optax")
     if names:
         kwargs["exclude_from_weight_decay"] = names
     if excluded is not None and any(excluded):
@@ -651,36 +651,43 @@ def _load_torch(optimizer: Any, arrays: list[np.ndarray], where: str,
         scale.dynamic_scale = float(np.float32(values["dynamic_scale"]))
 
 
-_OPTAX_FIELD = {"average": "average", "gradient_accumulator": "accumulator",
-                "momentum": "momentum", "velocity": "velocity", "norm": "norm",
-                "velocity_hat": "velocity_hat"}
+# Keras's names of the per-variable state that kerasopt.optax's state names otherwise (its
+# slots keep the spec's names).
+_OPTAX_FIELD = {"average": "average", "gradient_accumulator": "accumulator"}
 
 
-def _optax_parts(state: Any) -> tuple[Any, Any]:
+def _optax_field(kind: str) -> str:
+    return _OPTAX_FIELD.get(kind, kind)
+
+
+def _optax_parts(state: Any) -> tuple[Any, Any, Any]:
+    """``(loss-scale state or None, the algorithm's state, its spec)``."""
     import kerasopt.optax as ko
 
-    if isinstance(state, ko.LossScaleState):
-        return state, state.inner_state
-    if isinstance(state, (ko.AdamState, ko.AdamaxState)):
-        return None, state
-    raise TypeError(
-        "load_keras_optimizer_state: expected a kerasopt optimizer, a kerasopt.torch optimizer "
-        "or a kerasopt.optax state (AdamState, AdamaxState, LossScaleState from tx.init); "
-        f"received {type(state).__name__}.")
+    scale = state if isinstance(state, ko.LossScaleState) else None
+    inner = state.inner_state if scale is not None else state
+    spec = ko.spec_of_state(inner)
+    if spec is None:
+        names = ", ".join(cls.__name__ for cls in ko.STATES.values())
+        raise TypeError(
+            "load_keras_optimizer_state: expected a kerasopt optimizer, a kerasopt.torch "
+            f"optimizer or a kerasopt.optax state ({names} or LossScaleState, from tx.init); "
+            f"received {type(state).__name__}.")
+    return scale, inner, spec
 
 
 def _optax_layout(state: Any, has_lr: bool) -> tuple[list[tuple[str, int]], list[Any], Any]:
     import jax
 
-    import kerasopt.optax as ko
-
-    scale, inner = _optax_parts(state)
-    leaves, treedef = jax.tree_util.tree_flatten(inner.momentum)
+    scale, inner, spec = _optax_parts(state)
+    leaves, treedef = jax.tree_util.tree_flatten(getattr(inner, spec.slots[0]))
     cfg = {"learning_rate": 0.0 if has_lr else {}, "use_ema": inner.average is not None,
-           "gradient_accumulation_steps": inner.accumulator is not None,
-           "amsgrad": getattr(inner, "velocity_hat", None) is not None}
-    class_name = "Adam" if isinstance(inner, ko.AdamState) else "Adamax"
-    return _frontend_layout(class_name, cfg, len(leaves), scale is not None), leaves, treedef
+           "gradient_accumulation_steps": inner.accumulator is not None}
+    for h in spec.hyperparameters:  # an optional slot is there when its flag was set
+        if h.adds_slot:
+            cfg[h.name] = getattr(inner, h.adds_slot, None) is not None
+    return (_frontend_layout(spec.keras_name, cfg, len(leaves), scale is not None), leaves,
+            treedef)
 
 
 def _frontend_layout(class_name: str, cfg: Mapping[str, Any], n: int,
@@ -695,7 +702,7 @@ def _load_optax(state: Any, arrays: list[np.ndarray], where: str, weight_layout:
     import jax
     import jax.numpy as jnp
 
-    scale, inner = _optax_parts(state)
+    scale, inner, _ = _optax_parts(state)
     layout, leaves, treedef = _optax_layout(state, has_lr=True)
     if len(arrays) != len(layout):
         layout, leaves, treedef = _optax_layout(state, has_lr=False)
@@ -708,7 +715,7 @@ def _load_optax(state: Any, arrays: list[np.ndarray], where: str, weight_layout:
     values: dict[str, Any] = {}
     for (kind, i), array in zip(layout, arrays):
         if i >= 0:
-            per_field.setdefault(_OPTAX_FIELD[kind], [None] * len(leaves))[i] = array
+            per_field.setdefault(_optax_field(kind), [None] * len(leaves))[i] = array
         else:
             values[kind] = array
     replaced = {"count": jnp.asarray(values["iteration"], inner.count.dtype)}
@@ -819,9 +826,9 @@ def _keras_optimizer(optimizer: Any) -> Any:
 def _keras_class(optimizer: Any) -> str:
     """The Keras class name of the algorithm ``optimizer`` runs, through its class
     hierarchy (Keras's torch backend subclasses ``Adam``; so may a user)."""
-    from kerasopt import specs
+    from kerasopt import algorithms
 
-    known = {s.keras_name for s in specs.registered()} | {"LossScaleOptimizer"}
+    known = {s.keras_name for s in algorithms.registered()} | {"LossScaleOptimizer"}
     for cls in type(optimizer).__mro__:
         if cls.__name__ in known and cls.__module__.startswith("keras"):
             return cls.__name__
@@ -951,13 +958,13 @@ def _frontend_arrays(optimizer: Any, learning_rate: float | None
         return (arrays, 4 if scale is not None else 0, layout,
                 [tuple(p.shape) for p in params])
     layout, leaves, _ = _optax_layout(optimizer, has_lr=learning_rate is not None)
-    scale, inner = _optax_parts(optimizer)
+    scale, inner, _ = _optax_parts(optimizer)
     import jax
 
     arrays = []
     for kind, i in layout:
         if i >= 0:
-            tree = getattr(inner, _OPTAX_FIELD[kind])
+            tree = getattr(inner, _optax_field(kind))
             arrays.append(np.asarray(jax.tree_util.tree_leaves(tree)[i]).copy())
         elif kind == "iteration":
             arrays.append(_keras_int(inner.count))
