@@ -365,6 +365,16 @@ def test_port_errors_name_the_fix():
     assert isinstance(interop.from_keras(_MyKerasAdam(0.1), params), kt.Adam)
 
 
+def test_a_packed_optax_state_is_refused_clearly(tmp_path):
+    jnp = pytest.importorskip("jax.numpy")
+    import kerasopt.optax as ko
+
+    state = ko.adam(0.01, packed=True).init([jnp.ones((2, 3)), jnp.ones(3)])
+    with pytest.raises(interop.KerasFileError, match="packed=False"):
+        interop.save_keras_weights(tmp_path / "p.weights.h5", state, learning_rate=0.01)
+    assert not (tmp_path / "p.weights.h5").exists()
+
+
 def test_exclusions_of_an_unbuilt_optimizer_with_keras_variables():
     model = _keras_model(keras.optimizers.Adam(0.05, weight_decay=0.5), "list")
     _, params = _torch_twin(model)

@@ -673,6 +673,11 @@ def _optax_parts(state: Any) -> tuple[Any, Any, Any]:
             "load_keras_optimizer_state: expected a kerasopt optimizer, a kerasopt.torch "
             f"optimizer or a kerasopt.optax state ({names} or LossScaleState, from tx.init); "
             f"received {type(state).__name__}.")
+    if isinstance(getattr(inner, spec.slots[0]), getattr(ko, "Packed", ())):
+        raise KerasFileError(
+            "kerasopt.interop maps Keras's variables onto the state leaf by leaf: this "
+            "kerasopt.optax state is packed (packed=True); use a transformation with "
+            "packed=False (the default) for the Keras file.")
     return scale, inner, spec
 
 
