@@ -20,12 +20,15 @@ torch tensors, in Keras 3's order, and copies their results into the parameters 
 
 Param groups
     Each group carries Keras's hyperparameters under Keras's names (``beta_1``,
-    ``epsilon``, ``weight_decay``, ``clipnorm``, ``use_ema``...). A float learning rate lives
-    under torch's key ``"lr"`` (so ``torch.optim.lr_scheduler`` works); a
-    ``kerasopt.schedules`` schedule or a zero-argument callable lives under
+    ``epsilon``, ``weight_decay``, ``clipnorm``, ``use_ema``...). A float (or 1-element
+    tensor) learning rate lives under torch's key ``"lr"`` (so ``torch.optim.lr_scheduler``
+    works); a ``kerasopt.schedules`` schedule or a zero-argument callable lives under
     ``"learning_rate"`` and then decides the rate (``"lr"`` then reports the last rate used;
-    a value someone else writes into ``"lr"`` applies to the next step only, as when
-    ``torch.distributed.checkpoint`` sets it to 0 for the step that creates the state).
+    a 0 written into ``"lr"`` applies to the next step only, as when
+    ``torch.distributed.checkpoint`` sets it for the step that creates the state; a torch
+    scheduler on such a group, or another rate written into ``"lr"``, is refused).
+    torch's ``"betas"`` pair mirrors ``beta_1`` and ``beta_2`` for the schedulers that cycle
+    it (OneCycleLR, CyclicLR): whichever spelling was written since the last step applies.
     ``"iterations"`` holds the optimizer's raw step count (Keras's ``iterations`` variable;
     the same in every group), so it travels with every ``state_dict`` format, including
     ``torch.distributed.checkpoint``'s.
@@ -52,9 +55,12 @@ Distributed
 from __future__ import annotations
 
 import contextlib
+import copy
+import math
 import re
 import warnings
 from collections.abc import Callable, Iterable, Iterator
+from operator import is_, itemgetter
 from typing import Any
 
 import numpy as np
@@ -99,6 +105,7 @@ _BOOKKEEPING_KEYS = (
     "initial_lr",
     "iterations",
     "reported_lr",
+    "synced_betas",
     MARKER,
     "loss_scale_factor",
     "gradient_accumulation_steps",
@@ -134,6 +141,64 @@ def _describe_param(p: torch.Tensor, name: str | None) -> str:
     return f"{label} of shape {tuple(p.shape)}"
 
 
+_RATE_ALLOWED = (
+    "a finite float >= 0 (stored as float32), a 1-element floating tensor, a "
+    "LearningRateSchedule, or a zero-argument callable"
+)
+
+
+def _float_rate(name: str, value: Any, allowed: str = _RATE_ALLOWED) -> float:
+    """A float learning rate (a real number or a 1-element floating tensor, as torch.optim
+    takes) checked as the constructor checks it: finite, >= 0, finite in float32. Returns
+    its value as a Python float."""
+    if isinstance(value, torch.Tensor):
+        if value.numel() != 1 or not value.is_floating_point():
+            raise (ValueError if value.is_floating_point() else TypeError)(
+                f"Argument `{name}` must be {allowed}; received a tensor of dtype {value.dtype} "
+                f"and shape {tuple(value.shape)}: {name}={validation.short_repr(value)}."
+            )
+        number = float(value.detach())
+    else:
+        validation.real(name, value, minimum=0.0, allowed=allowed)
+        number = float(value)
+    with np.errstate(over="ignore"):
+        in_float32 = float(np.float32(number)) if math.isfinite(number) else number
+    if not math.isfinite(in_float32) or number < 0:
+        raise ValueError(
+            f"Argument `{name}` must be {allowed}; received {name}={validation.short_repr(value)}"
+            + (" (it overflows float32)." if math.isfinite(number) and number >= 0 else ".")
+        )
+    return number
+
+
+def _is_rate_function(value: Any) -> bool:
+    """A kerasopt schedule or a zero-argument callable (not a tensor, which is callable-less
+    but a value)."""
+    return isinstance(value, LearningRateSchedule) or (
+        callable(value) and not isinstance(value, torch.Tensor)
+    )
+
+
+def _betas_pair(name: str, value: Any) -> tuple[Any, Any]:
+    """torch.optim's ``betas``: a pair ``(beta_1, beta_2)``."""
+    if not isinstance(value, (tuple, list)) or len(value) != 2:
+        raise ValueError(
+            f"Argument `{name}` must be a pair (beta_1, beta_2), as torch.optim's `betas`; "
+            f"received {name}={validation.short_repr(value)}."
+        )
+    return tuple(value)
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Whether two hyperparameter values are the same (identical, or equal real numbers;
+    tuples elementwise). Never compares tensors by value."""
+    if a is b:
+        return True
+    if isinstance(a, tuple) and isinstance(b, tuple):
+        return len(a) == len(b) and all(map(_same, a, b))
+    return validation.is_real(a) and validation.is_real(b) and a == b
+
+
 class KerasOptimizer(torch.optim.Optimizer):
     """Base class of :class:`Adam` and :class:`Adamax` (the pipeline around the rule)."""
 
@@ -154,18 +219,24 @@ class KerasOptimizer(torch.optim.Optimizer):
         skip_nonfinite: bool = False,
         **kwargs: Any,
     ) -> None:
-        validation.unknown_keywords(type(self).__name__, kwargs)
+        name = type(self).__name__
+        validation.unknown_keywords(name, kwargs)
         self.skip_nonfinite = validation.boolean("skip_nonfinite", skip_nonfinite)
         learning_rate = defaults.pop("learning_rate")
-        if isinstance(learning_rate, LearningRateSchedule) or callable(learning_rate):
+        if _is_rate_function(learning_rate):
             defaults["learning_rate"] = learning_rate
             defaults["lr"] = 0.0
         else:
+            if isinstance(learning_rate, torch.Tensor):  # torch.optim takes a tensor rate
+                _float_rate("learning_rate", learning_rate)
             defaults["learning_rate"] = None
             defaults["lr"] = learning_rate
+        if "beta_1" in self._algorithm_keys:  # torch.optim's spelling, for its schedulers
+            defaults["betas"] = (defaults["beta_1"], defaults["beta_2"])
         self.loss_scale_factor = loss_scale_factor
         self.gradient_accumulation_steps = gradient_accumulation_steps
         self.norm_process_group = norm_process_group
+        self._excluded_params: list[torch.Tensor] = []
         self._excluded_ids: set[int] = set()
         self._excluded_pattern: re.Pattern[str] | None = None
         self._validate_state_dtype(defaults["state_dtype"])
@@ -174,9 +245,17 @@ class KerasOptimizer(torch.optim.Optimizer):
         self._core_optimizer(defaults)
         if isinstance(params, torch.Tensor):
             raise TypeError(
-                f"{type(self).__name__}: `params` must be an iterable of tensors, of "
-                "(name, tensor) pairs or of param-group dicts; received a single tensor "
-                f"of shape {tuple(params.shape)}. Pass [tensor] or model.parameters()."
+                f"{name}: params argument given to the optimizer should be an iterable of "
+                f"Tensors or dicts, but got {torch.typename(params)} (a single tensor of shape "
+                f"{tuple(params.shape)}); pass [tensor] or model.parameters()."
+            )
+        given = params
+        params = list(params)
+        if not params:
+            raise ValueError(
+                f"{name}: optimizer got an empty parameter list (params="
+                f"{validation.short_repr(given)}); an iterator such as model.parameters() "
+                "can be consumed once only."
             )
         super().__init__(params, defaults)
 
@@ -197,6 +276,8 @@ class KerasOptimizer(torch.optim.Optimizer):
         learning_rate = group.get("learning_rate")
         if learning_rate is None:
             learning_rate = group["lr"]
+            if isinstance(learning_rate, torch.Tensor):
+                learning_rate = _float_rate("lr", learning_rate)
         keras_args = {k: group[k] for k in self._core_keys() if k in group}
         return self._core_class(
             learning_rate=learning_rate,
@@ -219,71 +300,221 @@ class KerasOptimizer(torch.optim.Optimizer):
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """Add a group; its hyperparameters (Keras names; ``lr`` or ``learning_rate`` for the
-        rate) default to the optimizer's and are checked like the constructor's."""
+        rate; torch's ``betas`` for ``beta_1`` and ``beta_2``) default to the optimizer's and
+        are checked like the constructor's. Errors read like torch.optim's and name the
+        parameter and its position."""
+        name = type(self).__name__
+        index = len(self.param_groups)
         if not isinstance(param_group, dict):
             raise TypeError(
-                f"{type(self).__name__}: a param group must be a dict; received "
-                f"{type(param_group).__name__}."
+                f"{name}: param_group must be a dict, but got {type(param_group).__name__}: "
+                f"{validation.short_repr(param_group)}."
             )
         group = dict(param_group)
         allowed = {*_BASE_GROUP_KEYS, *self._algorithm_keys, *_BOOKKEEPING_KEYS}
+        if "betas" in self.defaults:
+            allowed.add("betas")
         unknown = sorted(str(k) for k in group if k not in allowed)
         if unknown:
             raise TypeError(
-                f"{type(self).__name__}: param group got unknown key(s) {unknown}; the "
+                f"{name}: param group got unknown key(s) {unknown}; the "
                 f"hyperparameters are {sorted(allowed - set(_BOOKKEEPING_KEYS))}."
             )
         if "learning_rate" in group and "lr" in group and group["learning_rate"] is not None:
             raise ValueError(
-                f"{type(self).__name__}: a param group sets both `lr`={group['lr']!r} and "
+                f"{name}: a param group sets both `lr`={group['lr']!r} and "
                 f"`learning_rate`={group['learning_rate']!r}; set one of them."
             )
         if "learning_rate" in group:
             rate = group.pop("learning_rate")
-            if isinstance(rate, LearningRateSchedule) or callable(rate):
+            if _is_rate_function(rate):
                 group["learning_rate"], group["lr"] = rate, 0.0
             elif rate is not None:
                 group["learning_rate"], group["lr"] = None, rate
         elif "lr" in group:
             group["learning_rate"] = None
+        if "betas" in group:
+            betas = _betas_pair("betas", group["betas"])
+            for key, value in zip(("beta_1", "beta_2"), betas):
+                if key in group and not _same(group[key], value):
+                    raise ValueError(
+                        f"{name}: a param group sets both `betas`={betas!r} and "
+                        f"`{key}`={group[key]!r}; set one of them."
+                    )
+            group["beta_1"], group["beta_2"] = betas
         if "params" not in group:
-            raise ValueError(f"{type(self).__name__}: a param group needs a 'params' entry.")
+            raise ValueError(f"{name}: a param group needs a 'params' entry.")
         merged = {**self.defaults, **group}
         self._validate_state_dtype(merged["state_dtype"])
         self._core_optimizer(merged)
+        if "betas" in self.defaults:
+            group["betas"] = group["synced_betas"] = (merged["beta_1"], merged["beta_2"])
         params = group["params"]
+        if isinstance(params, set):
+            raise TypeError(
+                f"{name}: optimizer parameters need to be organized in ordered collections, "
+                "but the ordering of tensors in sets will change between runs. Please use a "
+                f"list instead (param group {index} has a set of {len(params)} tensors)."
+            )
         params = [params] if isinstance(params, torch.Tensor) else list(params)
+        named = [isinstance(p, tuple) for p in params]
+        for i, p in enumerate(params):
+            if isinstance(p, tuple) and (len(p) != 2 or not isinstance(p[0], str)):
+                raise TypeError(
+                    f"{name}: a named parameter must be a (name, tensor) pair; received "
+                    f"{validation.short_repr(p)} at position {i} of param group {index}."
+                )
+            if named[i] != named[0]:
+                raise ValueError(
+                    f"{name}: all optimizer params should be with/without names. Some param "
+                    f"names are missing (position 0 of param group {index} has "
+                    f"{'a' if named[0] else 'no'} name, position {i} "
+                    f"{'has' if named[i] else 'has not'})."
+                )
         tensors = [p[1] if isinstance(p, tuple) else p for p in params]
         names = [p[0] if isinstance(p, tuple) else None for p in params]
         seen: dict[int, int] = {}
         for i, p in enumerate(tensors):
+            where = f"position {i} of param group {index}"
             if not isinstance(p, torch.Tensor):
                 raise TypeError(
-                    f"{type(self).__name__}: optimizer parameters must be torch tensors; "
-                    f"received {type(p).__name__} at position {i}."
+                    f"{name}: optimizer can only optimize Tensors, but one of the params is "
+                    f"{torch.typename(p)}: {validation.short_repr(p)} ({where})."
+                )
+            if not (p.is_leaf or p.retains_grad):
+                raise ValueError(
+                    f"{name}: can't optimize a non-leaf Tensor: {_describe_param(p, names[i])} "
+                    f"({where}) was computed from other tensors; optimize the leaf it came "
+                    "from."
                 )
             if not p.is_floating_point():
                 raise TypeError(
-                    f"{type(self).__name__}: {_describe_param(p, names[i])} has dtype "
+                    f"{name}: {_describe_param(p, names[i])} has dtype "
                     f"{p.dtype}; Adam and Adamax update floating-point parameters only."
                 )
             if id(p) in seen:
                 raise ValueError(
-                    f"{type(self).__name__}: {_describe_param(p, names[i])} appears twice in "
-                    f"one param group (positions {seen[id(p)]} and {i})."
+                    f"{name}: optimizer contains a parameter group with duplicate "
+                    f"parameters: {_describe_param(p, names[i])} at positions {seen[id(p)]} "
+                    f"and {i} of param group {index}."
                 )
             seen[id(p)] = i
-        for index, existing in enumerate(self.param_groups):
+        for other, existing in enumerate(self.param_groups):
             existing_ids = {id(q) for q in existing["params"]}
             for i, p in enumerate(tensors):
                 if id(p) in existing_ids:
                     raise ValueError(
-                        f"{type(self).__name__}: {_describe_param(p, names[i])} is already in "
-                        f"param group {index}; a parameter may belong to one group only."
+                        f"{name}: some parameters appear in more than one parameter group: "
+                        f"{_describe_param(p, names[i])} is already in param group {other} "
+                        f"(position {i} of param group {index})."
                     )
         group["params"] = params
         group["iterations"] = self.param_groups[0]["iterations"] if self.param_groups else 0
         super().add_param_group(group)
+
+    # ----------------------------------------------------------------- copies
+
+    # Not carried by deepcopy/pickle: torch.optim drops its hooks (and an LR scheduler's
+    # per-instance ``step`` wrapper), and the caches below are rebuilt on the next step.
+    _TRANSIENT = ("step", "_opt_called", "_plans", "_state_snapshot", "_checked_groups")
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Everything a copy needs to step exactly like this optimizer: torch's ``defaults``,
+        ``state`` and ``param_groups`` and kerasopt's own attributes (torch.optim keeps only
+        the first three); not the hooks, which torch.optim does not copy either."""
+        return {key: value for key, value in self.__dict__.items()
+                if key not in self._TRANSIENT and not key.startswith("_optimizer_")}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        self._excluded_ids = {id(p) for p in getattr(self, "_excluded_params", ())}
+        self._checked_groups = None
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> KerasOptimizer:
+        # A process group cannot be copied: the copy reduces over the same one.
+        if self.norm_process_group is not None:
+            memo.setdefault(id(self.norm_process_group), self.norm_process_group)
+        clone = type(self).__new__(type(self))
+        memo[id(self)] = clone
+        clone.__setstate__(copy.deepcopy(self.__getstate__(), memo))
+        return clone
+
+    # ----------------------------------------------------------------- group checks
+
+    def _watched_keys(self) -> tuple[str, ...]:
+        """The group entries a step reads; a change to any of them is checked again."""
+        keys = ("lr", "learning_rate", *self._core_keys(), "state_dtype")
+        return (*keys, "betas", "synced_betas") if "betas" in self.defaults else keys
+
+    def _check_groups(self) -> None:
+        """Check the param groups before a step changes anything. What was checked is
+        remembered (each group's entries, by identity, and its size: a key a torch scheduler
+        adds counts), so an unchanged group costs a few comparisons."""
+        checked = getattr(self, "_checked_groups", None)
+        groups = self.param_groups
+        if checked is not None and len(checked) == len(groups):
+            getter = checked[0][0]
+            try:
+                if all(seen is group and len(group) == size and all(map(is_, getter(group),
+                                                                        values))
+                       for group, (_, seen, size, values) in zip(groups, checked)):
+                    return
+            except KeyError:
+                pass
+        self._validate_groups()
+        self._remember_groups()
+
+    def _remember_groups(self) -> None:
+        getter = itemgetter(*self._watched_keys())
+        self._checked_groups = [(getter, group, len(group), getter(group))
+                                for group in self.param_groups]
+        self._schedule_groups = any(group.get("learning_rate") is not None
+                                    for group in self.param_groups)
+
+    def _validate_groups(self) -> None:
+        """Every group checked before any is changed; then torch's ``betas`` (written by a
+        scheduler such as OneCycleLR) and Keras's ``beta_1``/``beta_2`` are brought into
+        agreement: whichever was written since the last step wins."""
+        name = type(self).__name__
+        writes = []
+        for index, group in enumerate(self.param_groups):
+            if group.get("learning_rate") is not None:
+                self._check_rate_owner(name, index, group)
+            if "betas" in self.defaults:
+                writes.append((group, self._synced_betas(name, index, group)))
+        for group, betas in writes:
+            group["beta_1"], group["beta_2"] = betas
+            group["betas"] = group["synced_betas"] = betas
+
+    @staticmethod
+    def _check_rate_owner(name: str, index: int, group: dict[str, Any]) -> None:
+        """A group whose rate is a kerasopt schedule or callable refuses a torch LR scheduler
+        (and any other write into ``lr`` but the 0 torch.distributed.checkpoint writes)."""
+        rate = group["learning_rate"]
+        reported = group.get("reported_lr")
+        expected = reported if reported is not None else 0.0
+        lr = group["lr"]
+        written = not isinstance(lr, torch.Tensor) and lr != expected and lr != 0
+        if "initial_lr" in group or written:
+            culprit = ("a torch LR scheduler is attached (it set 'initial_lr')"
+                       if "initial_lr" in group else f"group['lr'] was set to {lr!r}")
+            raise ValueError(
+                f"{name}.step(): param group {index} takes its rate from learning_rate="
+                f"{validation.short_repr(rate)}, and {culprit}; the two rates would mix. "
+                "Use one or the other: a float learning_rate driven by the torch scheduler, "
+                "or the kerasopt schedule alone."
+            )
+
+    @staticmethod
+    def _synced_betas(name: str, index: int, group: dict[str, Any]) -> tuple[Any, Any]:
+        betas, synced = group.get("betas"), group.get("synced_betas")
+        keras = (group["beta_1"], group["beta_2"])
+        if betas is None or _same(betas, synced):
+            return keras  # unchanged, or Keras's names written since
+        try:
+            return _betas_pair("betas", betas)
+        except ValueError as error:
+            raise ValueError(f"{name}.step(): param group {index}: {error}") from None
 
     # ----------------------------------------------------------------- counters, rate
 
@@ -384,6 +615,7 @@ class KerasOptimizer(torch.optim.Optimizer):
                     f"Argument `var_names` must hold valid regular expressions; received "
                     f"var_names={names!r} ({error})."
                 ) from error
+        self._excluded_params = var_list
         self._excluded_ids = {id(p) for p in var_list}
         self._excluded_pattern = pattern_obj
 
@@ -442,16 +674,18 @@ class KerasOptimizer(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        if self._planned_step():
-            return loss
-        entries = self._collect()
-        if not any(True for group in self.param_groups for _ in group["params"]):
-            return loss
-        if not entries:
-            raise ValueError(
-                f"{type(self).__name__}.step(): no parameter has a gradient (every .grad is "
-                "None or requires_grad is False). Call loss.backward() before step()."
-            )
+        self._check_groups()
+        if not self._planned_step():
+            entries = self._collect()
+            if not entries:  # torch.optim's convention: nothing to do, nothing counted
+                return loss
+            self._general_step(entries)
+        if self._schedule_groups:  # the step wrote their "lr": valid, remember it
+            self._remember_groups()
+        return loss
+
+    def _general_step(self, entries: list[_Entry]) -> None:
+        """The step of :meth:`step` when the cached plans do not apply."""
         raw = self.raw_iterations
         n = self.gradient_accumulation_steps
         iterations = raw // n if n else raw
@@ -460,7 +694,7 @@ class KerasOptimizer(torch.optim.Optimizer):
         grads = [self._prepared_gradient(e) for e in entries]
         if self.skip_nonfinite and not pipeline.is_finite([values_of(g) for g in grads]):
             self._skip_nonfinite_step()
-            return loss
+            return
         update = not n or (raw + 1) % n == 0
         if update:
             checked = self._checked_rates({id(e.group): e.group for e in entries}.values(), raw)
@@ -473,7 +707,7 @@ class KerasOptimizer(torch.optim.Optimizer):
         if self._fused_step(entries, grads, raw, checked if update else None):
             for group in self.param_groups:
                 group["iterations"] = raw + 1
-            return loss
+            return
         if self.loss_scale_factor is not None:
             factor = self.loss_scale_factor
             grads = [map_values(lambda v: pipeline.unscale(v, factor), g) for g in grads]
@@ -486,7 +720,7 @@ class KerasOptimizer(torch.optim.Optimizer):
         self._update_ema(iterations)
         for group in self.param_groups:
             group["iterations"] = raw + 1
-        return loss
+        return
 
     def _planned_step(self) -> bool:
         """The steady-state step through cached :class:`GroupPlan` s (see
@@ -867,7 +1101,23 @@ class KerasOptimizer(torch.optim.Optimizer):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Load a ``state_dict()``: everything is checked first (optimizer class, group and
         parameter counts, state names, shapes); tensors are copied bit for bit onto each
-        parameter's device, in the state dtype of its group."""
+        parameter's device, in the state dtype of its group.
+
+        As in torch.optim, the load_state_dict pre-hooks run first, on a shallow copy of
+        ``state_dict`` (a hook may change it in place or return another dict to load), and
+        the post-hooks run after the load. Saved ``param_names`` replace the group's names;
+        a state_dict without names keeps them."""
+        if isinstance(state_dict, dict):
+            state_dict = state_dict.copy()
+        for pre_hook in self._optimizer_load_state_dict_pre_hooks.values():
+            result = pre_hook(self, state_dict)
+            if result is not None:
+                state_dict = result
+        self._load_state_dict(state_dict)
+        for post_hook in self._optimizer_load_state_dict_post_hooks.values():
+            post_hook(self)
+
+    def _load_state_dict(self, state_dict: dict[str, Any]) -> None:
         name = type(self).__name__
         if not isinstance(state_dict, dict) or not {"state", "param_groups"} <= set(state_dict):
             raise ValueError(
@@ -903,6 +1153,19 @@ class KerasOptimizer(torch.optim.Optimizer):
                 )
             for saved_id, p in zip(saved["params"], group["params"]):
                 id_to_param[saved_id] = (p, group, saved)
+            names = saved.get("param_names")
+            if names is not None and (
+                not isinstance(names, list) or len(names) != len(group["params"])
+                or not all(isinstance(n, str) for n in names)
+            ):
+                count = len(names) if isinstance(names, list) else None
+                raise ValueError(
+                    f"{name}.load_state_dict: param group {index} of the state_dict has "
+                    f"param_names={validation.short_repr(names)}"
+                    + (f" ({count} names)" if count is not None else "")
+                    + f"; it needs one string per parameter ({len(group['params'])} "
+                    "parameters)."
+                )
         iterations = {int(g.get("iterations", 0)) for g in saved_groups}
         if len(iterations) > 1:
             raise ValueError(
@@ -933,6 +1196,13 @@ class KerasOptimizer(torch.optim.Optimizer):
                     )
                 slot_state[key] = (value, dtype)
             new_state[p] = slot_state
+        pairs = []  # torch's betas as tuples (a checkpoint written as JSON has lists)
+        for index, saved in enumerate(saved_groups):
+            try:
+                pairs.append({key: _betas_pair(key, saved[key])
+                              for key in ("betas", "synced_betas") if saved.get(key) is not None})
+            except ValueError as error:
+                raise ValueError(f"{name}.load_state_dict: param group {index}: {error}") from None
         # Everything checked: now change the optimizer.
         loaded: dict[torch.Tensor, dict[str, Any]] = {}
         for p, slots in new_state.items():
@@ -940,10 +1210,12 @@ class KerasOptimizer(torch.optim.Optimizer):
         self.state.clear()
         for p, slots in loaded.items():
             self.state[p] = slots
-        for group, saved in zip(self.param_groups, saved_groups):
+        for group, saved, pair in zip(self.param_groups, saved_groups, pairs):
             for key, value in saved.items():
-                if key not in ("params", "param_names", MARKER):
-                    group[key] = value
+                if key == "param_names":
+                    group[key] = list(value)
+                elif key not in ("params", MARKER):
+                    group[key] = pair.get(key, value)
 
 
 def _fits(tensor: Any, param: torch.Tensor) -> bool:
@@ -1176,7 +1448,9 @@ class LossScaleOptimizer:
         self.step_counter = 0
 
     def __getattr__(self, name: str) -> Any:
-        if name == "inner_optimizer":  # during unpickling, before __dict__ is filled
+        # Not during unpickling (before __dict__ is filled), and never the protocols of
+        # copy and pickle (__deepcopy__, __reduce_ex__...): those are this object's own.
+        if name == "inner_optimizer" or name.startswith("__"):
             raise AttributeError(name)
         return getattr(self.inner_optimizer, name)
 
@@ -1192,8 +1466,9 @@ class LossScaleOptimizer:
                 loss = closure()
         inner = self.inner_optimizer
         entries = inner._collect()
-        if not entries:
-            return inner.step() if loss is None else (inner.step(), loss)[1]
+        if not entries:  # no gradient: a no-op (the inner step runs its hooks)
+            inner.step()
+            return loss
         grads = [inner._prepared_gradient(e) for e in entries]  # checks shapes first
         if not pipeline.is_finite([values_of(g) for g in grads]):
             self.step_counter = 0
