@@ -95,7 +95,9 @@ _BASE_GROUP_KEYS = (
     "ema_momentum",
     "ema_overwrite_frequency",
     "state_dtype",
+    "sparse_updates",
 )
+SPARSE_UPDATES = ("lazy", "dense")
 # Keys torch or this module put into groups that are not hyperparameters. The optimizer-wide
 # arguments are tolerated (and ignored) in groups: ZeroRedundancyOptimizer copies every
 # constructor argument into the groups it hands to its local optimizer.
@@ -179,6 +181,17 @@ def _is_rate_function(value: Any) -> bool:
     )
 
 
+def _sparse_updates(name: str, value: Any) -> str:
+    """``"lazy"`` (a sparse gradient updates only its rows) or ``"dense"`` (it is densified,
+    duplicates summed, and takes the dense path: Keras 3's trajectory)."""
+    if not isinstance(value, str) or value not in SPARSE_UPDATES:
+        raise ValueError(
+            f"Argument `{name}` must be 'lazy' or 'dense'; received "
+            f"{name}={validation.short_repr(value)}."
+        )
+    return value
+
+
 def _betas_pair(name: str, value: Any) -> tuple[Any, Any]:
     """torch.optim's ``betas``: a pair ``(beta_1, beta_2)``."""
     if not isinstance(value, (tuple, list)) or len(value) != 2:
@@ -240,6 +253,7 @@ class KerasOptimizer(torch.optim.Optimizer):
         self._excluded_ids: set[int] = set()
         self._excluded_pattern: re.Pattern[str] | None = None
         self._validate_state_dtype(defaults["state_dtype"])
+        _sparse_updates("sparse_updates", defaults["sparse_updates"])
         # The core optimizer's constructor is the one place where Keras's arguments are
         # checked, so errors name the argument and value exactly as kerasopt.Adam does.
         self._core_optimizer(defaults)
@@ -346,6 +360,7 @@ class KerasOptimizer(torch.optim.Optimizer):
             raise ValueError(f"{name}: a param group needs a 'params' entry.")
         merged = {**self.defaults, **group}
         self._validate_state_dtype(merged["state_dtype"])
+        _sparse_updates("sparse_updates", merged["sparse_updates"])
         self._core_optimizer(merged)
         if "betas" in self.defaults:
             group["betas"] = group["synced_betas"] = (merged["beta_1"], merged["beta_2"])
@@ -443,7 +458,7 @@ class KerasOptimizer(torch.optim.Optimizer):
 
     def _watched_keys(self) -> tuple[str, ...]:
         """The group entries a step reads; a change to any of them is checked again."""
-        keys = ("lr", "learning_rate", *self._core_keys(), "state_dtype")
+        keys = ("lr", "learning_rate", *self._core_keys(), "state_dtype", "sparse_updates")
         return (*keys, "betas", "synced_betas") if "betas" in self.defaults else keys
 
     def _check_groups(self) -> None:
@@ -615,9 +630,26 @@ class KerasOptimizer(torch.optim.Optimizer):
                     f"Argument `var_names` must hold valid regular expressions; received "
                     f"var_names={names!r} ({error})."
                 ) from error
+        if pattern_obj is not None:
+            self._warn_unmatched(names)
         self._excluded_params = var_list
         self._excluded_ids = {id(p) for p in var_list}
         self._excluded_pattern = pattern_obj
+
+    def _warn_unmatched(self, patterns: list[str]) -> None:
+        """One warning naming the exclusion patterns that match no parameter name (a typo
+        would otherwise leave those parameters decayed without a word)."""
+        names = [n for g in self.param_groups for n in g.get("param_names") or ()]
+        unmatched = [x for x in dict.fromkeys(patterns)
+                     if not any(re.search(x, name) for name in names)]
+        if unmatched:
+            warnings.warn(
+                f"{type(self).__name__}.exclude_from_weight_decay: var_names "
+                f"{', '.join(map(repr, unmatched))} match no parameter name, so they exclude "
+                f"nothing; the names are {validation.short_repr(names)}.",
+                UserWarning,
+                stacklevel=3,
+            )
 
     def _use_weight_decay(self, p: torch.Tensor, name: str | None) -> bool:
         if id(p) in self._excluded_ids:
@@ -940,7 +972,9 @@ class KerasOptimizer(torch.optim.Optimizer):
                     f"{type(self).__name__}: the sparse gradient of "
                     f"{_describe_param(p, entry.name)} has shape {tuple(grad.shape)}."
                 )
-            grad = grad.coalesce()
+            grad = grad.coalesce()  # duplicate rows summed
+            if entry.group["sparse_updates"] == "dense":
+                return grad.to_dense().to(dtype)
             if grad.sparse_dim() == 1:
                 return IndexedSlices(grad.values().to(dtype), grad.indices()[0], tuple(grad.shape))
             return grad.to_dense().to(dtype)
@@ -1277,6 +1311,11 @@ class Adam(KerasOptimizer):
             the state, and compute the step, in (``torch.float32`` for bf16/fp16 params).
         norm_process_group: A process group over which ``global_clipnorm`` sums the squared
             norms of plain (non-DTensor) gradients, for ZeroRedundancyOptimizer.
+        sparse_updates: What a sparse gradient (``nn.Embedding(sparse=True)``) updates, per
+            param group. ``"lazy"`` (default, as tf.keras documented for Adamax): only the
+            rows it holds; the other rows, and their moments, are left as they are.
+            ``"dense"``: it is densified (duplicate rows summed) and updates every row, as
+            Keras 3 does (Keras 3's trajectory).
         skip_nonfinite: kerasopt only (default False: as Keras, NaN/inf gradients propagate).
             When True, a ``step()`` whose gradients hold NaN or inf changes nothing but
             ``skipped_steps``; the first skip warns.
@@ -1308,6 +1347,7 @@ class Adam(KerasOptimizer):
         gradient_accumulation_steps: int | None = None,
         state_dtype: torch.dtype | None = None,
         norm_process_group: Any = None,
+        sparse_updates: str = "lazy",
         **kwargs: Any,
     ) -> None:
         defaults = {
@@ -1324,6 +1364,7 @@ class Adam(KerasOptimizer):
             "ema_momentum": ema_momentum,
             "ema_overwrite_frequency": ema_overwrite_frequency,
             "state_dtype": state_dtype,
+            "sparse_updates": sparse_updates,
         }
         super().__init__(
             params,
@@ -1374,6 +1415,7 @@ class Adamax(KerasOptimizer):
         gradient_accumulation_steps: int | None = None,
         state_dtype: torch.dtype | None = None,
         norm_process_group: Any = None,
+        sparse_updates: str = "lazy",
         **kwargs: Any,
     ) -> None:
         defaults = {
@@ -1389,6 +1431,7 @@ class Adamax(KerasOptimizer):
             "ema_momentum": ema_momentum,
             "ema_overwrite_frequency": ema_overwrite_frequency,
             "state_dtype": state_dtype,
+            "sparse_updates": sparse_updates,
         }
         super().__init__(
             params,
