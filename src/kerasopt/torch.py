@@ -58,6 +58,7 @@ import contextlib
 import copy
 import math
 import re
+import threading
 import warnings
 from collections.abc import Callable, Iterable, Iterator
 from operator import is_, itemgetter
@@ -212,6 +213,54 @@ def _same(a: Any, b: Any) -> bool:
     return validation.is_real(a) and validation.is_real(b) and a == b
 
 
+def _group_learning_rate(name: str, value: Any) -> Any:
+    if value is not None and not _is_rate_function(value):
+        raise TypeError(
+            f"`{name}` in a param group holds a kerasopt schedule or a zero-argument callable "
+            f"(or None); received {name}={validation.short_repr(value)}. A float rate goes in "
+            "group['lr']."
+        )
+    return value
+
+
+def _optional_frequency(name: str, value: Any) -> Any:
+    if value is None:
+        return value
+    return validation.integer(name, value, minimum=1, allowed="None or an integer >= 1")
+
+
+def _state_dtype_rule(name: str, value: Any) -> Any:
+    KerasOptimizer._validate_state_dtype(value)
+    return value
+
+
+_NON_NEGATIVE = {"minimum": 0.0, "allowed": "None or a finite float >= 0"}
+# The constructor's rule for each hyperparameter a param group holds, applied to a value
+# written into the group between steps: ``rule(name, value)`` raises TypeError/ValueError.
+# (The float ``lr`` takes :func:`_float_rate`; "only one clip option" spans three keys.)
+_GROUP_RULES: dict[str, Callable[[str, Any], Any]] = {
+    "learning_rate": _group_learning_rate,
+    "weight_decay": lambda k, v: validation.optional_real(k, v, **_NON_NEGATIVE),
+    "clipnorm": lambda k, v: validation.optional_real(k, v, **_NON_NEGATIVE),
+    "clipvalue": lambda k, v: validation.optional_real(k, v, **_NON_NEGATIVE),
+    "global_clipnorm": lambda k, v: validation.optional_real(k, v, **_NON_NEGATIVE),
+    "use_ema": validation.boolean,
+    "ema_momentum": lambda k, v: validation.real(k, v, minimum=0.0, maximum=1.0,
+                                                 allowed="a float in [0, 1]"),
+    "ema_overwrite_frequency": _optional_frequency,
+    "beta_1": validation.beta,
+    "beta_2": validation.beta,
+    "epsilon": lambda k, v: validation.real(k, v, minimum=0.0, min_inclusive=False,
+                                            allowed="a finite float > 0"),
+    "amsgrad": validation.boolean,
+    "state_dtype": _state_dtype_rule,
+    "sparse_updates": lambda k, v: _sparse_updates(k, v),
+    "betas": _betas_pair,
+}
+_CLIP_KEYS = frozenset({"clipnorm", "clipvalue", "global_clipnorm"})
+
+
+
 class KerasOptimizer(torch.optim.Optimizer):
     """Base class of :class:`Adam` and :class:`Adamax` (the pipeline around the rule)."""
 
@@ -250,6 +299,8 @@ class KerasOptimizer(torch.optim.Optimizer):
         self.gradient_accumulation_steps = gradient_accumulation_steps
         self.norm_process_group = norm_process_group
         self._excluded_params: list[torch.Tensor] = []
+        self._checked_groups: list | None = None
+        self._step_lock = threading.RLock()
         self._excluded_ids: set[int] = set()
         self._excluded_pattern: re.Pattern[str] | None = None
         self._validate_state_dtype(defaults["state_dtype"])
@@ -431,7 +482,8 @@ class KerasOptimizer(torch.optim.Optimizer):
 
     # Not carried by deepcopy/pickle: torch.optim drops its hooks (and an LR scheduler's
     # per-instance ``step`` wrapper), and the caches below are rebuilt on the next step.
-    _TRANSIENT = ("step", "_opt_called", "_plans", "_state_snapshot", "_checked_groups")
+    _TRANSIENT = ("step", "_opt_called", "_plans", "_state_snapshot", "_checked_groups",
+                  "_watch", "_tensor_rates", "_step_lock")
 
     def __getstate__(self) -> dict[str, Any]:
         """Everything a copy needs to step exactly like this optimizer: torch's ``defaults``,
@@ -444,6 +496,7 @@ class KerasOptimizer(torch.optim.Optimizer):
         super().__setstate__(state)
         self._excluded_ids = {id(p) for p in getattr(self, "_excluded_params", ())}
         self._checked_groups = None
+        self._step_lock = threading.RLock()
 
     def __deepcopy__(self, memo: dict[int, Any]) -> KerasOptimizer:
         # A process group cannot be copied: the copy reduces over the same one.
@@ -462,41 +515,83 @@ class KerasOptimizer(torch.optim.Optimizer):
         return (*keys, "betas", "synced_betas") if "betas" in self.defaults else keys
 
     def _check_groups(self) -> None:
-        """Check the param groups before a step changes anything. What was checked is
-        remembered (each group's entries, by identity, and its size: a key a torch scheduler
-        adds counts), so an unchanged group costs a few comparisons."""
-        checked = getattr(self, "_checked_groups", None)
+        """Check the param groups before a step changes anything (torch lets anyone write
+        into them between steps). What was checked is remembered: each group's entries (by
+        identity) and its size (a key a torch scheduler adds counts), so an unchanged group
+        costs a few comparisons, and a changed one has only its changed entries checked."""
+        checked = self._checked_groups
         groups = self.param_groups
         if checked is not None and len(checked) == len(groups):
-            getter = checked[0][0]
+            getter = self._watch
             try:
-                if all(seen is group and len(group) == size and all(map(is_, getter(group),
-                                                                        values))
-                       for group, (_, seen, size, values) in zip(groups, checked)):
-                    return
+                unchanged = all(seen is group and len(group) == size
+                                and all(map(is_, getter(group), values))
+                                for group, (seen, size, values) in zip(groups, checked))
             except KeyError:
-                pass
-        self._validate_groups()
+                unchanged = False
+            if unchanged:
+                for index, group in self._tensor_rates:  # may change in place (fill_)
+                    self._checked(index, "lr", group["lr"], _float_rate)
+                return
+        self._validate_groups(checked)
         self._remember_groups()
 
     def _remember_groups(self) -> None:
-        getter = itemgetter(*self._watched_keys())
-        self._checked_groups = [(getter, group, len(group), getter(group))
-                                for group in self.param_groups]
-        self._schedule_groups = any(group.get("learning_rate") is not None
-                                    for group in self.param_groups)
+        getter = self._watch = itemgetter(*self._watched_keys())
+        groups = self.param_groups
+        self._checked_groups = [(group, len(group), getter(group)) for group in groups]
+        self._schedule_groups = any(group["learning_rate"] is not None for group in groups)
+        self._tensor_rates = [(index, group) for index, group in enumerate(groups)
+                              if isinstance(group["lr"], torch.Tensor)]
 
-    def _validate_groups(self) -> None:
-        """Every group checked before any is changed; then torch's ``betas`` (written by a
-        scheduler such as OneCycleLR) and Keras's ``beta_1``/``beta_2`` are brought into
+    def _checked(self, index: int, key: str, value: Any, rule: Callable[[str, Any], Any]) -> Any:
+        """``rule(key, value)``, its error prefixed with the step and the group's index."""
+        try:
+            return rule(key, value)
+        except (TypeError, ValueError) as error:
+            raise type(error)(f"{type(self).__name__}.step(): param group {index}: {error}"
+                              ) from None
+
+    def _validate_groups(self, checked: list | None) -> None:
+        """Every group checked with the constructor's rules (those of
+        :data:`_GROUP_RULES`) before any is changed: the entries that changed since the
+        last check, all of them for a group not seen before. Then torch's ``betas`` (written
+        by a scheduler such as OneCycleLR) and Keras's ``beta_1``/``beta_2`` are brought into
         agreement: whichever was written since the last step wins."""
         name = type(self).__name__
+        keys = self._watched_keys()
+        previous = {id(seen): values for seen, _, values in checked or ()}
         writes = []
         for index, group in enumerate(self.param_groups):
-            if group.get("learning_rate") is not None:
+            missing = [key for key in keys if key not in group]
+            if missing:
+                raise KeyError(
+                    f"{name}.step(): param group {index} has no {missing[0]!r} entry (it "
+                    "holds one of the optimizer's hyperparameters; put it back or remove "
+                    "the group)."
+                )
+            old = dict(zip(keys, previous.get(id(group), ())))
+            changed = [key for key in keys if key not in old or old[key] is not group[key]]
+            rate_function = group["learning_rate"] is not None
+            for key in changed:
+                if key == "lr" and not rate_function:
+                    self._checked(index, key, group[key], _float_rate)
+                elif key in _GROUP_RULES:
+                    self._checked(index, key, group[key], _GROUP_RULES[key])
+            if _CLIP_KEYS & set(changed):
+                self._checked(index, "clip", {k: group[k] for k in sorted(_CLIP_KEYS)},
+                              lambda _, clips: validation.at_most_one_clip_option(**clips))
+            if rate_function:
                 self._check_rate_owner(name, index, group)
             if "betas" in self.defaults:
-                writes.append((group, self._synced_betas(name, index, group)))
+                betas = group["betas"]
+                if _same(betas, group["synced_betas"]):  # unchanged: Keras's names rule
+                    betas = (group["beta_1"], group["beta_2"])
+                else:  # written since the last step (a scheduler): it wins
+                    betas = self._checked(index, "betas", betas, _betas_pair)
+                    for i, value in enumerate(betas):
+                        self._checked(index, f"betas[{i}]", value, validation.beta)
+                writes.append((group, betas))
         for group, betas in writes:
             group["beta_1"], group["beta_2"] = betas
             group["betas"] = group["synced_betas"] = betas
@@ -519,17 +614,6 @@ class KerasOptimizer(torch.optim.Optimizer):
                 "Use one or the other: a float learning_rate driven by the torch scheduler, "
                 "or the kerasopt schedule alone."
             )
-
-    @staticmethod
-    def _synced_betas(name: str, index: int, group: dict[str, Any]) -> tuple[Any, Any]:
-        betas, synced = group.get("betas"), group.get("synced_betas")
-        keras = (group["beta_1"], group["beta_2"])
-        if betas is None or _same(betas, synced):
-            return keras  # unchanged, or Keras's names written since
-        try:
-            return _betas_pair("betas", betas)
-        except ValueError as error:
-            raise ValueError(f"{name}.step(): param group {index}: {error}") from None
 
     # ----------------------------------------------------------------- counters, rate
 
@@ -701,20 +785,24 @@ class KerasOptimizer(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
-        """One Keras ``apply()``: unscale, accumulate, clip, decay, update, count, EMA."""
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        self._check_groups()
-        if not self._planned_step():
-            entries = self._collect()
-            if not entries:  # torch.optim's convention: nothing to do, nothing counted
-                return loss
-            self._general_step(entries)
-        if self._schedule_groups:  # the step wrote their "lr": valid, remember it
-            self._remember_groups()
-        return loss
+        """One Keras ``apply()``: unscale, accumulate, clip, decay, update, count, EMA.
+
+        Steps are serialized by a per-optimizer lock: two threads stepping one optimizer
+        take turns (the closure, if any, runs inside the turn)."""
+        with self._step_lock:
+            loss = None
+            if closure is not None:
+                with torch.enable_grad():
+                    loss = closure()
+            self._check_groups()
+            if not self._planned_step():
+                entries = self._collect()
+                if not entries:  # torch.optim's convention: nothing to do, nothing counted
+                    return loss
+                self._general_step(entries)
+            if self._schedule_groups:  # the step wrote their "lr": valid, remember it
+                self._remember_groups()
+            return loss
 
     def _general_step(self, entries: list[_Entry]) -> None:
         """The step of :meth:`step` when the cached plans do not apply."""
@@ -1127,7 +1215,8 @@ class KerasOptimizer(torch.optim.Optimizer):
     def state_dict(self) -> dict[str, Any]:
         """torch's ``state_dict``; each group also names the optimizer class, so that
         ``load_state_dict`` can refuse a state from another optimizer."""
-        state_dict = super().state_dict()
+        with self._step_lock:  # a consistent snapshot, never half a step
+            state_dict = super().state_dict()
         for group in state_dict["param_groups"]:
             group[MARKER] = type(self).__name__
         return state_dict
@@ -1147,7 +1236,8 @@ class KerasOptimizer(torch.optim.Optimizer):
             result = pre_hook(self, state_dict)
             if result is not None:
                 state_dict = result
-        self._load_state_dict(state_dict)
+        with self._step_lock:  # never between the changes of a step
+            self._load_state_dict(state_dict)
         for post_hook in self._optimizer_load_state_dict_post_hooks.values():
             post_hook(self)
 
@@ -1503,6 +1593,12 @@ class LossScaleOptimizer:
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
+        """Unscale and step, or skip and halve the scale; serialized with the inner
+        optimizer's steps by its lock."""
+        with self.inner_optimizer._step_lock:
+            return self._step(closure)
+
+    def _step(self, closure: Callable[[], Any] | None) -> Any:
         loss = None
         if closure is not None:
             with torch.enable_grad():
