@@ -49,7 +49,11 @@ Distributed
     DDP, FSDP2 (``fully_shard``; ``global_clipnorm`` and ``clipnorm`` all-reduce the squared
     norms of the local shards) and ``ZeroRedundancyOptimizer`` work. Under ZeRO each rank
     holds only part of the parameters: pass ``norm_process_group=torch.distributed.group.WORLD``
-    so that ``global_clipnorm`` sums the squared norms of all partitions.
+    so that ``global_clipnorm`` sums the squared norms of all partitions. The NaN/inf verdict
+    of ``skip_nonfinite`` and :class:`LossScaleOptimizer` is agreed across the same ranks
+    (one all-reduce of a flag), so every rank skips, or applies, together.
+    torch.distributed.checkpoint's state-creating ``step()`` (zero gradients, lr 0, no state
+    yet) only creates the state: it counts no iteration and moves no EMA or accumulator.
 """
 
 from __future__ import annotations
@@ -323,6 +327,21 @@ class KerasOptimizer(torch.optim.Optimizer):
                 "can be consumed once only."
             )
         super().__init__(params, defaults)
+        if self.skip_nonfinite or any(g["global_clipnorm"] for g in self.param_groups):
+            self._check_rank_has_parameters("skip_nonfinite / global_clipnorm")
+
+    def _check_rank_has_parameters(self, what: str) -> None:
+        """Under ``norm_process_group`` every rank must take part in the collectives of
+        each step; a rank that holds no parameter (ZeroRedundancyOptimizer with more ranks
+        than parameter tensors) would return without them and the others would wait."""
+        if self.norm_process_group is not None and not any(
+                g["params"] for g in self.param_groups):
+            raise ValueError(
+                f"{type(self).__name__}: norm_process_group is set and {what} needs every "
+                "rank of it in each step, but this rank holds no parameter "
+                "(ZeroRedundancyOptimizer gave it an empty partition); use fewer ranks than "
+                "parameter tensors."
+            )
 
     # ----------------------------------------------------------------- validation
 
@@ -812,18 +831,16 @@ class KerasOptimizer(torch.optim.Optimizer):
         # What can fail runs before anything changes: the gradients' shapes, then on an update
         # step the rates and the (callable) betas of every group.
         grads = [self._prepared_gradient(e) for e in entries]
-        if self.skip_nonfinite and not pipeline.is_finite([values_of(g) for g in grads]):
+        if self._state_initialising_step(entries, grads):
+            self._ensure_all_state()
+            return
+        if self.skip_nonfinite and not self._all_finite(entries, grads):
             self._skip_nonfinite_step()
             return
         update = not n or (raw + 1) % n == 0
         if update:
             checked = self._checked_rates({id(e.group): e.group for e in entries}.values(), raw)
-        for group in self.param_groups:
-            complete = len(self._slot_names(group)) + bool(n) + bool(group["use_ema"])
-            for p in group["params"]:
-                state = self.state.get(p)
-                if (not state and p.requires_grad) or (state and len(state) < complete):
-                    self._ensure_state(group, p)
+        self._ensure_all_state()
         if self._fused_step(entries, grads, raw, checked if update else None):
             for group in self.param_groups:
                 group["iterations"] = raw + 1
@@ -841,6 +858,77 @@ class KerasOptimizer(torch.optim.Optimizer):
         for group in self.param_groups:
             group["iterations"] = raw + 1
         return
+
+    def _ensure_all_state(self) -> None:
+        """Create the missing state of every parameter that can have a gradient."""
+        n = self.gradient_accumulation_steps
+        for group in self.param_groups:
+            complete = len(self._slot_names(group)) + bool(n) + bool(group["use_ema"])
+            for p in group["params"]:
+                state = self.state.get(p)
+                if (not state and p.requires_grad) or (state and len(state) < complete):
+                    self._ensure_state(group, p)
+
+    # ----------------------------------------------------------------- decisions all ranks share
+
+    def _agreement_groups(self) -> list[Any]:
+        """The process groups over which a decision about this step's gradients must agree:
+        those the global norm is summed over. ``norm_process_group`` (ZeroRedundancyOptimizer:
+        each rank holds some of the parameters), and each mesh dimension over which a DTensor
+        parameter is sharded (FSDP2: each rank holds a shard). Empty under DDP (every rank
+        holds the same averaged gradients) and in one process."""
+        groups = [self.norm_process_group] if self.norm_process_group is not None else []
+        seen: set[tuple[int, int]] = set()
+        for group in self.param_groups:
+            for p in group["params"]:
+                if not _is_dtensor(p):
+                    continue
+                for dim, placement in enumerate(p.placements):
+                    if placement.is_shard() and (id(p.device_mesh), dim) not in seen:
+                        seen.add((id(p.device_mesh), dim))
+                        groups.append(p.device_mesh.get_group(dim))
+        return groups
+
+    def _agreed(self, local: bool, entries: list[_Entry]) -> bool:
+        """``local`` where every rank of :meth:`_agreement_groups` finds it True, else False:
+        one all-reduce of a flag per group, entered by every rank in the same order, so
+        that every rank takes the same branch (and enters the same collectives after it)."""
+        groups = self._agreement_groups()
+        if not groups:
+            return local
+        import torch.distributed as dist
+
+        device = _local(entries[0].param).device if entries else _first_device(
+            self.param_groups)
+        disagreeing = torch.tensor(0 if local else 1, dtype=torch.int32, device=device)
+        for group in groups:
+            dist.all_reduce(disagreeing, group=group)
+        return int(disagreeing) == 0
+
+    def _all_finite(self, entries: list[_Entry], grads: list[Any]) -> bool:
+        """Whether no gradient holds a NaN or an inf, on any rank (the verdict of
+        ``skip_nonfinite`` and of :class:`LossScaleOptimizer`, which every rank must share:
+        a rank that skipped while another applied would leave the model half-stepped, and
+        under ``global_clipnorm`` the other rank would wait in the norm's all-reduce)."""
+        return self._agreed(pipeline.is_finite([values_of(g) for g in grads]), entries)
+
+    def _state_initialising_step(self, entries: list[_Entry], grads: list[Any]) -> bool:
+        """Whether this is the step torch.distributed.checkpoint takes to create the state
+        of an optimizer that has none (``get_optimizer_state_dict`` /
+        ``set_optimizer_state_dict``): no parameter has state yet, every gradient is zero
+        (on every rank) and every float rate is 0 (torch >= 2.2 writes 0 into each group's
+        "lr"). Such a step only creates the state: no iteration is counted and the EMA,
+        the accumulators and the weights are left as they are. (A genuine first step with
+        all-zero gradients at rate 0 would change only the counter.)"""
+        if any(self.state.get(p) for group in self.param_groups for p in group["params"]):
+            return False
+        for group in self.param_groups:
+            lr = group["lr"]
+            if group["learning_rate"] is None and (
+                    float(lr) if isinstance(lr, torch.Tensor) else lr) != 0:
+                return False
+        zero = all(not torch.any(values_of(g)) for g in grads)
+        return self._agreed(zero, entries)
 
     def _planned_step(self) -> bool:
         """The steady-state step through cached :class:`GroupPlan` s (see
@@ -1569,6 +1657,7 @@ class LossScaleOptimizer:
                 "LossScaleOptimizer: the inner optimizer has loss_scale_factor="
                 f"{inner_optimizer.loss_scale_factor!r}; use one kind of loss scaling."
             )
+        inner_optimizer._check_rank_has_parameters("LossScaleOptimizer")
         self.inner_optimizer = inner_optimizer
         self.initial_scale = validation.real(
             "initial_scale", initial_scale, minimum=0.0, min_inclusive=False,
@@ -1609,7 +1698,7 @@ class LossScaleOptimizer:
             inner.step()
             return loss
         grads = [inner._prepared_gradient(e) for e in entries]  # checks shapes first
-        if not pipeline.is_finite([values_of(g) for g in grads]):
+        if not inner._all_finite(entries, grads):  # the same verdict on every rank
             self.step_counter = 0
             self.dynamic_scale = float(np.float32(self.dynamic_scale) * np.float32(0.5))
             return loss
