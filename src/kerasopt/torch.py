@@ -824,10 +824,10 @@ class KerasOptimizer(torch.optim.Optimizer):
             return loss
 
     def _general_step(self, entries: list[_Entry]) -> None:
-        """The step of :meth:`step` when the cached plans do not apply."""
+        """The step of :meth:`step` when the cached plans do not apply: the checks, then the
+        fused kernels where they apply, else the reference path."""
         raw = self.raw_iterations
         n = self.gradient_accumulation_steps
-        iterations = raw // n if n else raw
         # What can fail runs before anything changes: the gradients' shapes, then on an update
         # step the rates and the (callable) betas of every group.
         grads = [self._prepared_gradient(e) for e in entries]
@@ -838,26 +838,37 @@ class KerasOptimizer(torch.optim.Optimizer):
             self._skip_nonfinite_step()
             return
         update = not n or (raw + 1) % n == 0
+        checked = None
         if update:
             checked = self._checked_rates({id(e.group): e.group for e in entries}.values(), raw)
         self._ensure_all_state()
-        if self._fused_step(entries, grads, raw, checked if update else None):
-            for group in self.param_groups:
-                group["iterations"] = raw + 1
-            return
+        if not self._fused_step(entries, grads, raw, checked):
+            self._reference_step(entries, grads, raw, checked)
+        for group in self.param_groups:
+            group["iterations"] = raw + 1
+
+    def _reference_step(self, entries: list[_Entry], grads: list[Any], raw: int,
+                        checked: tuple[dict, dict] | None) -> None:
+        """Keras's ``apply()`` on torch tensors, stage by stage, with the pure functions of
+        :mod:`kerasopt.pipeline` and the update rule (``checked`` is None on an
+        accumulation micro-step)."""
+        n = self.gradient_accumulation_steps
+        iterations = raw // n if n else raw
+        # 1. unscale (loss_scale_factor)
         if self.loss_scale_factor is not None:
             factor = self.loss_scale_factor
             grads = [map_values(lambda v: pipeline.unscale(v, factor), g) for g in grads]
+        # 2. accumulate (a micro-step stops here, with grads None)
         if n:
             grads = self._accumulate(entries, grads, raw, n)
-        if update:
+        if checked is not None:
+            # 3. clip (clipnorm, global_clipnorm, clipvalue)
             grads = self._clip(entries, grads)
+            # 4. weight decay and the rule's update, per parameter
             for entry, g in zip(entries, grads):
                 self._update(entry, g, checked[0][id(entry.group)], iterations + 1)
+        # 5. EMA of the weights (and its overwrite)
         self._update_ema(iterations)
-        for group in self.param_groups:
-            group["iterations"] = raw + 1
-        return
 
     def _ensure_all_state(self) -> None:
         """Create the missing state of every parameter that can have a gradient."""
