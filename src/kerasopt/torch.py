@@ -543,15 +543,16 @@ class KerasOptimizer(torch.optim.Optimizer):
         if checked is not None and len(checked) == len(groups):
             getter = self._watch
             try:
-                unchanged = all(seen is group and len(group) == size
-                                and all(map(is_, getter(group), values))
-                                for group, (seen, size, values) in zip(groups, checked))
-            except KeyError:
-                unchanged = False
-            if unchanged:
-                for index, group in self._tensor_rates:  # may change in place (fill_)
-                    self._checked(index, "lr", group["lr"], _float_rate)
-                return
+                for group, (seen, size, values) in zip(groups, checked):
+                    if (seen is not group or len(group) != size
+                            or not all(map(is_, getter(group), values))):
+                        break
+                else:
+                    for index, group in self._tensor_rates:  # may change in place (fill_)
+                        self._checked(index, "lr", group["lr"], _float_rate)
+                    return
+            except KeyError:  # a hyperparameter was deleted: reported below
+                pass
         self._validate_groups(checked)
         self._remember_groups()
 
