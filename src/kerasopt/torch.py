@@ -71,7 +71,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from kerasopt import kernels, pipeline, validation
+from kerasopt import algorithms, config, kernels, pipeline, validation
 from kerasopt._torch_plan import GroupPlan, StateSnapshot, state_columns
 from kerasopt.adam import Adam as _CoreAdam
 from kerasopt.adamax import Adamax as _CoreAdamax
@@ -102,7 +102,6 @@ _BASE_GROUP_KEYS = (
     "state_dtype",
     "sparse_updates",
 )
-SPARSE_UPDATES = ("lazy", "dense")
 # Keys torch or this module put into groups that are not hyperparameters. The optimizer-wide
 # arguments are tolerated (and ignored) in groups: ZeroRedundancyOptimizer copies every
 # constructor argument into the groups it hands to its local optimizer.
@@ -155,19 +154,23 @@ _RATE_ALLOWED = (
 
 
 def _float_rate(name: str, value: Any, allowed: str = _RATE_ALLOWED) -> float:
-    """A float learning rate (a real number or a 1-element floating tensor, as torch.optim
-    takes) checked as the constructor checks it: finite, >= 0, finite in float32. Returns
-    its value as a Python float."""
-    if isinstance(value, torch.Tensor):
-        if value.numel() != 1 or not value.is_floating_point():
-            raise (ValueError if value.is_floating_point() else TypeError)(
-                f"Argument `{name}` must be {allowed}; received a tensor of dtype {value.dtype} "
-                f"and shape {tuple(value.shape)}: {name}={validation.short_repr(value)}."
+    """A float learning rate (a real number, or a 1-element floating tensor as torch.optim
+    takes) checked as the constructor checks it (:func:`kerasopt.config.check_learning_rate`:
+    finite, >= 0, finite in float32, a float). Returns its value as a Python float."""
+    if not isinstance(value, torch.Tensor):
+        if callable(value):
+            raise TypeError(
+                f"`{name}` in a param group is a number (a float, or a 1-element tensor); "
+                f"received {name}={validation.short_repr(value)}. A schedule or callable goes "
+                "in group['learning_rate']."
             )
-        number = float(value.detach())
-    else:
-        validation.real(name, value, minimum=0.0, allowed=allowed)
-        number = float(value)
+        return float(config.check_learning_rate(name, value))
+    if value.numel() != 1 or not value.is_floating_point():
+        raise (ValueError if value.is_floating_point() else TypeError)(
+            f"Argument `{name}` must be {allowed}; received a tensor of dtype {value.dtype} "
+            f"and shape {tuple(value.shape)}: {name}={validation.short_repr(value)}."
+        )
+    number = float(value.detach())
     with np.errstate(over="ignore"):
         in_float32 = float(np.float32(number)) if math.isfinite(number) else number
     if not math.isfinite(in_float32) or number < 0:
@@ -184,17 +187,6 @@ def _is_rate_function(value: Any) -> bool:
     return isinstance(value, LearningRateSchedule) or (
         callable(value) and not isinstance(value, torch.Tensor)
     )
-
-
-def _sparse_updates(name: str, value: Any) -> str:
-    """``"lazy"`` (a sparse gradient updates only its rows) or ``"dense"`` (it is densified,
-    duplicates summed, and takes the dense path: Keras 3's trajectory)."""
-    if not isinstance(value, str) or value not in SPARSE_UPDATES:
-        raise ValueError(
-            f"Argument `{name}` must be 'lazy' or 'dense'; received "
-            f"{name}={validation.short_repr(value)}."
-        )
-    return value
 
 
 def _betas_pair(name: str, value: Any) -> tuple[Any, Any]:
@@ -227,41 +219,30 @@ def _group_learning_rate(name: str, value: Any) -> Any:
     return value
 
 
-def _optional_frequency(name: str, value: Any) -> Any:
-    if value is None:
-        return value
-    return validation.integer(name, value, minimum=1, allowed="None or an integer >= 1")
-
-
 def _state_dtype_rule(name: str, value: Any) -> Any:
     KerasOptimizer._validate_state_dtype(value)
     return value
 
 
-_NON_NEGATIVE = {"minimum": 0.0, "allowed": "None or a finite float >= 0"}
-# The constructor's rule for each hyperparameter a param group holds, applied to a value
-# written into the group between steps: ``rule(name, value)`` raises TypeError/ValueError.
-# (The float ``lr`` takes :func:`_float_rate`; "only one clip option" spans three keys.)
-_GROUP_RULES: dict[str, Callable[[str, Any], Any]] = {
-    "learning_rate": _group_learning_rate,
-    "weight_decay": lambda k, v: validation.optional_real(k, v, **_NON_NEGATIVE),
-    "clipnorm": lambda k, v: validation.optional_real(k, v, **_NON_NEGATIVE),
-    "clipvalue": lambda k, v: validation.optional_real(k, v, **_NON_NEGATIVE),
-    "global_clipnorm": lambda k, v: validation.optional_real(k, v, **_NON_NEGATIVE),
-    "use_ema": validation.boolean,
-    "ema_momentum": lambda k, v: validation.real(k, v, minimum=0.0, maximum=1.0,
-                                                 allowed="a float in [0, 1]"),
-    "ema_overwrite_frequency": _optional_frequency,
-    "beta_1": validation.beta,
-    "beta_2": validation.beta,
-    "epsilon": lambda k, v: validation.real(k, v, minimum=0.0, min_inclusive=False,
-                                            allowed="a finite float > 0"),
-    "amsgrad": validation.boolean,
-    "state_dtype": _state_dtype_rule,
-    "sparse_updates": lambda k, v: _sparse_updates(k, v),
-    "betas": _betas_pair,
-}
-_CLIP_KEYS = frozenset({"clipnorm", "clipvalue", "global_clipnorm"})
+def _group_rules(spec: Any) -> dict[str, Callable[[str, Any], Any]]:
+    """The constructor's check of each hyperparameter a param group holds (the shared
+    options' from :mod:`kerasopt.config`, the algorithm's from its registered spec), applied
+    to a value written into the group between steps: ``rule(name, value)`` raises
+    TypeError/ValueError naming it. (The float ``lr`` is checked by the step; "only one clip
+    option" spans three keys.)"""
+    rules: dict[str, Callable[[str, Any], Any]] = {
+        name: config.option(name).check
+        for name in ("weight_decay", "clipnorm", "clipvalue", "global_clipnorm", "use_ema",
+                     "ema_momentum", "ema_overwrite_frequency", "sparse_updates")
+    }
+    for h in spec.hyperparameters:
+        rules[h.name] = lambda _, value, h=h: h.validated(value)
+    rules.update(learning_rate=_group_learning_rate, state_dtype=_state_dtype_rule,
+                 betas=_betas_pair)
+    return rules
+
+
+_CLIP_KEYS = frozenset(config.CLIPS)
 
 
 
@@ -269,6 +250,7 @@ class KerasOptimizer(torch.optim.Optimizer):
     """Base class of :class:`Adam` and :class:`Adamax` (the pipeline around the rule)."""
 
     _core_class: type = _CoreAdam
+    _spec: Any = algorithms.get("adam")  # the registered algorithm (kerasopt.specs)
     _slots: tuple[str, ...] = ()
     _algorithm_keys: tuple[str, ...] = ()
     _fused_algorithm: str | None = None  # the kernel of kerasopt.kernels for this rule
@@ -308,7 +290,7 @@ class KerasOptimizer(torch.optim.Optimizer):
         self._excluded_ids: set[int] = set()
         self._excluded_pattern: re.Pattern[str] | None = None
         self._validate_state_dtype(defaults["state_dtype"])
-        _sparse_updates("sparse_updates", defaults["sparse_updates"])
+        config.option("sparse_updates").check("sparse_updates", defaults["sparse_updates"])
         # The core optimizer's constructor is the one place where Keras's arguments are
         # checked, so errors name the argument and value exactly as kerasopt.Adam does.
         self._core_optimizer(defaults)
@@ -430,7 +412,7 @@ class KerasOptimizer(torch.optim.Optimizer):
             raise ValueError(f"{name}: a param group needs a 'params' entry.")
         merged = {**self.defaults, **group}
         self._validate_state_dtype(merged["state_dtype"])
-        _sparse_updates("sparse_updates", merged["sparse_updates"])
+        config.option("sparse_updates").check("sparse_updates", merged["sparse_updates"])
         self._core_optimizer(merged)
         if "betas" in self.defaults:
             group["betas"] = group["synced_betas"] = (merged["beta_1"], merged["beta_2"])
@@ -574,12 +556,13 @@ class KerasOptimizer(torch.optim.Optimizer):
 
     def _validate_groups(self, checked: list | None) -> None:
         """Every group checked with the constructor's rules (those of
-        :data:`_GROUP_RULES`) before any is changed: the entries that changed since the
+        :func:`_group_rules`) before any is changed: the entries that changed since the
         last check, all of them for a group not seen before. Then torch's ``betas`` (written
         by a scheduler such as OneCycleLR) and Keras's ``beta_1``/``beta_2`` are brought into
         agreement: whichever was written since the last step wins."""
         name = type(self).__name__
         keys = self._watched_keys()
+        rules = _group_rules(self._spec)
         previous = {id(seen): values for seen, _, values in checked or ()}
         writes = []
         for index, group in enumerate(self.param_groups):
@@ -596,8 +579,8 @@ class KerasOptimizer(torch.optim.Optimizer):
             for key in changed:
                 if key == "lr" and not rate_function:
                     self._checked(index, key, group[key], _float_rate)
-                elif key in _GROUP_RULES:
-                    self._checked(index, key, group[key], _GROUP_RULES[key])
+                elif key in rules:
+                    self._checked(index, key, group[key], rules[key])
             if _CLIP_KEYS & set(changed):
                 self._checked(index, "clip", {k: group[k] for k in sorted(_CLIP_KEYS)},
                               lambda _, clips: validation.at_most_one_clip_option(**clips))
@@ -741,19 +724,9 @@ class KerasOptimizer(torch.optim.Optimizer):
         self._excluded_pattern = pattern_obj
 
     def _warn_unmatched(self, patterns: list[str]) -> None:
-        """One warning naming the exclusion patterns that match no parameter name (a typo
-        would otherwise leave those parameters decayed without a word)."""
+        """Warn (once per call) about exclusion patterns that match no parameter name."""
         names = [n for g in self.param_groups for n in g.get("param_names") or ()]
-        unmatched = [x for x in dict.fromkeys(patterns)
-                     if not any(re.search(x, name) for name in names)]
-        if unmatched:
-            warnings.warn(
-                f"{type(self).__name__}.exclude_from_weight_decay: var_names "
-                f"{', '.join(map(repr, unmatched))} match no parameter name, so they exclude "
-                f"nothing; the names are {validation.short_repr(names)}.",
-                UserWarning,
-                stacklevel=3,
-            )
+        config.warn_unmatched_exclusions(f"{type(self).__name__}", patterns, names)
 
     def _use_weight_decay(self, p: torch.Tensor, name: str | None) -> bool:
         if id(p) in self._excluded_ids:
@@ -1512,6 +1485,7 @@ class Adam(KerasOptimizer):
     """
 
     _core_class = _CoreAdam
+    _spec = algorithms.get("adam")
     _slots = ADAM_SLOTS
     _algorithm_keys = ("beta_1", "beta_2", "epsilon", "amsgrad")
 
@@ -1581,6 +1555,7 @@ class Adamax(KerasOptimizer):
     """
 
     _core_class = _CoreAdamax
+    _spec = algorithms.get("adamax")
     _slots = ADAMAX_SLOTS
     _algorithm_keys = ("beta_1", "beta_2", "epsilon")
 

@@ -181,8 +181,7 @@ def test_the_check_is_cached(monkeypatch):
 
 
 # The constructor's rules, and the same rules for an edit between steps, agree on every value
-# (a rate written into group["lr"] follows the NumPy core's learning_rate setter, which, like
-# torch's schedulers, takes integers too).
+# (a rate written into group["lr"] follows the NumPy core's learning_rate setter).
 VALUES = st.one_of(
     st.none(), st.booleans(), st.integers(-3, 3), st.floats(allow_nan=True),
     st.sampled_from(["abc", "lazy", "dense", (0.9, 0.99), torch.float32, torch.int32]),

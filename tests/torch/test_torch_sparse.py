@@ -140,7 +140,7 @@ def test_sparse_updates_per_group_and_validated():
     opt = kt.Adam([{"params": [model.emb.weight], "sparse_updates": "dense"},
                    {"params": model.out.parameters()}])
     assert [g["sparse_updates"] for g in opt.param_groups] == ["dense", "lazy"]
-    with pytest.raises(ValueError, match=r"sparse_updates.*'lazy' or 'dense'.*'eager'"):
+    with pytest.raises(ValueError, match=r"sparse_updates.*'lazy'.*'dense'.*'eager'"):
         kt.Adam(model.parameters(), sparse_updates="eager")
     with pytest.raises(ValueError, match=r"sparse_updates.*received sparse_updates=True"):
         kt.Adam([{"params": model.out.parameters(), "sparse_updates": True}])
@@ -152,7 +152,7 @@ def test_sparse_updates_per_group_and_validated():
 def test_an_exclusion_matching_no_parameter_name_warns_once():
     model = Model()
     opt = kt.Adam(model.named_parameters(), weight_decay=0.1)
-    with pytest.warns(UserWarning, match=r"'bais'.*match no parameter name.*'out.bias'") as seen:
+    with pytest.warns(UserWarning, match=r"\['bais'\] match no variable name.*'out.bias'") as seen:
         opt.exclude_from_weight_decay(var_names=["bais", "emb"])
     assert len(seen) == 1 and "'emb'" not in str(seen[0].message)
     with warnings.catch_warnings():
