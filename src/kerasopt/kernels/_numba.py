@@ -3,8 +3,23 @@
 Every kernel works on a *table of addresses*: one row per tensor, one column per role
 (weights, gradient, first and second moment, amsgrad maximum, accumulator, EMA average),
 so one call updates thousands of tensors without a Python loop per tensor. The work is
-split into chunks of at most ``CHUNK`` elements (rows of ``chunk_table``) that ``prange``
-spreads over the threads.
+split into chunks of at most ``CHUNK`` elements (rows of the chunk table, see
+``kerasopt.kernels.fused.chunk_table``).
+
+Threads: a launched kernel takes a ``cursor`` (a one-element int64 array) first and claims
+work from it with an atomic fetch-and-add, ``CHUNK`` elements' worth of chunks at a time,
+until every chunk is claimed. The same compiled function therefore runs on the calling
+thread alone (small steps) or on several threads at once (``kerasopt.kernels._threads``
+calls it from each; it releases the GIL), and a thread that the operating system
+deschedules leaves its share to the others. One build per kernel, no ``prange``: numba's
+parallel compilation took about three times as long as the serial build, and its OpenMP
+pool shared a libgomp with torch's.
+
+Specialized builds: the update kernel is built per kernel body (Adam or Adamax, a
+compile-time constant) and in two variants, ``full`` (every feature, switched per block by
+the ``features`` bits) and plain (no gradient transform and no EMA: the common step, and a
+third of the code to compile on first use). Both variants run the same loops in the same
+order, so a step's result does not depend on which one ran.
 
 Inside a chunk the elements are processed in blocks of ``BLOCK`` elements. When a feature
 transforms the gradient (unscale, accumulation mean, clip), the block's gradient is loaded
@@ -18,16 +33,17 @@ reference's, operation by operation and in the same order, in the variable's dty
 (``fastmath`` is off, so LLVM neither reassociates nor contracts ``a * b + c`` into a fused
 multiply-add; the one exception is the float64 running sum of the norm pass, see
 ``squared_sums``). Every function is compiled with ``error_model="numpy"``: a division by
-zero gives inf or NaN, as in NumPy and the reference, where numba's default for code outside
-``prange`` loops would raise ``ZeroDivisionError``.
+zero gives inf or NaN, as in NumPy and the reference, where numba's default would raise
+``ZeroDivisionError``.
 """
 
 from __future__ import annotations
 
-from types import FunctionType
+import logging
 
 import numpy as np
-from numba import carray, njit, prange, types
+from numba import carray, config, njit, types
+from numba.core import event
 from numba.extending import intrinsic
 
 from kerasopt.kernels.layout import (
@@ -73,18 +89,39 @@ together; on the 2-core EPYC of docs/benchmarks.md, 128 beat 512 by ~7% on one 1
 (32-128 were alike, 2048-8192 were 20-30% slower)."""
 
 
+def thread_count() -> int:
+    """``NUMBA_NUM_THREADS``: numba's thread count (by default the number of cores)."""
+    return max(1, int(config.NUMBA_NUM_THREADS))
 
-def _threaded(function):
-    """``function`` compiled to spread its ``prange`` loop over numba's threads, with
-    ``.serial``: the same code compiled for the calling thread alone (``prange`` is then
-    ``range``), for steps too small to be worth waking the other threads. (A copy of the
-    function under its own name, so that the two builds have their own cache files.)"""
-    serial = FunctionType(function.__code__, function.__globals__, function.__name__ + "_serial",
-                          function.__defaults__, function.__closure__)
-    serial.__qualname__ = function.__qualname__ + "_serial"
-    dispatcher = njit(parallel=True, cache=True, error_model="numpy")(function)
-    dispatcher.serial = njit(cache=True, error_model="numpy")(serial)
-    return dispatcher
+
+class _CompileNotice(event.Listener):
+    """Says once per process, when numba starts compiling one of these kernels, what the
+    pause is: a first step compiles its kernels for a second or more before it returns
+    (later processes load them from numba's on-disk cache)."""
+
+    shown = False
+
+    def on_start(self, ev: event.Event) -> None:
+        function = getattr(ev.data.get("dispatcher"), "py_func", None)
+        if _CompileNotice.shown or getattr(function, "__module__", None) != __name__:
+            return
+        _CompileNotice.shown = True
+        logging.getLogger("kerasopt").warning(
+            "kerasopt: compiling the fused CPU kernels for this kind of step (first use on "
+            "this machine, a second or a few; numba caches them on disk, so later runs start "
+            "at once)."
+        )
+
+    def on_end(self, ev: event.Event) -> None:
+        pass
+
+
+event.register("numba:compile", _CompileNotice())
+
+
+_launched = njit(nogil=True, cache=True, error_model="numpy")
+"""The decorator of the kernels that ``kerasopt.kernels._threads`` launches: compiled once
+(cached on disk), releasing the GIL while they run."""
 
 
 @intrinsic
@@ -95,6 +132,20 @@ def _pointer(typingctx, address, marker):
 
     def codegen(context, builder, signature, args):
         return builder.inttoptr(args[0], context.get_value_type(pointer_type))
+
+    return sig, codegen
+
+
+@intrinsic
+def _fetch_add(typingctx, counter, amount):
+    """Atomically ``old = counter[0]; counter[0] += amount``; returns ``old`` (``counter``: a
+    one-element int64 array shared by the threads of a launch)."""
+    sig = types.int64(counter, amount)
+
+    def codegen(context, builder, signature, args):
+        array = context.make_array(signature.args[0])(context, builder, args[0])
+        value = context.cast(builder, args[1], signature.args[1], types.int64)
+        return builder.atomic_rmw("add", array.data, value, "monotonic")
 
     return sig, codegen
 
@@ -165,30 +216,64 @@ def same_layouts(first, second, data_offset):
     return True
 
 
-@njit(cache=True, error_model="numpy")
-def chunk_table(sizes):
-    """``(tensor, start, stop)`` rows covering every tensor in chunks of <= CHUNK elements."""
-    count = 0
-    for s in sizes:
-        count += max(1, (s + CHUNK - 1) // CHUNK)
-    table = np.empty((count, 3), np.int64)
-    row = 0
-    for t in range(sizes.shape[0]):
-        s = sizes[t]
-        start = 0
-        while True:
-            stop = min(s, start + CHUNK)
-            table[row, 0] = t
-            table[row, 1] = start
-            table[row, 2] = stop
-            row += 1
-            start = stop
-            if start >= s:
-                break
-    return table
+# --------------------------------------------------------------------------- work claims
+
+
+@njit(inline="always", error_model="numpy")
+def _elements(chunks):
+    """The elements of every chunk of ``chunks`` together."""
+    n = chunks.shape[0]
+    if n == 0:
+        return 0
+    return chunks[n - 1, 3] + chunks[n - 1, 2] - chunks[n - 1, 1]
+
+
+@njit(inline="always", error_model="numpy")
+def _first_row_at(chunks, element):
+    """The first chunk whose first element (column 3, counted over all tensors) is at or
+    after ``element`` (binary search: the column is non-decreasing)."""
+    low = 0
+    high = chunks.shape[0]
+    while low < high:
+        middle = (low + high) >> 1
+        if chunks[middle, 3] < element:
+            low = middle + 1
+        else:
+            high = middle
+    return low
+
+
+@njit(inline="always", error_model="numpy")
+def _claim(cursor, chunks, total):
+    """The next unit of work of a launch: the chunks that start within the next ``CHUNK``
+    elements claimed from ``cursor``, as ``range(first, stop)``; ``first`` is -1 when every
+    element has been claimed. (A chunk has at most ``CHUNK`` elements, so every chunk starts
+    in exactly one unit.)"""
+    claimed = _fetch_add(cursor, CHUNK)
+    if claimed >= total:
+        return -1, -1
+    first = _first_row_at(chunks, claimed)
+    return first, _first_row_at(chunks, claimed + CHUNK)
+
+
+# --------------------------------------------------------------------------- the step
 
 
 TRANSFORMS = UNSCALE | ACCUMULATE | CLIP_VALUE | CLIP_NORM | CLIP_GLOBAL
+PLAIN = DECAY | AMSGRAD
+"""The features that the plain build of the update step handles (all others need the full
+build)."""
+
+
+@njit(inline="always", error_model="numpy")
+def _momentum(table, t, start, count, marker, one_minus_beta_1):
+    """The first moment's update ``m += (g - m) * (1 - beta_1)`` from the gradient in memory;
+    returns the block's gradient."""
+    g = _view(table[t, G], start, count, marker)
+    m = _view(table[t, M], start, count, marker)
+    for i in range(count):
+        m[i] = m[i] + (g[i] - m[i]) * one_minus_beta_1
+    return g
 
 
 @njit(inline="always", error_model="numpy")
@@ -203,12 +288,10 @@ def _gradient_and_momentum(tmp, table, t, start, count, marker, features, hyper,
     all in the same loop (``hyper`` holds the identity for each transform that is off, so
     the loop has no branches) and into ``tmp`` for the loops that follow.
     """
+    if not features & TRANSFORMS:
+        return _momentum(table, t, start, count, marker, one_minus_beta_1)
     g = _view(table[t, G], start, count, marker)
     m = _view(table[t, M], start, count, marker)
-    if not features & TRANSFORMS:
-        for i in range(count):
-            m[i] = m[i] + (g[i] - m[i]) * one_minus_beta_1
-        return g
     scale = hyper[H_SCALE]
     steps = hyper[H_STEPS]
     low = hyper[H_CLIP_LOW]
@@ -303,48 +386,87 @@ def _adamax_weights(table, t, start, count, marker, hyper, g, w, m):
         w[i] = w[i] - lr * m[i] / (denominator * (u[i] + epsilon))
 
 
-@_threaded
-def update_step(table, chunks, marker, features, hyper, clip_c, clip_d, decay_mask, adamax):
-    """One fused Adam (or, with ``adamax``, Adamax) step over every tensor of ``table``, in
-    place: per block the decay, the gradient's transforms with the first moment, the
-    algorithm's second moment and weights, then the EMA. One loop per written array: each
-    loop then needs only a few runtime alias checks between its (raw-pointer) arrays, so
-    LLVM vectorizes it."""
-    one_minus_beta_1 = hyper[H_ONE_MINUS_BETA_1]
-    for c in prange(chunks.shape[0]):
-        t = chunks[c, 0]
-        tmp = np.empty(BLOCK, marker.dtype)
-        for start in range(chunks[c, 1], chunks[c, 2], BLOCK):
-            count = min(BLOCK, chunks[c, 2] - start)
-            _decay(table, t, start, count, marker, features, hyper, decay_mask)
-            g = _gradient_and_momentum(tmp, table, t, start, count, marker, features, hyper,
-                                       clip_c, clip_d, one_minus_beta_1)
-            w = _view(table[t, W], start, count, marker)
-            m = _view(table[t, M], start, count, marker)
-            if adamax:
-                _adamax_weights(table, t, start, count, marker, hyper, g, w, m)
-            else:
-                _adam_weights(table, t, start, count, marker, features, hyper, g, w, m)
-            _average(table, t, start, count, marker, features, hyper)
+def _build_update_step(adamax: bool, full: bool):
+    """The update kernel of one kernel body (``adamax``, else Adam) in one variant (``full``:
+    every feature; else only those of ``PLAIN``). Both are compile-time constants: numba
+    drops the branches they rule out before compiling."""
+
+    def update_step(cursor, table, chunks, marker, features, hyper, clip_c, clip_d,
+                    decay_mask):
+        """One fused update step over every tensor of ``table``, in place: per block the
+        decay, the gradient's transforms with the first moment, the body's second moment
+        and weights, then the EMA. One loop per written array: each loop then needs only a
+        few runtime alias checks between its (raw-pointer) arrays, so LLVM vectorizes it."""
+        one_minus_beta_1 = hyper[H_ONE_MINUS_BETA_1]
+        if full:
+            tmp = np.empty(BLOCK, marker.dtype)  # the block's transformed gradient
+        total = _elements(chunks)
+        while True:
+            first, stop = _claim(cursor, chunks, total)
+            if first < 0:
+                break
+            for c in range(first, stop):
+                t = chunks[c, 0]
+                for start in range(chunks[c, 1], chunks[c, 2], BLOCK):
+                    count = min(BLOCK, chunks[c, 2] - start)
+                    _decay(table, t, start, count, marker, features, hyper, decay_mask)
+                    if full:
+                        g = _gradient_and_momentum(tmp, table, t, start, count, marker,
+                                                   features, hyper, clip_c, clip_d,
+                                                   one_minus_beta_1)
+                    else:
+                        g = _momentum(table, t, start, count, marker, one_minus_beta_1)
+                    w = _view(table[t, W], start, count, marker)
+                    m = _view(table[t, M], start, count, marker)
+                    if adamax:
+                        _adamax_weights(table, t, start, count, marker, hyper, g, w, m)
+                    else:
+                        _adam_weights(table, t, start, count, marker, features, hyper, g, w,
+                                      m)
+                    if full:
+                        _average(table, t, start, count, marker, features, hyper)
+
+    name = f"update_step_{'adamax' if adamax else 'adam'}{'' if full else '_plain'}"
+    update_step.__name__ = update_step.__qualname__ = name
+    return _launched(update_step)
 
 
-@_threaded
-def micro_step(table, chunks, marker, features, hyper):
+_UPDATE_STEPS: dict = {}
+
+
+def update_step(kernel: str, features: int):
+    """The update kernel for ``kernel`` (a body of ``layout.KERNEL_BODIES``) that handles
+    ``features``: the plain build when they are all in ``PLAIN``, else the full one (each
+    compiled on its first call)."""
+    key = (kernel, bool(features & ~PLAIN))
+    built = _UPDATE_STEPS.get(key)
+    if built is None:
+        built = _UPDATE_STEPS[key] = _build_update_step(kernel == "adamax", key[1])
+    return built
+
+
+@_launched
+def micro_step(cursor, table, chunks, marker, features, hyper):
     """An accumulation micro-step: ``acc += g (/ scale)``, and the EMA when on."""
-    for c in prange(chunks.shape[0]):
-        t = chunks[c, 0]
-        for start in range(chunks[c, 1], chunks[c, 2], BLOCK):
-            count = min(BLOCK, chunks[c, 2] - start)
-            g = _view(table[t, G], start, count, marker)
-            acc = _view(table[t, ACC], start, count, marker)
-            if features & UNSCALE:
-                scale = hyper[H_SCALE]
-                for i in range(count):
-                    acc[i] = acc[i] + g[i] / scale
-            else:
-                for i in range(count):
-                    acc[i] = acc[i] + g[i]
-            _average(table, t, start, count, marker, features, hyper)
+    total = _elements(chunks)
+    while True:
+        first, stop = _claim(cursor, chunks, total)
+        if first < 0:
+            break
+        for c in range(first, stop):
+            t = chunks[c, 0]
+            for start in range(chunks[c, 1], chunks[c, 2], BLOCK):
+                count = min(BLOCK, chunks[c, 2] - start)
+                g = _view(table[t, G], start, count, marker)
+                acc = _view(table[t, ACC], start, count, marker)
+                if features & UNSCALE:
+                    scale = hyper[H_SCALE]
+                    for i in range(count):
+                        acc[i] = acc[i] + g[i] / scale
+                else:
+                    for i in range(count):
+                        acc[i] = acc[i] + g[i]
+                _average(table, t, start, count, marker, features, hyper)
 
 
 @njit(cache=True, error_model="numpy")
@@ -369,92 +491,216 @@ def _sum_squares(g, acc, count, features, scale, steps):
     return total
 
 
-@_threaded
-def squared_sums(table, chunks, marker, features, hyper):
-    """Per chunk, the float64 sum of ``g * g`` (``g * g`` rounded in the dtype), where ``g``
-    is the gradient after unscaling and the accumulation mean: the read pass of clipnorm.
+@_launched
+def squared_sums(cursor, table, chunks, marker, features, hyper, partial):
+    """Per chunk, into ``partial[chunk]``, the float64 sum of ``g * g`` (``g * g`` rounded in
+    the dtype), where ``g`` is the gradient after unscaling and the accumulation mean: the
+    read pass of clipnorm.
 
     The only code that lets LLVM reassociate (``fastmath={"reassoc"}`` on ``_sum_squares``;
     NaN and inf still propagate), so that the float64 running sum is vectorized, several
     times faster than a strict chain of dependent adds. The reference sums in the dtype
     (pairwise in NumPy), so its order differs anyway; a float64 sum of float32 squares is
     exact to ~1e-16 in any order and rounds to the same float32 norm but for rare ties.
-    The per-element values must stay exact: numba compiles ``_transformed`` inside
-    ``_sum_squares`` with the same flag, but with ``reassoc`` alone LLVM has no fold that
-    changes a lone division, addition or square (that takes ``arcp`` or ``contract``);
-    ``test_norm_pass_reassociates_only_the_sum`` checks the sum against the exact sum of the
-    strictly computed squares.
+    Each chunk's sum is the same whichever thread computes it. The per-element values must
+    stay exact: numba compiles ``_transformed`` inside ``_sum_squares`` with the same flag,
+    but with ``reassoc`` alone LLVM has no fold that changes a lone division, addition or
+    square (that takes ``arcp`` or ``contract``); ``test_norm_pass_reassociates_only_the_sum``
+    checks the sum against the exact sum of the strictly computed squares.
     """
-    partial = np.empty(chunks.shape[0], np.float64)
     scale = hyper[H_SCALE]
     steps = hyper[H_STEPS]
-    for c in prange(chunks.shape[0]):
-        t = chunks[c, 0]
-        start = chunks[c, 1]
-        count = chunks[c, 2] - start
-        g = _view(table[t, G], start, count, marker)
-        acc = g
+    total = _elements(chunks)
+    while True:
+        first, stop = _claim(cursor, chunks, total)
+        if first < 0:
+            break
+        for c in range(first, stop):
+            t = chunks[c, 0]
+            start = chunks[c, 1]
+            count = chunks[c, 2] - start
+            g = _view(table[t, G], start, count, marker)
+            acc = g
+            if features & ACCUMULATE:
+                acc = _view(table[t, ACC], start, count, marker)
+            partial[c] = _sum_squares(g, acc, count, features, scale, steps)
+
+
+# --------------------------------------------------------------------------- rooflines
+# Streaming kernels with the access pattern of each pass above (the same arrays read and
+# written, the same blocks, chunks, claims and threads) and trivial arithmetic: how fast
+# this machine moves a pass's bytes. ``kerasopt bench`` reports the fused step as a fraction
+# of them.
+
+
+@_launched
+def stream_update(cursor, table, chunks, marker, features):
+    """The update step's pattern: read w, g, m, v, write w, m, v (``m += g; v += g;
+    w += m + v``), the accumulator read and zeroed with ``ACCUMULATE``, the EMA average
+    read and written with ``AVERAGE`` (``a += w``)."""
+    total = _elements(chunks)
+    zero = marker[0] - marker[0]
+    while True:
+        first, stop = _claim(cursor, chunks, total)
+        if first < 0:
+            break
+        for c in range(first, stop):
+            t = chunks[c, 0]
+            for start in range(chunks[c, 1], chunks[c, 2], BLOCK):
+                count = min(BLOCK, chunks[c, 2] - start)
+                g = _view(table[t, G], start, count, marker)
+                m = _view(table[t, M], start, count, marker)
+                if features & ACCUMULATE:
+                    acc = _view(table[t, ACC], start, count, marker)
+                    for i in range(count):
+                        m[i] = m[i] + g[i] + acc[i]
+                        acc[i] = zero
+                else:
+                    for i in range(count):
+                        m[i] = m[i] + g[i]
+                v = _view(table[t, V], start, count, marker)
+                for i in range(count):
+                    v[i] = v[i] + g[i]
+                w = _view(table[t, W], start, count, marker)
+                for i in range(count):
+                    w[i] = w[i] + m[i] + v[i]
+                if features & AVERAGE:
+                    a = _view(table[t, EMA], start, count, marker)
+                    for i in range(count):
+                        a[i] = a[i] + w[i]
+
+
+@_launched
+def stream_micro(cursor, table, chunks, marker, features):
+    """The micro-step's pattern: ``acc += g``, and ``a += w`` with ``AVERAGE``."""
+    total = _elements(chunks)
+    while True:
+        first, stop = _claim(cursor, chunks, total)
+        if first < 0:
+            break
+        for c in range(first, stop):
+            t = chunks[c, 0]
+            for start in range(chunks[c, 1], chunks[c, 2], BLOCK):
+                count = min(BLOCK, chunks[c, 2] - start)
+                g = _view(table[t, G], start, count, marker)
+                acc = _view(table[t, ACC], start, count, marker)
+                for i in range(count):
+                    acc[i] = acc[i] + g[i]
+                if features & AVERAGE:
+                    w = _view(table[t, W], start, count, marker)
+                    a = _view(table[t, EMA], start, count, marker)
+                    for i in range(count):
+                        a[i] = a[i] + w[i]
+
+
+@njit(cache=True, error_model="numpy", fastmath={"reassoc"})
+def _sum(g, acc, count, features):
+    total = 0.0
+    for i in range(count):
+        x = g[i]
         if features & ACCUMULATE:
-            acc = _view(table[t, ACC], start, count, marker)
-        partial[c] = _sum_squares(g, acc, count, features, scale, steps)
-    return partial
+            x = x + acc[i]
+        total += np.float64(x)
+    return total
 
 
-@njit(cache=True, error_model="numpy")
-def tensor_sums(partial, chunks, n_tensors, marker):
-    """Per tensor, the sum of its chunks' partial sums, rounded to ``marker``'s dtype."""
-    totals = np.zeros(n_tensors, np.float64)
-    for c in range(chunks.shape[0]):
-        totals[chunks[c, 0]] += partial[c]
-    out = np.empty(n_tensors, marker.dtype)
-    for t in range(n_tensors):
-        out[t] = totals[t]
-    return out
+@_launched
+def stream_norm(cursor, table, chunks, marker, features, partial):
+    """The norm pass's pattern: read g (and the accumulator with ``ACCUMULATE``), a float64
+    sum per chunk."""
+    total = _elements(chunks)
+    while True:
+        first, stop = _claim(cursor, chunks, total)
+        if first < 0:
+            break
+        for c in range(first, stop):
+            t = chunks[c, 0]
+            start = chunks[c, 1]
+            count = chunks[c, 2] - start
+            g = _view(table[t, G], start, count, marker)
+            acc = g
+            if features & ACCUMULATE:
+                acc = _view(table[t, ACC], start, count, marker)
+            partial[c] = _sum(g, acc, count, features)
 
 
-@_threaded
-def adam_rows(w, m, v, vhat, rows, values, hyper, amsgrad):
+@_launched
+def stream_triad(cursor, table, chunks, marker, s):
+    """STREAM's triad ``a = b + s * c`` (a in the weights' column, b the gradients', c the
+    first moments'): the usual second reference, 12 bytes per element."""
+    total = _elements(chunks)
+    while True:
+        first, stop = _claim(cursor, chunks, total)
+        if first < 0:
+            break
+        for c in range(first, stop):
+            t = chunks[c, 0]
+            for start in range(chunks[c, 1], chunks[c, 2], BLOCK):
+                count = min(BLOCK, chunks[c, 2] - start)
+                a = _view(table[t, W], start, count, marker)
+                b = _view(table[t, G], start, count, marker)
+                x = _view(table[t, M], start, count, marker)
+                for i in range(count):
+                    a[i] = b[i] + s * x[i]
+
+
+# --------------------------------------------------------------------------- sparse rows
+
+
+@_launched
+def adam_rows(cursor, grain, w, m, v, vhat, rows, values, hyper, amsgrad):
     """Lazy sparse Adam: only ``rows`` of the 2-D ``w``, ``m``, ``v`` (and ``vhat``) move,
-    with ``values[k]`` the (deduplicated) gradient of row ``rows[k]``."""
+    with ``values[k]`` the (deduplicated) gradient of row ``rows[k]``; claimed ``grain``
+    rows at a time."""
     alpha = hyper[H_ADAM_ALPHA]
     one_minus_beta_1 = hyper[H_ONE_MINUS_BETA_1]
     one_minus_beta_2 = hyper[H_ADAM_ONE_MINUS_BETA_2]
     epsilon = hyper[H_ADAM_EPSILON]
-    for k in prange(rows.shape[0]):
-        r = rows[k]
-        for j in range(w.shape[1]):
-            g = values[k, j]
-            mi = m[r, j] + (g - m[r, j]) * one_minus_beta_1
-            vi = v[r, j] + (g * g - v[r, j]) * one_minus_beta_2
-            m[r, j] = mi
-            v[r, j] = vi
-            if amsgrad:
-                h = vhat[r, j]
-                h = vi if (vi > h or vi != vi) else h
-                vhat[r, j] = h
-                vi = h
-            w[r, j] = w[r, j] - mi * alpha / (np.sqrt(vi) + epsilon)
+    n = rows.shape[0]
+    while True:
+        first = _fetch_add(cursor, grain)
+        if first >= n:
+            break
+        for k in range(first, min(n, first + grain)):
+            r = rows[k]
+            for j in range(w.shape[1]):
+                g = values[k, j]
+                mi = m[r, j] + (g - m[r, j]) * one_minus_beta_1
+                vi = v[r, j] + (g * g - v[r, j]) * one_minus_beta_2
+                m[r, j] = mi
+                v[r, j] = vi
+                if amsgrad:
+                    h = vhat[r, j]
+                    h = vi if (vi > h or vi != vi) else h
+                    vhat[r, j] = h
+                    vi = h
+                w[r, j] = w[r, j] - mi * alpha / (np.sqrt(vi) + epsilon)
 
 
-@_threaded
-def adamax_rows(w, m, u, rows, values, hyper):
+@_launched
+def adamax_rows(cursor, grain, w, m, u, rows, values, hyper):
     """Lazy sparse Adamax: only ``rows`` of the 2-D ``w``, ``m``, ``u`` move."""
     lr = hyper[H_ADAMAX_LR]
     one_minus_beta_1 = hyper[H_ONE_MINUS_BETA_1]
     beta_2 = hyper[H_ADAMAX_BETA_2]
     epsilon = hyper[H_ADAMAX_EPSILON]
     denominator = hyper[H_ADAMAX_DENOMINATOR]
-    for k in prange(rows.shape[0]):
-        r = rows[k]
-        for j in range(w.shape[1]):
-            g = values[k, j]
-            mi = m[r, j] + (g - m[r, j]) * one_minus_beta_1
-            a = beta_2 * u[r, j]
-            b = np.abs(g)
-            ui = b if (b > a or b != b) else a
-            m[r, j] = mi
-            u[r, j] = ui
-            w[r, j] = w[r, j] - lr * mi / (denominator * (ui + epsilon))
+    n = rows.shape[0]
+    while True:
+        first = _fetch_add(cursor, grain)
+        if first >= n:
+            break
+        for k in range(first, min(n, first + grain)):
+            r = rows[k]
+            for j in range(w.shape[1]):
+                g = values[k, j]
+                mi = m[r, j] + (g - m[r, j]) * one_minus_beta_1
+                a = beta_2 * u[r, j]
+                b = np.abs(g)
+                ui = b if (b > a or b != b) else a
+                m[r, j] = mi
+                u[r, j] = ui
+                w[r, j] = w[r, j] - lr * mi / (denominator * (ui + epsilon))
 
 
 @njit(cache=True, error_model="numpy")
