@@ -253,10 +253,15 @@ def _claim(cursor, chunks, total):
     if claimed >= total:
         return -1, -1
     first = _first_row_at(chunks, claimed)
-    return first, _first_row_at(chunks, claimed + CHUNK)
+    stop = first
+    while stop < chunks.shape[0] and chunks[stop, 3] < claimed + CHUNK:
+        stop += 1
+    return first, stop
 
 
 # --------------------------------------------------------------------------- the step
+# Each kernel takes, per chunk, a typed pointer to each of its tensor's arrays (``_at``)
+# and runs its loops over the elements ``[start, end)`` of one block at a time.
 
 
 TRANSFORMS = UNSCALE | ACCUMULATE | CLIP_VALUE | CLIP_NORM | CLIP_GLOBAL
@@ -266,19 +271,24 @@ build)."""
 
 
 @njit(inline="always", error_model="numpy")
-def _momentum(table, t, start, count, marker, one_minus_beta_1):
+def _at(table, t, column, marker):
+    """Tensor ``t``'s array in ``column`` of the address table, as a typed pointer (an
+    unused column holds 0: never read)."""
+    return _pointer(table[t, column], marker)
+
+
+@njit(inline="always", error_model="numpy")
+def _momentum(g, m, start, end, one_minus_beta_1):
     """The first moment's update ``m += (g - m) * (1 - beta_1)`` from the gradient in memory;
-    returns the block's gradient."""
-    g = _view(table[t, G], start, count, marker)
-    m = _view(table[t, M], start, count, marker)
-    for i in range(count):
+    returns the gradient."""
+    for i in range(start, end):
         m[i] = m[i] + (g[i] - m[i]) * one_minus_beta_1
     return g
 
 
 @njit(inline="always", error_model="numpy")
-def _gradient_and_momentum(tmp, table, t, start, count, marker, features, hyper, clip_c,
-                           clip_d, one_minus_beta_1):
+def _gradient_and_momentum(scratch, g, m, acc, start, end, marker, features, hyper, c, d,
+                           one_minus_beta_1):
     """The first moment's update ``m += (g - m) * (1 - beta_1)``, in the loop that reads the
     gradient from memory; returns the block's gradient as the update uses it.
 
@@ -286,103 +296,92 @@ def _gradient_and_momentum(tmp, table, t, start, count, marker, features, hyper,
     through ``g / scale``, ``(g + acc) / n`` (zeroing the accumulator), the clip to
     ``[low, high]``, ``g * c / d`` (clipnorm) and ``g * s`` (global_clipnorm) in that order,
     all in the same loop (``hyper`` holds the identity for each transform that is off, so
-    the loop has no branches) and into ``tmp`` for the loops that follow.
+    the loop has no branches) and into ``scratch`` (one block, in L1), which is returned as
+    a pointer indexed like the arrays.
     """
     if not features & TRANSFORMS:
-        return _momentum(table, t, start, count, marker, one_minus_beta_1)
-    g = _view(table[t, G], start, count, marker)
-    m = _view(table[t, M], start, count, marker)
+        return _momentum(g, m, start, end, one_minus_beta_1)
+    x = _pointer(scratch.ctypes.data - start * marker.itemsize, marker)
     scale = hyper[H_SCALE]
     steps = hyper[H_STEPS]
     low = hyper[H_CLIP_LOW]
     high = hyper[H_CLIP_HIGH]
-    c = clip_c[t]
-    d = clip_d[t]
     s = hyper[H_GLOBAL]
     if features & ACCUMULATE:
-        acc = _view(table[t, ACC], start, count, marker)
         zero = marker[0] - marker[0]
-        for i in range(count):
-            x = (g[i] / scale + acc[i]) / steps
+        for i in range(start, end):
+            y = (g[i] / scale + acc[i]) / steps
             acc[i] = zero
-            # np.clip(x, low, high) == minimum(maximum(x, low), high), NaN propagating.
-            x = low if x < low else x
-            x = high if x > high else x
-            x = x * c / d * s
-            tmp[i] = x
-            m[i] = m[i] + (x - m[i]) * one_minus_beta_1
+            # np.clip(y, low, high) == minimum(maximum(y, low), high), NaN propagating.
+            y = low if y < low else y
+            y = high if y > high else y
+            y = y * c / d * s
+            x[i] = y
+            m[i] = m[i] + (y - m[i]) * one_minus_beta_1
     else:
-        for i in range(count):
-            x = g[i] / scale
-            x = low if x < low else x
-            x = high if x > high else x
-            x = x * c / d * s
-            tmp[i] = x
-            m[i] = m[i] + (x - m[i]) * one_minus_beta_1
-    return tmp
+        for i in range(start, end):
+            y = g[i] / scale
+            y = low if y < low else y
+            y = high if y > high else y
+            y = y * c / d * s
+            x[i] = y
+            m[i] = m[i] + (y - m[i]) * one_minus_beta_1
+    return x
 
 
 @njit(inline="always", error_model="numpy")
-def _decay(table, t, start, count, marker, features, hyper, decay_mask):
-    """Decoupled weight decay ``w *= 1 - weight_decay * lr`` of the block's weights."""
-    if features & DECAY and decay_mask[t]:
-        w = _view(table[t, W], start, count, marker)
-        f = hyper[H_DECAY]
-        for i in range(count):
-            w[i] = w[i] * f
+def _decay(w, start, end, factor):
+    """Decoupled weight decay ``w *= 1 - weight_decay * lr`` (``factor``) of a block."""
+    for i in range(start, end):
+        w[i] = w[i] * factor
 
 
 @njit(inline="always", error_model="numpy")
-def _average(table, t, start, count, marker, features, hyper):
+def _average(w, a, start, end, features, hyper):
     """EMA of the weights, then the overwrite ``w := average`` when due."""
     if features & AVERAGE:
-        w = _view(table[t, W], start, count, marker)
-        a = _view(table[t, EMA], start, count, marker)
         momentum = hyper[H_EMA]
         rest = hyper[H_ONE_MINUS_EMA]
-        for i in range(count):
+        for i in range(start, end):
             a[i] = momentum * a[i] + rest * w[i]
         if features & OVERWRITE:
-            for i in range(count):
+            for i in range(start, end):
                 w[i] = a[i]
 
 
 @njit(inline="always", error_model="numpy")
-def _adam_weights(table, t, start, count, marker, features, hyper, g, w, m):
+def _adam_weights(w, g, m, v, vhat, start, end, features, hyper):
     """Adam's second moment (and amsgrad maximum), then the weights."""
     alpha = hyper[H_ADAM_ALPHA]
     one_minus_beta_2 = hyper[H_ADAM_ONE_MINUS_BETA_2]
     epsilon = hyper[H_ADAM_EPSILON]
-    v = _view(table[t, V], start, count, marker)
-    for i in range(count):
+    for i in range(start, end):
         gi = g[i]
         v[i] = v[i] + (gi * gi - v[i]) * one_minus_beta_2
     if features & AMSGRAD:
-        vhat = _view(table[t, VHAT], start, count, marker)
-        for i in range(count):
+        for i in range(start, end):
             h = vhat[i]
             vi = v[i]
             # np.maximum(h, vi), NaN propagating
             vhat[i] = vi if (vi > h or vi != vi) else h
         v = vhat
-    for i in range(count):
+    for i in range(start, end):
         w[i] = w[i] - m[i] * alpha / (np.sqrt(v[i]) + epsilon)
 
 
 @njit(inline="always", error_model="numpy")
-def _adamax_weights(table, t, start, count, marker, hyper, g, w, m):
+def _adamax_weights(w, g, m, u, start, end, hyper):
     """Adamax's infinity norm, then the weights."""
     lr = hyper[H_ADAMAX_LR]
     beta_2 = hyper[H_ADAMAX_BETA_2]
     epsilon = hyper[H_ADAMAX_EPSILON]
     denominator = hyper[H_ADAMAX_DENOMINATOR]
-    u = _view(table[t, V], start, count, marker)
-    for i in range(count):
+    for i in range(start, end):
         a = beta_2 * u[i]
         b = np.abs(g[i])
         # np.maximum(a, b), NaN propagating
         u[i] = b if (b > a or b != b) else a
-    for i in range(count):
+    for i in range(start, end):
         w[i] = w[i] - lr * m[i] / (denominator * (u[i] + epsilon))
 
 
@@ -398,8 +397,9 @@ def _build_update_step(adamax: bool, full: bool):
         and weights, then the EMA. One loop per written array: each loop then needs only a
         few runtime alias checks between its (raw-pointer) arrays, so LLVM vectorizes it."""
         one_minus_beta_1 = hyper[H_ONE_MINUS_BETA_1]
+        factor = hyper[H_DECAY]
         if full:
-            tmp = np.empty(BLOCK, marker.dtype)  # the block's transformed gradient
+            scratch = np.empty(BLOCK, marker.dtype)  # the block's transformed gradient
         total = _elements(chunks)
         while True:
             first, stop = _claim(cursor, chunks, total)
@@ -407,24 +407,28 @@ def _build_update_step(adamax: bool, full: bool):
                 break
             for c in range(first, stop):
                 t = chunks[c, 0]
+                w = _at(table, t, W, marker)
+                g = _at(table, t, G, marker)
+                m = _at(table, t, M, marker)
+                v = _at(table, t, V, marker)
+                decay = features & DECAY and decay_mask[t]
                 for start in range(chunks[c, 1], chunks[c, 2], BLOCK):
-                    count = min(BLOCK, chunks[c, 2] - start)
-                    _decay(table, t, start, count, marker, features, hyper, decay_mask)
+                    end = min(start + BLOCK, chunks[c, 2])
+                    if decay:
+                        _decay(w, start, end, factor)
                     if full:
-                        g = _gradient_and_momentum(tmp, table, t, start, count, marker,
-                                                   features, hyper, clip_c, clip_d,
-                                                   one_minus_beta_1)
+                        x = _gradient_and_momentum(scratch, g, m, _at(table, t, ACC, marker),
+                                                   start, end, marker, features, hyper,
+                                                   clip_c[t], clip_d[t], one_minus_beta_1)
                     else:
-                        g = _momentum(table, t, start, count, marker, one_minus_beta_1)
-                    w = _view(table[t, W], start, count, marker)
-                    m = _view(table[t, M], start, count, marker)
+                        x = _momentum(g, m, start, end, one_minus_beta_1)
                     if adamax:
-                        _adamax_weights(table, t, start, count, marker, hyper, g, w, m)
+                        _adamax_weights(w, x, m, v, start, end, hyper)
                     else:
-                        _adam_weights(table, t, start, count, marker, features, hyper, g, w,
-                                      m)
+                        _adam_weights(w, x, m, v, _at(table, t, VHAT, marker), start, end,
+                                      features, hyper)
                     if full:
-                        _average(table, t, start, count, marker, features, hyper)
+                        _average(w, _at(table, t, EMA, marker), start, end, features, hyper)
 
     name = f"update_step_{'adamax' if adamax else 'adam'}{'' if full else '_plain'}"
     update_step.__name__ = update_step.__qualname__ = name
@@ -448,6 +452,7 @@ def update_step(kernel: str, features: int):
 @_launched
 def micro_step(cursor, table, chunks, marker, features, hyper):
     """An accumulation micro-step: ``acc += g (/ scale)``, and the EMA when on."""
+    scale = hyper[H_SCALE]
     total = _elements(chunks)
     while True:
         first, stop = _claim(cursor, chunks, total)
@@ -455,18 +460,19 @@ def micro_step(cursor, table, chunks, marker, features, hyper):
             break
         for c in range(first, stop):
             t = chunks[c, 0]
+            g = _at(table, t, G, marker)
+            acc = _at(table, t, ACC, marker)
+            w = _at(table, t, W, marker)
+            a = _at(table, t, EMA, marker)
             for start in range(chunks[c, 1], chunks[c, 2], BLOCK):
-                count = min(BLOCK, chunks[c, 2] - start)
-                g = _view(table[t, G], start, count, marker)
-                acc = _view(table[t, ACC], start, count, marker)
+                end = min(start + BLOCK, chunks[c, 2])
                 if features & UNSCALE:
-                    scale = hyper[H_SCALE]
-                    for i in range(count):
+                    for i in range(start, end):
                         acc[i] = acc[i] + g[i] / scale
                 else:
-                    for i in range(count):
+                    for i in range(start, end):
                         acc[i] = acc[i] + g[i]
-                _average(table, t, start, count, marker, features, hyper)
+                _average(w, a, start, end, features, hyper)
 
 
 @njit(cache=True, error_model="numpy")
@@ -480,12 +486,13 @@ def _transformed(x, a, scale, steps, features):
 
 
 @njit(cache=True, error_model="numpy", fastmath={"reassoc"})
-def _sum_squares(g, acc, count, features, scale, steps):
-    """float64 sum of ``x * x`` (squares rounded in the dtype) over ``x`` the block's
-    transformed gradient, in one vectorized loop over the gradient and the accumulator
-    (``acc`` may be ``g`` itself when there is none: ``_transformed`` then ignores it)."""
+def _sum_squares(g, acc, start, end, features, scale, steps):
+    """float64 sum of ``x * x`` (squares rounded in the dtype) over ``x`` the transformed
+    gradient of elements ``[start, end)``, in one vectorized loop over the gradient and the
+    accumulator (``acc`` may be ``g`` itself when there is none: ``_transformed`` then
+    ignores it)."""
     total = 0.0
-    for i in range(count):
+    for i in range(start, end):
         x = _transformed(g[i], acc[i], scale, steps, features)
         total += np.float64(x * x)
     return total
@@ -517,13 +524,12 @@ def squared_sums(cursor, table, chunks, marker, features, hyper, partial):
             break
         for c in range(first, stop):
             t = chunks[c, 0]
-            start = chunks[c, 1]
-            count = chunks[c, 2] - start
-            g = _view(table[t, G], start, count, marker)
+            g = _at(table, t, G, marker)
             acc = g
             if features & ACCUMULATE:
-                acc = _view(table[t, ACC], start, count, marker)
-            partial[c] = _sum_squares(g, acc, count, features, scale, steps)
+                acc = _at(table, t, ACC, marker)
+            partial[c] = _sum_squares(g, acc, chunks[c, 1], chunks[c, 2], features, scale,
+                                      steps)
 
 
 # --------------------------------------------------------------------------- rooflines
@@ -538,35 +544,35 @@ def stream_update(cursor, table, chunks, marker, features):
     """The update step's pattern: read w, g, m, v, write w, m, v (``m += g; v += g;
     w += m + v``), the accumulator read and zeroed with ``ACCUMULATE``, the EMA average
     read and written with ``AVERAGE`` (``a += w``)."""
-    total = _elements(chunks)
     zero = marker[0] - marker[0]
+    total = _elements(chunks)
     while True:
         first, stop = _claim(cursor, chunks, total)
         if first < 0:
             break
         for c in range(first, stop):
             t = chunks[c, 0]
+            w = _at(table, t, W, marker)
+            g = _at(table, t, G, marker)
+            m = _at(table, t, M, marker)
+            v = _at(table, t, V, marker)
+            acc = _at(table, t, ACC, marker)
+            a = _at(table, t, EMA, marker)
             for start in range(chunks[c, 1], chunks[c, 2], BLOCK):
-                count = min(BLOCK, chunks[c, 2] - start)
-                g = _view(table[t, G], start, count, marker)
-                m = _view(table[t, M], start, count, marker)
+                end = min(start + BLOCK, chunks[c, 2])
                 if features & ACCUMULATE:
-                    acc = _view(table[t, ACC], start, count, marker)
-                    for i in range(count):
+                    for i in range(start, end):
                         m[i] = m[i] + g[i] + acc[i]
                         acc[i] = zero
                 else:
-                    for i in range(count):
+                    for i in range(start, end):
                         m[i] = m[i] + g[i]
-                v = _view(table[t, V], start, count, marker)
-                for i in range(count):
+                for i in range(start, end):
                     v[i] = v[i] + g[i]
-                w = _view(table[t, W], start, count, marker)
-                for i in range(count):
+                for i in range(start, end):
                     w[i] = w[i] + m[i] + v[i]
                 if features & AVERAGE:
-                    a = _view(table[t, EMA], start, count, marker)
-                    for i in range(count):
+                    for i in range(start, end):
                         a[i] = a[i] + w[i]
 
 
@@ -580,23 +586,23 @@ def stream_micro(cursor, table, chunks, marker, features):
             break
         for c in range(first, stop):
             t = chunks[c, 0]
+            g = _at(table, t, G, marker)
+            acc = _at(table, t, ACC, marker)
+            w = _at(table, t, W, marker)
+            a = _at(table, t, EMA, marker)
             for start in range(chunks[c, 1], chunks[c, 2], BLOCK):
-                count = min(BLOCK, chunks[c, 2] - start)
-                g = _view(table[t, G], start, count, marker)
-                acc = _view(table[t, ACC], start, count, marker)
-                for i in range(count):
+                end = min(start + BLOCK, chunks[c, 2])
+                for i in range(start, end):
                     acc[i] = acc[i] + g[i]
                 if features & AVERAGE:
-                    w = _view(table[t, W], start, count, marker)
-                    a = _view(table[t, EMA], start, count, marker)
-                    for i in range(count):
+                    for i in range(start, end):
                         a[i] = a[i] + w[i]
 
 
 @njit(cache=True, error_model="numpy", fastmath={"reassoc"})
-def _sum(g, acc, count, features):
+def _sum(g, acc, start, end, features):
     total = 0.0
-    for i in range(count):
+    for i in range(start, end):
         x = g[i]
         if features & ACCUMULATE:
             x = x + acc[i]
@@ -615,13 +621,8 @@ def stream_norm(cursor, table, chunks, marker, features, partial):
             break
         for c in range(first, stop):
             t = chunks[c, 0]
-            start = chunks[c, 1]
-            count = chunks[c, 2] - start
-            g = _view(table[t, G], start, count, marker)
-            acc = g
-            if features & ACCUMULATE:
-                acc = _view(table[t, ACC], start, count, marker)
-            partial[c] = _sum(g, acc, count, features)
+            partial[c] = _sum(_at(table, t, G, marker), _at(table, t, ACC, marker),
+                              chunks[c, 1], chunks[c, 2], features)
 
 
 @_launched
@@ -635,12 +636,12 @@ def stream_triad(cursor, table, chunks, marker, s):
             break
         for c in range(first, stop):
             t = chunks[c, 0]
+            a = _at(table, t, W, marker)
+            b = _at(table, t, G, marker)
+            x = _at(table, t, M, marker)
             for start in range(chunks[c, 1], chunks[c, 2], BLOCK):
-                count = min(BLOCK, chunks[c, 2] - start)
-                a = _view(table[t, W], start, count, marker)
-                b = _view(table[t, G], start, count, marker)
-                x = _view(table[t, M], start, count, marker)
-                for i in range(count):
+                end = min(start + BLOCK, chunks[c, 2])
+                for i in range(start, end):
                     a[i] = b[i] + s * x[i]
 
 

@@ -215,6 +215,19 @@ def chunk_table(sizes: np.ndarray) -> np.ndarray:
     (the kernels' threads claim chunks by it); a tensor without elements gets one empty
     chunk."""
     sizes = np.asarray(sizes, np.int64).reshape(-1)
+    key = sizes.tobytes()
+    table = _CHUNK_TABLES.get(key)
+    if table is None:
+        if len(_CHUNK_TABLES) >= 16:
+            _CHUNK_TABLES.clear()
+        table = _CHUNK_TABLES[key] = _chunk_table(sizes)
+    return table
+
+
+_CHUNK_TABLES: dict[bytes, np.ndarray] = {}  # the last few work splits (not to be written)
+
+
+def _chunk_table(sizes: np.ndarray) -> np.ndarray:
     counts = np.maximum(1, -(-sizes // layout.CHUNK))
     tensor = np.repeat(np.arange(sizes.shape[0], dtype=np.int64), counts)
     rows = np.arange(tensor.shape[0], dtype=np.int64)
