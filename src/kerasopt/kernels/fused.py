@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import ctypes
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from itertools import repeat
 from operator import attrgetter
 from typing import Any
@@ -288,10 +288,11 @@ ROOFLINE_PASSES = ("update", "micro", "norm", "triad")
 def roofline_pass(kind: str, params: Sequence[Any], grads: Sequence[Any],
                   first: Sequence[Any] | None = None, second: Sequence[Any] | None = None, *,
                   accumulators: Sequence[Any] | None = None,
-                  ema_averages: Sequence[Any] | None = None) -> None:
-    """One streaming pass with the access pattern of one pass of :func:`fused_step`, on the
-    same arrays, chunks and threads, with trivial arithmetic (the arrays' values change: use
-    scratch arrays): how fast this machine moves that pass's bytes, for ``kerasopt bench``.
+                  ema_averages: Sequence[Any] | None = None) -> Callable[[], None]:
+    """A streaming pass with the access pattern of one pass of :func:`fused_step` over these
+    arrays, on the same chunks and threads, with trivial arithmetic: returns a function that
+    runs it (the address table is built once, here; the arrays' values change: use scratch
+    arrays). How fast this machine moves that pass's bytes, for ``kerasopt bench``.
 
     ``kind``: ``"update"`` (read w, g, m, v, write w, m, v; with ``accumulators`` also read
     and zero those, with ``ema_averages`` read and write those: 28, 36 or 44 bytes per
@@ -314,19 +315,24 @@ def roofline_pass(kind: str, params: Sequence[Any], grads: Sequence[Any],
         roles.append((layout.EMA, list(ema_averages)))
     table, sizes, like, is_torch_step = _address_table(roles, len(params))
     marker = np.zeros(1, _numpy_dtype(like) if is_torch_step else like.dtype)
-    chunks = chunk_table(sizes)
+    chunks = _chunk_table(sizes)
     elements = int(sizes.sum())
     features = ((layout.ACCUMULATE if accumulators is not None else 0)
                 | (layout.AVERAGE if ema_averages is not None else 0))
     if kind == "update":
-        _launch(_k.stream_update, elements, table, chunks, marker, features)
+        args = (_k.stream_update, elements, table, chunks, marker, features)
     elif kind == "micro":
-        _launch(_k.stream_micro, elements, table, chunks, marker, features)
+        args = (_k.stream_micro, elements, table, chunks, marker, features)
     elif kind == "norm":
-        _launch(_k.stream_norm, elements, table, chunks, marker, features,
+        args = (_k.stream_norm, elements, table, chunks, marker, features,
                 np.zeros(chunks.shape[0]))
     else:
-        _launch(_k.stream_triad, elements, table, chunks, marker, marker.dtype.type(3))
+        args = (_k.stream_triad, elements, table, chunks, marker, marker.dtype.type(3))
+
+    def run(keep=roles):  # (the arrays stay alive as long as the function)
+        _launch(*args)
+
+    return run
 
 
 def sum_rows(inverse: np.ndarray, values: np.ndarray, n_rows: int) -> np.ndarray:
