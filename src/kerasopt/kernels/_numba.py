@@ -42,7 +42,7 @@ from __future__ import annotations
 import logging
 
 import numpy as np
-from numba import carray, config, njit, types
+from numba import config, njit, types
 from numba.core import event
 from numba.extending import intrinsic
 
@@ -154,46 +154,37 @@ _I64 = np.zeros(1, np.int64)
 _I32 = np.zeros(1, np.int32)
 
 
-@njit(inline="always", error_model="numpy")
-def _view(address, start, count, marker):
-    """``count`` elements of ``marker``'s dtype starting ``start`` elements after address."""
-    return carray(_pointer(address + start * marker.itemsize, marker), count)
-
-
 @njit(cache=True, error_model="numpy")
-def read_numpy_headers(object_addresses, data_offset, expected_sizes, descr, writeable):
+def read_numpy_headers(object_addresses, data_offset, expected_sizes, descr, writeable, data,
+                       sizes):
     """Data addresses of NumPy arrays, read from their ``PyArrayObject`` headers.
 
     ``object_addresses`` are ``id(array)`` values (CPython); ``data_offset`` is where
     ``data`` sits in the header (probed at import against ``array.ctypes.data``, together
-    with the other fields used here). Returns the data addresses and, per array, whether it
-    is C-contiguous, aligned (and writeable, when asked), of dtype ``descr`` (the address
-    of the dtype object) and of ``expected_sizes[i]`` elements (any size when negative),
-    and the sizes. Arrays failing this are checked again the slow way by the caller.
+    with the other fields used here). Writes the data addresses and sizes into ``data`` and
+    ``sizes``; returns whether every array is C-contiguous, aligned (and writeable, when
+    asked), of dtype ``descr`` (the address of the dtype object) and of
+    ``expected_sizes[i]`` elements (any size when negative). When not, the caller checks
+    them again the slow way.
     """
-    n = object_addresses.shape[0]
-    data = np.empty(n, np.int64)
-    ok = np.empty(n, np.bool_)
-    sizes = np.empty(n, np.int64)
     wanted = np.int32(0x1 | 0x100)  # NPY_ARRAY_C_CONTIGUOUS | NPY_ARRAY_ALIGNED
     if writeable:
         wanted |= np.int32(0x400)  # NPY_ARRAY_WRITEABLE
-    for i in range(n):
+    ok = True
+    for i in range(object_addresses.shape[0]):
         base = object_addresses[i] + data_offset
-        data[i] = _view(base, 0, 1, _I64)[0]
-        nd = _view(base + 8, 0, 1, _I32)[0]
-        dims = _view(base + 16, 0, 1, _I64)[0]
+        data[i] = _pointer(base, _I64)[0]
+        nd = _pointer(base + 8, _I32)[0]
+        dims = _pointer(base + 16, _I64)[0]
         size = 1
         for d in range(nd):
-            size *= _view(dims, d, 1, _I64)[0]
-        flags = _view(base + 48, 0, 1, _I32)[0]
+            size *= _pointer(dims, _I64)[d]
+        flags = _pointer(base + 48, _I32)[0]
         sizes[i] = size
-        ok[i] = (
-            (expected_sizes[i] < 0 or size == expected_sizes[i])
-            and (flags & wanted) == wanted
-            and _view(base + 40, 0, 1, _I64)[0] == descr
-        )
-    return data, sizes, ok
+        ok = ok and ((expected_sizes[i] < 0 or size == expected_sizes[i])
+                     and (flags & wanted) == wanted
+                     and _pointer(base + 40, _I64)[0] == descr)
+    return ok
 
 
 @njit(cache=True, error_model="numpy")
@@ -203,15 +194,15 @@ def same_layouts(first, second, data_offset):
     for i in range(first.shape[0]):
         a = first[i] + data_offset
         b = second[i] + data_offset
-        nd = _view(a + 8, 0, 1, _I32)[0]
-        if nd != _view(b + 8, 0, 1, _I32)[0]:
+        nd = _pointer(a + 8, _I32)[0]
+        if nd != _pointer(b + 8, _I32)[0]:
             return False
-        if _view(a + 40, 0, 1, _I64)[0] != _view(b + 40, 0, 1, _I64)[0]:
+        if _pointer(a + 40, _I64)[0] != _pointer(b + 40, _I64)[0]:
             return False
-        dims_a = _view(a + 16, 0, 1, _I64)[0]
-        dims_b = _view(b + 16, 0, 1, _I64)[0]
+        dims_a = _pointer(a + 16, _I64)[0]
+        dims_b = _pointer(b + 16, _I64)[0]
         for d in range(nd):
-            if _view(dims_a, d, 1, _I64)[0] != _view(dims_b, d, 1, _I64)[0]:
+            if _pointer(dims_a, _I64)[d] != _pointer(dims_b, _I64)[d]:
                 return False
     return True
 

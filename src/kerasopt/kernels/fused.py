@@ -522,10 +522,9 @@ def _numpy_addresses(arrays, dtype, sizes, writeable):
     expected = np.full(n, -1, np.int64) if sizes is None else sizes
     if _HEADER_OFFSET is not None and set(map(type, arrays)) == _NDARRAY:
         ids = np.fromiter(map(id, arrays), np.int64, n)
-        data, found, ok = _k.read_numpy_headers(
-            ids, _HEADER_OFFSET, expected, id(dtype), writeable
-        )
-        if ok.all():
+        data, found = np.empty(n, np.int64), np.empty(n, np.int64)
+        if _k.read_numpy_headers(ids, _HEADER_OFFSET, expected, id(dtype), writeable, data,
+                                 found):
             return data, found
     data = np.empty(n, np.int64)
     found = np.empty(n, np.int64)
