@@ -442,6 +442,21 @@ def lazy_sparse_embedding():
     return out
 
 
+def _custom_loop(tf, model, optimizer, variables):
+    """tf.functions for the gradients of a scaled loss and for one optimizer step."""
+    @tf.function
+    def gradients(xb, yb):
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_mean((model(xb) - yb) ** 2) * 4.0
+        return tape.gradient(loss, variables)
+
+    @tf.function
+    def step(grads):
+        optimizer.apply(grads, variables)
+
+    return gradients, step
+
+
 @check
 def lazy_sparse_versus_numpy_reference():
     """The lazy update of a tf.IndexedSlices gradient (duplicate ids in every batch) against
@@ -468,15 +483,7 @@ def lazy_sparse_versus_numpy_reference():
         mirrors = [core.Variable(np.array(v), name=v.name) for v in variables]
         reference.build(mirrors)
 
-        @tf.function
-        def gradients(xb, yb):
-            with tf.GradientTape() as tape:
-                loss = tf.reduce_mean((model(xb) - yb) ** 2) * 4.0
-            return tape.gradient(loss, variables)
-
-        @tf.function
-        def step(grads):
-            optimizer.apply(grads, variables)
+        gradients, step = _custom_loop(tf, model, optimizer, variables)
 
         worst, sparse_seen, duplicates = 0.0, 0, 0
         for start in range(0, len(x), 16):
