@@ -379,6 +379,41 @@ def custom_loop_with_missing_gradients():
     return out
 
 
+@check
+def triton_kernels():
+    """The torch plan drives the Triton kernels (kerasopt.kernels.cuda) as on a GPU: here in
+    Triton's interpreter (TRITON_INTERPRET=1, set by the runner) on CPU tensors, every
+    feature on, against Keras."""
+    import importlib.util
+
+    if BACKEND != "torch":
+        return {"skipped": "torch only"}
+    if importlib.util.find_spec("triton") is None or os.environ.get("TRITON_INTERPRET") != "1":
+        return {"skipped": "needs Triton and TRITON_INTERPRET=1"}
+    from kerasopt import kernels
+    from kerasopt.kernels import cuda
+
+    launches = [0]
+    real_step, real_for_device = cuda.fused_step_table, kernels.for_device
+
+    def counted(*args, **kwargs):
+        launches[0] += 1
+        return real_step(*args, **kwargs)
+
+    cuda.fused_step_table = counted
+    kernels.for_device = lambda device: cuda
+    arguments = lambda: dict(learning_rate=0.02, global_clipnorm=0.5, weight_decay=0.05,  # noqa: E731
+                             use_ema=True, ema_overwrite_frequency=3,
+                             gradient_accumulation_steps=2, loss_scale_factor=8.0)
+    small = dict(epochs=2, x_y=data(n=32))
+    try:
+        ours = train(optimizer_factory(kerasopt.keras, "Adam", arguments, False), **small)
+    finally:
+        cuda.fused_step_table, kernels.for_device = real_step, real_for_device
+    theirs = train(optimizer_factory(keras.optimizers, "Adam", arguments, False), **small)
+    return {"launches": launches[0], "versus_keras": compare(ours, theirs)}
+
+
 # --------------------------------------------------------------------------- TensorFlow
 
 

@@ -62,3 +62,11 @@ def test_save_and_load_model(checks):
 def test_custom_loop_with_missing_gradients(checks):
     found = result(checks, "custom_loop_with_missing_gradients")["Adamax"]
     assert found["ratio"] <= 1.0 and found["moved"] > 1e-2, found
+
+
+def test_triton_kernels_through_the_plan(checks):
+    found = result(checks, "triton_kernels")
+    if "skipped" in found:
+        pytest.skip(found["skipped"])
+    assert found["launches"] == 4, found  # 2 epochs of 2 steps, one launch each
+    assert_parity(found["versus_keras"], "Triton (interpreter) Adam, every feature")

@@ -143,7 +143,8 @@ def _check_hyperparameters(optimizer: Any) -> None:
     ``beta_1 = 1``, ``epsilon = 0``): named errors at construction."""
     rate = optimizer._learning_rate
     if isinstance(rate, keras.Variable):
-        validation.real("learning_rate", float(rate.numpy()), minimum=0.0,
+        validation.real("learning_rate", float(keras.ops.convert_to_numpy(rate.value)),
+                        minimum=0.0,
                         allowed="a finite float >= 0, a LearningRateSchedule, or a callable")
     for name in ("beta_1", "beta_2"):
         validation.beta(name, _number(getattr(optimizer, name)))
