@@ -1,7 +1,7 @@
 """kerasopt: Keras 3's Adam and Adamax, with Keras's exact numerics, for NumPy, PyTorch and JAX.
 
-``kerasopt.torch`` and ``kerasopt.optax`` hold the PyTorch and JAX front ends; they are
-imported on first use so that ``import kerasopt`` needs only NumPy.
+``kerasopt.torch``, ``kerasopt.optax`` and ``kerasopt.keras`` hold the PyTorch, JAX and Keras
+front ends; they are imported on first use so that ``import kerasopt`` needs only NumPy.
 """
 
 from kerasopt import schedules
@@ -36,7 +36,7 @@ __all__ = [
 
 
 def __getattr__(name: str):
-    if name in ("torch", "optax"):
+    if name in ("torch", "optax", "keras"):
         import importlib
 
         return importlib.import_module(f"kerasopt.{name}")
