@@ -13,8 +13,17 @@ keras = pytest.importorskip("keras")
 
 import kerasopt  # noqa: E402
 import kerasopt.keras as kk  # noqa: E402
+from kerasopt import algorithms  # noqa: E402
 
 NAMES = ("Adam", "Adamax", "AdamW")
+
+
+def test_one_class_per_registered_algorithm():
+    expected = {spec.keras_name for spec in algorithms.registered()
+                if hasattr(keras.optimizers, spec.keras_name)}
+    assert set(kk.CLASSES) == expected and set(NAMES) <= expected
+    for name, cls in kk.CLASSES.items():
+        assert getattr(kk, name) is cls and cls.spec is algorithms.get(name)
 
 
 def test_import_kerasopt_does_not_import_keras():
@@ -71,7 +80,7 @@ def test_compile_accepts_it():
 
 
 @pytest.mark.parametrize(("kwargs", "error", "match"), [
-    ({"sparse_updates": "sparse"}, ValueError, "sparse_updates.*'lazy' or 'dense'"),
+    ({"sparse_updates": "sparse"}, ValueError, "sparse_updates.*'lazy'.*'dense'"),
     ({"lr": 0.1}, TypeError, "`learning_rate` for `lr`"),
     ({"betas": (0.9, 0.99)}, TypeError, "`beta_1` and `beta_2` for `betas`"),
     ({"eps": 1e-8}, TypeError, "`epsilon` for `eps`"),

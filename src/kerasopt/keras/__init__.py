@@ -1,5 +1,7 @@
 """``kerasopt.keras``: Keras 3's Adam, Adamax and AdamW as Keras optimizers with kerasopt's step.
 
+One class per registered algorithm (:mod:`kerasopt.specs`) that Keras also has.
+
 ``kerasopt.keras.Adam(...)`` is a ``keras.optimizers.Adam`` (a subclass: the same arguments,
 defaults, variables, ``get_config`` and saved files), plus ``sparse_updates``; use it where
 Keras takes an optimizer: ``model.compile(optimizer=...)``, ``model.fit``,
@@ -13,6 +15,8 @@ Importing this module imports Keras (``import kerasopt`` does not); Keras's back
 whatever ``KERAS_BACKEND`` selects.
 """
 
-from kerasopt.keras.optimizers import Adam, Adamax, AdamW, FusedOptimizer
+from kerasopt.keras.optimizers import CLASSES, FusedOptimizer, keras_class
 
-__all__ = ["Adam", "AdamW", "Adamax", "FusedOptimizer"]
+globals().update(CLASSES)
+
+__all__ = ["CLASSES", "FusedOptimizer", "keras_class", *CLASSES]

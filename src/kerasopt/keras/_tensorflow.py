@@ -1,12 +1,13 @@
 """``kerasopt.keras`` on Keras's TensorFlow backend: kerasopt's pipeline on ``tf.Tensor`` s.
 
 ``fit`` runs ``optimizer.apply(grads, variables)`` inside its ``tf.function`` (compiled by
-XLA with ``jit_compile=True``, Keras's default where the model allows it). Here that call is
-kerasopt's pipeline, in Keras's order, with kerasopt's pure update rules
-(:mod:`kerasopt.algorithms`) and pipeline functions (:mod:`kerasopt.pipeline`) evaluated on
-TensorFlow tensors (this module registers a TensorFlow namespace with
-:func:`kerasopt.backend.register_namespace`), and the results assigned to the variables:
-graph ops only, so the whole train step stays one graph (one XLA cluster).
+XLA with ``jit_compile=True``). Here that call is :func:`kerasopt.engine.apply` (Keras's
+order, written once) with the algorithm's pure rule and kerasopt's pipeline functions
+evaluated on TensorFlow tensors: this module registers a TensorFlow namespace with
+:func:`kerasopt.backend.register_namespace` and gives the engine :class:`TensorFlowOps`
+(``tf.cond`` for its branches, ``tf.gather`` / ``scatter_update`` for rows). The results
+are assigned to the variables: graph ops only, so the whole train step stays one graph (one
+XLA cluster).
 
 Sparse gradients (``tf.IndexedSlices``, what an ``Embedding`` lookup produces): with
 ``sparse_updates="lazy"`` only the rows present move: duplicate indices are summed first
@@ -17,7 +18,7 @@ step is Keras 3's own (which densifies the moments). Under gradient accumulation
 gradient is densified into its accumulator.
 
 Weight decay takes the form Keras's TensorFlow backend uses, ``w - w * wd * lr`` (its torch
-backend uses ``w * (1 - wd * lr)``).
+backend uses ``w * (1 - wd * lr)``; see :mod:`kerasopt.keras._common`).
 
 Keras's own step runs instead under a ``tf.distribute`` strategy other than the default one,
 in a ``StatelessScope``, for variables with ``overwrite_with_gradient``, and for sparse
@@ -30,11 +31,15 @@ from types import SimpleNamespace
 from typing import Any
 
 import keras
+import numpy as np
 import tensorflow as tf
 from keras.src.backend import in_stateless_scope, name_scope
 
 from kerasopt import backend as kerasopt_backend
-from kerasopt import pipeline
+from kerasopt import engine
+from kerasopt.backend import Ops
+from kerasopt.keras import _common
+from kerasopt.sparse import IndexedSlices
 
 
 def _cast_scalar(value: Any, like: Any) -> Any:
@@ -88,141 +93,110 @@ def _is_tensorflow(x: Any) -> bool:
 kerasopt_backend.register_namespace(_is_tensorflow, NAMESPACE)
 
 
-class _Rows:
-    """A sparse gradient in canonical form: each touched row once, duplicates summed."""
+class TensorFlowOps(Ops):
+    """The engine's control flow and row access on TensorFlow tensors, inside a
+    ``tf.function`` (and eagerly). Rows of a ``tf.Variable`` are read with ``tf.gather`` and
+    written with its ``scatter_update``: a lazy sparse step touches only those rows."""
 
-    def __init__(self, gradient: tf.IndexedSlices, dtype: Any) -> None:
-        self.rows, inverse = tf.unique(gradient.indices)
-        self.values = tf.math.unsorted_segment_sum(
-            tf.cast(gradient.values, dtype), inverse, tf.shape(self.rows)[0])
+    name = "tensorflow"
+    traced = True
 
-    def with_values(self, values: Any) -> _Rows:
-        out = object.__new__(_Rows)
-        out.rows, out.values = self.rows, values
-        return out
+    @staticmethod
+    def cond(predicate: Any, if_true: Any, if_false: Any, operand: Any) -> Any:
+        if isinstance(predicate, (bool, np.bool_)):
+            return if_true(operand) if predicate else if_false(operand)
+        return tf.cond(predicate, lambda: if_true(operand), lambda: if_false(operand))
 
+    @staticmethod
+    def where(condition: Any, x: Any, y: Any) -> Any:
+        return _where(condition, x, y)
 
-def _values(g: Any) -> Any:
-    return g.values if isinstance(g, _Rows) else g
+    @staticmethod
+    def zeros_like(x: Any) -> Any:
+        return tf.zeros_like(x)
 
+    @staticmethod
+    def astype(x: Any, dtype: Any) -> Any:
+        return tf.cast(x, dtype)
 
-def _resolved(value: Any) -> Any:
-    """A hyperparameter's value this step (a callable is called at trace time)."""
-    return value() if callable(value) else value
+    @staticmethod
+    def take_rows(x: Any, rows: Any) -> Any:
+        return tf.gather(x, rows)
 
+    @staticmethod
+    def put_rows(x: Any, rows: Any, values: Any) -> Any:
+        if isinstance(x, tf.Variable):
+            x.scatter_update(tf.IndexedSlices(tf.cast(values, x.dtype), rows))
+            return x
+        return tf.tensor_scatter_nd_update(x, rows[:, None], tf.cast(values, x.dtype))
 
-def _positive(value: Any) -> Any:
-    return value if value and value > 0 else None
+    @staticmethod
+    def to_dense(values: Any, rows: Any, shape: tuple[int, ...]) -> Any:
+        return tf.math.unsorted_segment_sum(values, rows, shape[0])
 
-
-def _clip(optimizer: Any, grads: list[Any]) -> list[Any]:
-    """Keras's ``_clip_gradients`` (on the rows' values for sparse gradients)."""
-    values = [_values(g) for g in grads]
-    if _positive(optimizer.clipnorm):
-        values = [pipeline.clip_by_norm(v, optimizer.clipnorm) for v in values]
-    elif _positive(optimizer.global_clipnorm):
-        values = pipeline.clip_by_global_norm(values, optimizer.global_clipnorm)
-    elif _positive(optimizer.clipvalue):
-        values = [pipeline.clip_by_value(v, optimizer.clipvalue) for v in values]
-    else:
-        return grads
-    return [g.with_values(v) if isinstance(g, _Rows) else v for g, v in zip(grads, values)]
-
-
-def _decay(optimizer: Any, variable: Any, w: Any, learning_rate: Any) -> Any:
-    """Keras's weight decay on its TensorFlow backend: ``w - w * wd * lr``."""
-    if optimizer.weight_decay is None or not optimizer._use_weight_decay(variable):
-        return w
-    wd = _cast_scalar(optimizer.weight_decay, w)
-    return w - w * wd * _cast_scalar(learning_rate, w)
+    @staticmethod
+    def all_finite(arrays: list[Any]) -> Any:
+        return tf.reduce_all([tf.reduce_all(tf.math.is_finite(a)) for a in arrays])
 
 
-def _update(optimizer: Any, grads: list[Any], variables: list[Any], index: list[int],
-            step: Any) -> None:
-    """Clip, decay and the update rule, assigned to the variables and slots."""
-    algorithm = optimizer._algorithm
-    slot_lists = [getattr(optimizer, a) for a in algorithm.slot_attributes(optimizer)]
-    hyper = {name: _resolved(getattr(optimizer, name)) for name in algorithm.hyperparameters}
-    learning_rate = _tensor(optimizer.learning_rate)
-    grads = _clip(optimizer, grads)
-    for variable, g, i in zip(variables, grads, index):
-        slots = [s[i] for s in slot_lists]
-        if isinstance(g, _Rows):
-            w = _decay(optimizer, variable, tf.gather(variable.value, g.rows), learning_rate)
-            new = algorithm.rule(w, g.values, *(tf.gather(s.value, g.rows) for s in slots),
-                                 learning_rate=learning_rate, step=step, **hyper)
-            for target, value in zip((variable, *slots), new):
-                target.value.scatter_update(tf.IndexedSlices(value, g.rows))
-        else:
-            w = _decay(optimizer, variable, tf.convert_to_tensor(variable.value),
-                       learning_rate)
-            new = algorithm.rule(w, g, *(tf.convert_to_tensor(s.value) for s in slots),
-                                 learning_rate=learning_rate, step=step, **hyper)
-            for target, value in zip((variable, *slots), new):
-                target.assign(value)
+OPS = TensorFlowOps()
 
 
-def _average(optimizer: Any, iterations: Any) -> None:
-    """The EMA of every trainable variable and its periodic overwrite, as Keras does."""
-    variables = optimizer._trainable_variables
-    averages = optimizer._model_variables_moving_average
-    for variable, average in zip(variables, averages):
-        if average is None:
-            continue
-        w = tf.convert_to_tensor(variable.value)
-        momentum = tf.cast(tf.not_equal(iterations, 0), w.dtype) * _cast_scalar(
-            pipeline.keras_float(optimizer.ema_momentum), w)
-        average.assign(pipeline.ema(tf.convert_to_tensor(average.value), w, momentum))
-    frequency = optimizer.ema_overwrite_frequency
-    if frequency:
-        def overwrite():
-            for variable, average in zip(variables, averages):
-                if average is not None:
-                    variable.assign(average.value)
-
-        tf.cond(tf.equal((iterations + 1) % frequency, 0), overwrite, lambda: None)
+def _canonical(gradient: tf.IndexedSlices, variable: Any) -> IndexedSlices:
+    """A ``tf.IndexedSlices`` as the engine's canonical sparse gradient: each touched row
+    once (``tf.unique``), duplicates summed, in the variable's dtype."""
+    rows, inverse = tf.unique(gradient.indices)
+    values = tf.math.unsorted_segment_sum(tf.cast(gradient.values, variable.dtype), inverse,
+                                          tf.shape(rows)[0])
+    return IndexedSlices(values, rows, tuple(variable.shape))
 
 
 def _step(optimizer: Any, grads: list[Any], variables: list[Any]) -> None:
-    """One Keras ``apply()`` after the ``None`` gradients are dropped."""
+    """One Keras ``apply()`` (after the ``None`` gradients are dropped) through the engine,
+    the results assigned to the variables. A lazily updated variable (and its slots) goes to
+    the engine as the ``tf.Variable`` itself, so that its rows are scattered in place."""
+    everything = optimizer._trainable_variables
+    index = {id(v): i for i, v in enumerate(everything)}
+    states = [optimizer.kerasopt_state(v) for v in everything]
     n = optimizer.gradient_accumulation_steps
-    raw = tf.convert_to_tensor(optimizer._iterations.value)
-    iterations = raw // n if n else raw
-    step = iterations + 1
-    index = [optimizer._get_variable_index(v) for v in variables]
-    lazy = optimizer.sparse_updates == "lazy"
-    prepared = []
+    pairs, lazy = [], set()
     for g, v in zip(grads, variables):
-        if isinstance(g, tf.IndexedSlices) and lazy and not n:
-            prepared.append(_Rows(g, v.dtype))
+        i = index[id(v)]
+        if isinstance(g, tf.IndexedSlices):
+            pairs.append((i, _canonical(g, v)))
+            lazy.add(i)
         else:
-            prepared.append(tf.cast(tf.convert_to_tensor(g), v.dtype))
-    factor = optimizer.loss_scale_factor
-    if factor is not None:
-        prepared = [g.with_values(pipeline.unscale(g.values, factor)) if isinstance(g, _Rows)
-                    else pipeline.unscale(g, factor) for g in prepared]
+            pairs.append((i, tf.cast(tf.convert_to_tensor(g), v.dtype)))
+    lazy = lazy if not n else set()  # accumulation densifies sparse gradients
+
+    def read(variable: Any, i: int) -> Any:
+        if variable is None:
+            return None
+        return variable.value if i in lazy else tf.convert_to_tensor(variable.value)
+
+    given = engine.Arrays(
+        weights=[read(v, i) for i, v in enumerate(everything)],
+        slots=[tuple(read(s, i) for s in slots) for i, (slots, _, _) in enumerate(states)],
+        accumulators=([read(acc, i) for i, (_, acc, _) in enumerate(states)] if n else None),
+        averages=([read(avg, i) for i, (_, _, avg) in enumerate(states)]
+                  if optimizer.use_ema else None),
+    )
+    raw = tf.convert_to_tensor(optimizer._iterations.value)
+    step, group, rule = _common.engine_inputs(optimizer, raw,
+                                              _tensor(optimizer.learning_rate))
+    new = engine.apply(rule, given, pairs, step=step, groups=[group], ops=OPS).arrays
+    targets = [(everything, given.weights, new.weights)]
+    for k in range(len(states[0][0]) if states else 0):
+        targets.append(([slots[k] for slots, _, _ in states],
+                        [s[k] for s in given.slots], [s[k] for s in new.slots]))
     if n:
-        accumulators = [optimizer._accumulated_gradients[i] for i in index]
-
-        def update_step():
-            mean = pipeline.accumulated_mean(
-                prepared, [tf.convert_to_tensor(a.value) for a in accumulators], n)
-            _update(optimizer, mean, variables, index, step)
-            for accumulator in optimizer._accumulated_gradients:  # all, as Keras does
-                if accumulator is not None:
-                    accumulator.assign(tf.zeros_like(accumulator.value))
-
-        def micro_step():
-            totals = pipeline.accumulate(
-                prepared, [tf.convert_to_tensor(a.value) for a in accumulators])
-            for accumulator, total in zip(accumulators, totals):
-                accumulator.assign(total)
-
-        tf.cond(tf.equal((raw + 1) % n, 0), update_step, micro_step)
-    else:
-        _update(optimizer, prepared, variables, index, step)
+        targets.append(([acc for _, acc, _ in states], given.accumulators, new.accumulators))
     if optimizer.use_ema:
-        _average(optimizer, iterations)
+        targets.append(([avg for _, _, avg in states], given.averages, new.averages))
+    for owned, before, after in targets:
+        for variable, old, value in zip(owned, before, after):
+            if variable is not None and value is not old:  # unchanged or scattered in place
+                variable.assign(value)
 
 
 def apply(optimizer: Any, grads: Any, trainable_variables: Any = None) -> bool:
@@ -245,8 +219,7 @@ def apply(optimizer: Any, grads: Any, trainable_variables: Any = None) -> bool:
         optimizer._check_variables_are_known(variables)
     if len(grads) != len(variables) or all(g is None for g in grads):
         return False
-    if any(getattr(v, "overwrite_with_gradient", False)
-           for v in optimizer._trainable_variables):
+    if _common.keras_step_needed(optimizer):
         return False
     if optimizer.sparse_updates == "dense" and any(
             isinstance(g, tf.IndexedSlices) for g in grads):
@@ -262,4 +235,4 @@ def apply(optimizer: Any, grads: Any, trainable_variables: Any = None) -> bool:
     return True
 
 
-__all__ = ["NAMESPACE", "apply"]
+__all__ = ["NAMESPACE", "OPS", "TensorFlowOps", "apply"]

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from keras.src.backend import in_stateless_scope, name_scope
 
-from kerasopt import kernels, pipeline
+from kerasopt import engine, kernels, pipeline
 from kerasopt.kernels import layout
 
 _VALUE = attrgetter("_value")
@@ -48,7 +48,7 @@ class _Plan:
 
     __slots__ = ("variables", "params", "param_ptrs", "shapes", "numels", "table", "sizes",
                  "chunks", "like", "dtype", "device", "kernels", "amsgrad", "decay_mask",
-                 "decay_key", "constrained", "rest", "slot_count")
+                 "decay_key", "constrained", "rest")
 
     @classmethod
     def build(cls, optimizer: Any, variables: list[Any]) -> _Plan | None:
@@ -67,19 +67,20 @@ class _Plan:
                 or set(map(_LAYOUT, params)) != {torch.strided}
                 or not all(map(_IS_CONTIGUOUS, params))):
             return None
-        index = [optimizer._get_variable_index(v) for v in variables]
-        algorithm = optimizer._algorithm
-        columns = list(zip(_SLOT_COLUMNS, algorithm.slot_attributes(optimizer)))
+        if optimizer.spec.kernel is None:
+            return None
+        states = [optimizer.kerasopt_state(v) for v in variables]
+        columns = [(column, [slots[k] for slots, _, _ in states])
+                   for k, column in enumerate(_SLOT_COLUMNS[:len(states[0][0])])]
         if optimizer.gradient_accumulation_steps:
-            columns.append((layout.ACC, "_accumulated_gradients"))
+            columns.append((layout.ACC, [acc for _, acc, _ in states]))
         if optimizer.use_ema:
-            columns.append((layout.EMA, "_model_variables_moving_average"))
+            columns.append((layout.EMA, [avg for _, _, avg in states]))
         plan = cls()
         plan.table = np.zeros((len(params), layout.COLUMNS), np.int64)
         plan.shapes = list(map(_SHAPE, params))
-        for column, attribute in columns:
-            owned = getattr(optimizer, attribute)
-            tensors = [getattr(owned[i], "_value", None) for i in index]
+        for column, owned in columns:
+            tensors = [getattr(v, "_value", None) for v in owned]
             if (not all(isinstance(t, torch.Tensor) for t in tensors)
                     or set(map(_DTYPE, tensors)) != {dtype}
                     or set(map(_DEVICE, tensors)) != {device}
@@ -96,8 +97,7 @@ class _Plan:
         plan.chunks = kernels.chunk_table(plan.sizes) if module is kernels else None
         plan.like = torch.zeros((), dtype=dtype)
         plan.dtype, plan.device, plan.kernels = dtype, device, module
-        plan.amsgrad = len(algorithm.slot_attributes(optimizer)) == 3
-        plan.slot_count = len(columns)
+        plan.amsgrad = len(states[0][0]) > len(optimizer.spec.slots)  # an optional slot is on
         plan.decay_mask = (
             [optimizer._use_weight_decay(v) for v in variables]
             if optimizer.weight_decay is not None else None
@@ -108,14 +108,8 @@ class _Plan:
         # Variables without a gradient this step: Keras still averages them (EMA) and, on an
         # accumulation update step, zeroes their accumulators.
         present = {id(v) for v in variables}
-        plan.rest = []
-        for i, v in enumerate(optimizer._trainable_variables):
-            if id(v) not in present:
-                acc = (optimizer._accumulated_gradients[i]
-                       if optimizer.gradient_accumulation_steps else None)
-                average = (optimizer._model_variables_moving_average[i]
-                           if optimizer.use_ema else None)
-                plan.rest.append((v, acc, average))
+        plan.rest = [(v, *optimizer.kerasopt_state(v)[1:])
+                     for v in optimizer._trainable_variables if id(v) not in present]
         return plan
 
     def matches(self, optimizer: Any, variables: list[Any]) -> bool:
@@ -223,33 +217,33 @@ def apply(optimizer: Any, grads: Any, trainable_variables: Any = None) -> bool:
 
 
 def _run(optimizer: Any, plan: _Plan) -> None:
-    """The kernel launch, with the step's scalars computed as Keras computes them."""
-    algorithm = optimizer._algorithm
-    n = optimizer.gradient_accumulation_steps
-    raw = int(optimizer._iterations.value)
-    iterations = raw // n if n else raw
-    phase = None if not n else ("update" if (raw + 1) % n == 0 else "micro")
-    learning_rate = 0.0 if phase == "micro" else _scalar(optimizer.learning_rate)
+    """The kernel launch, with the step's scalars computed as Keras computes them
+    (:func:`kerasopt.engine.kernel_arguments`: the engine's order, in the kernels' terms)."""
+    n = optimizer.gradient_accumulation_steps or None
+    step = engine.Step(raw=int(optimizer._iterations.value),
+                       loss_scale_factor=optimizer.loss_scale_factor, accumulation_steps=n)
     use_ema = bool(optimizer.use_ema)
-    frequency = optimizer.ema_overwrite_frequency
-    momentum = pipeline.ema_momentum_at(iterations, optimizer.ema_momentum) if use_ema else None
-    overwrite = bool(use_ema and frequency and (iterations + 1) % frequency == 0)
-    hyper = {name: _scalar(getattr(optimizer, name)) for name in algorithm.hyperparameters}
-    plan.kernels.fused_step_table(
-        algorithm.kernel, plan.table, plan.sizes, plan.like, plan.params, chunks=plan.chunks,
-        amsgrad=plan.amsgrad, accumulation_phase=phase, weight_decay_mask=plan.decay_mask,
-        averaging=use_ema, learning_rate=learning_rate, step=iterations + 1,
+    group = engine.Group(
+        learning_rate=(0.0 if step.phase is False else _scalar(optimizer.learning_rate)),
+        hyperparameters={k: _scalar(v) for k, v in optimizer.kerasopt_hyperparameters().items()},
         weight_decay=optimizer.weight_decay, clipnorm=_positive(optimizer.clipnorm),
         global_clipnorm=_positive(optimizer.global_clipnorm),
-        clipvalue=_positive(optimizer.clipvalue),
-        loss_scale_factor=optimizer.loss_scale_factor, accumulation_steps=n,
-        ema_momentum=momentum, ema_overwrite=overwrite, **hyper,
-    )
+        clipvalue=_positive(optimizer.clipvalue), use_ema=use_ema,
+        ema_momentum=optimizer.ema_momentum,
+        ema_overwrite_frequency=optimizer.ema_overwrite_frequency or None)
+    arguments = engine.kernel_arguments(group, step, decay_mask=plan.decay_mask,
+                                        averaging=use_ema)
+    plan.kernels.fused_step_table(
+        optimizer.spec, plan.table, plan.sizes, plan.like, plan.params, chunks=plan.chunks,
+        amsgrad=plan.amsgrad, averaging=use_ema, **arguments)
     if plan.rest:
+        # Keras averages the variables without a gradient too, and resets their
+        # accumulators on an update step.
+        momentum, overwrite = arguments["ema_momentum"], arguments["ema_overwrite"]
         with torch.no_grad():
             for variable, accumulator, average in plan.rest:
                 w = variable._value
-                if accumulator is not None and phase == "update":
+                if accumulator is not None and step.phase:
                     accumulator._value.zero_()
                 if average is not None:
                     a = average._value
