@@ -51,7 +51,7 @@ def measure(backends: Sequence[str] = BACKENDS, workloads: Sequence[str] = ("a",
     milliseconds of Keras's step and of kerasopt.keras's, or an ``error``."""
     rows = []
     for backend in backends:
-        job = {"workloads": {w: workload_sizes(w, quick) for w in workloads},
+        job = {"workloads": list(workloads), "quick": bool(quick),
                "algorithms": list(algorithms), "features": list(features),
                "repeats": int(repeats)}
         env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="3")
@@ -160,7 +160,8 @@ def _worker(job: dict) -> None:
     import numpy as np
 
     backend = keras.backend.backend()
-    for name, sizes in job["workloads"].items():
+    for name in job["workloads"]:
+        sizes = workload_sizes(name, job["quick"])
         for algorithm in job["algorithms"]:
             for features in job["features"]:
                 contenders = _contenders(backend, sizes, algorithm, FEATURES[features])
