@@ -8,10 +8,11 @@ over 2 calls, so every other call is a micro-step for both), the two steps are t
 robin, one call each per round, and the table gives each one's median and their ratio.
 
 What is timed is the optimizer step as Keras's trainer calls it: ``optimizer.apply(grads,
-variables)`` under ``torch.no_grad`` on torch; ``optimizer.stateless_apply`` under
-``jax.jit`` (buffers donated) on JAX; ``optimizer.apply`` in a ``tf.function`` on
-TensorFlow (and with ``jit_compile=True``). Only ratios measured in one run mean much on a
-shared machine; the table's header gives the load average.
+variables)`` under ``torch.no_grad`` on torch; ``optimizer.stateless_apply`` in a
+``jax.jit`` of the trainer's shape (the state in and out as one donated structure) on JAX;
+``optimizer.apply`` in a ``tf.function`` on TensorFlow (and with ``jit_compile=True``).
+Only ratios measured in one run mean much on a shared machine; the table's header gives the
+load average.
 
 ``print_table(measure(...))`` is the whole job; ``python -m kerasopt.cli.bench_keras`` runs
 it from the command line.
@@ -131,14 +132,14 @@ def _contenders(backend: str, sizes: list[int], algorithm: str, options: dict):
         elif backend == "jax":
             import jax
 
-            apply = jax.jit(optimizer.stateless_apply, donate_argnums=(0, 2))
-            state = {"o": [v.value for v in optimizer.variables],
-                     "t": [v.value for v in variables]}
+            apply = jax.jit(_jax_train_step(optimizer), donate_argnums=0)
+            state = {"s": ([v.value for v in variables],
+                           [v.value for v in optimizer.variables])}
 
             def step(apply=apply, state=state, grads=grads):
-                state["t"], state["o"] = apply(state["o"], grads, state["t"])
+                state["s"] = apply(state["s"], grads)
 
-            out[label] = (step, lambda state=state: jax.block_until_ready(state["t"]))
+            out[label] = (step, lambda state=state: jax.block_until_ready(state["s"]))
         else:
             import tensorflow as tf
 
@@ -146,6 +147,21 @@ def _contenders(backend: str, sizes: list[int], algorithm: str, options: dict):
                 out[label + (" xla" if jit else "")] = (
                     _tf_step(tf, optimizer, grads, variables, jit), lambda: None)
     return out
+
+
+def _jax_train_step(optimizer):
+    """``(trainable, optimizer_variables), grads -> the same``, as Keras's JAX trainer calls
+    ``stateless_apply`` (its state goes in and comes out in one structure, donated, so XLA
+    updates the buffers in place; jitting ``stateless_apply`` itself with donated arguments
+    would return them in another order, and XLA would copy every array)."""
+
+    def step(state, grads):
+        trainable, optimizer_variables = state
+        trainable, optimizer_variables = optimizer.stateless_apply(
+            optimizer_variables, grads, trainable)
+        return trainable, optimizer_variables
+
+    return step
 
 
 def _tf_step(tf, optimizer, grads, variables, jit):
