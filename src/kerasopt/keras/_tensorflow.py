@@ -199,10 +199,13 @@ def _step(optimizer: Any, grads: list[Any], variables: list[Any]) -> None:
                 variable.assign(value)
 
 
+@tf.autograph.experimental.do_not_convert
 def apply(optimizer: Any, grads: Any, trainable_variables: Any = None) -> bool:
     """Keras's ``optimizer.apply(grads, trainable_variables)`` as kerasopt's step on
     TensorFlow. Returns False, having changed and reported nothing, when Keras's own step
-    must run instead."""
+    must run instead. Not converted by AutoGraph: the step branches on tensors only through
+    ``tf.cond`` (:class:`TensorFlowOps`), and its Python control flow is over Python
+    values."""
     grads = list(grads)
     if not grads or in_stateless_scope() or tf.distribute.has_strategy():
         return False
