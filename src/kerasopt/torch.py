@@ -20,12 +20,15 @@ torch tensors, in Keras 3's order, and copies their results into the parameters 
 
 Param groups
     Each group carries Keras's hyperparameters under Keras's names (``beta_1``,
-    ``epsilon``, ``weight_decay``, ``clipnorm``, ``use_ema``...). A float learning rate lives
-    under torch's key ``"lr"`` (so ``torch.optim.lr_scheduler`` works); a
-    ``kerasopt.schedules`` schedule or a zero-argument callable lives under
+    ``epsilon``, ``weight_decay``, ``clipnorm``, ``use_ema``...). A float (or 1-element
+    tensor) learning rate lives under torch's key ``"lr"`` (so ``torch.optim.lr_scheduler``
+    works); a ``kerasopt.schedules`` schedule or a zero-argument callable lives under
     ``"learning_rate"`` and then decides the rate (``"lr"`` then reports the last rate used;
-    a value someone else writes into ``"lr"`` applies to the next step only, as when
-    ``torch.distributed.checkpoint`` sets it to 0 for the step that creates the state).
+    a 0 written into ``"lr"`` applies to the next step only, as when
+    ``torch.distributed.checkpoint`` sets it for the step that creates the state; a torch
+    scheduler on such a group, or another rate written into ``"lr"``, is refused).
+    torch's ``"betas"`` pair mirrors ``beta_1`` and ``beta_2`` for the schedulers that cycle
+    it (OneCycleLR, CyclicLR): whichever spelling was written since the last step applies.
     ``"iterations"`` holds the optimizer's raw step count (Keras's ``iterations`` variable;
     the same in every group), so it travels with every ``state_dict`` format, including
     ``torch.distributed.checkpoint``'s.
@@ -46,32 +49,35 @@ Distributed
     DDP, FSDP2 (``fully_shard``; ``global_clipnorm`` and ``clipnorm`` all-reduce the squared
     norms of the local shards) and ``ZeroRedundancyOptimizer`` work. Under ZeRO each rank
     holds only part of the parameters: pass ``norm_process_group=torch.distributed.group.WORLD``
-    so that ``global_clipnorm`` sums the squared norms of all partitions.
+    so that ``global_clipnorm`` sums the squared norms of all partitions. The NaN/inf verdict
+    of ``skip_nonfinite`` and :class:`LossScaleOptimizer` is agreed across the same ranks
+    (one all-reduce of a flag), so every rank skips, or applies, together.
+    torch.distributed.checkpoint's state-creating ``step()`` (zero gradients, lr 0, no state
+    yet) only creates the state: it counts no iteration and moves no EMA or accumulator.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
+import math
 import re
+import threading
 import warnings
 from collections.abc import Callable, Iterable, Iterator
+from operator import is_, itemgetter
 from typing import Any
 
 import numpy as np
 import torch
 
-from kerasopt import kernels, pipeline, validation
+from kerasopt import algorithms, config, engine, kernels, pipeline, specs, validation
 from kerasopt._torch_plan import GroupPlan, StateSnapshot, state_columns
-from kerasopt.adam import Adam as _CoreAdam
-from kerasopt.adamax import Adamax as _CoreAdamax
-from kerasopt.algorithms.adam import AMSGRAD_SLOT, adam_update
-from kerasopt.algorithms.adam import SLOTS as ADAM_SLOTS
-from kerasopt.algorithms.adamax import SLOTS as ADAMAX_SLOTS
-from kerasopt.algorithms.adamax import adamax_update
+from kerasopt.backend import ops_for
 from kerasopt.schedules import LearningRateSchedule
-from kerasopt.sparse import IndexedSlices, map_values, values_of, with_values
+from kerasopt.sparse import IndexedSlices, values_of
 
-__all__ = ["Adam", "Adamax", "KerasOptimizer", "LossScaleOptimizer"]
+__all__ = ["CLASSES", "KerasOptimizer", "LossScaleOptimizer", "optimizer_class"]
 
 AVERAGE = "average"
 ACCUMULATOR = "gradient_accumulator"
@@ -89,6 +95,7 @@ _BASE_GROUP_KEYS = (
     "ema_momentum",
     "ema_overwrite_frequency",
     "state_dtype",
+    "sparse_updates",
 )
 # Keys torch or this module put into groups that are not hyperparameters. The optimizer-wide
 # arguments are tolerated (and ignored) in groups: ZeroRedundancyOptimizer copies every
@@ -99,6 +106,7 @@ _BOOKKEEPING_KEYS = (
     "initial_lr",
     "iterations",
     "reported_lr",
+    "synced_betas",
     MARKER,
     "loss_scale_factor",
     "gradient_accumulation_steps",
@@ -134,14 +142,115 @@ def _describe_param(p: torch.Tensor, name: str | None) -> str:
     return f"{label} of shape {tuple(p.shape)}"
 
 
-class KerasOptimizer(torch.optim.Optimizer):
-    """Base class of :class:`Adam` and :class:`Adamax` (the pipeline around the rule)."""
+_RATE_ALLOWED = (
+    "a finite float >= 0 (stored as float32), a 1-element floating tensor, a "
+    "LearningRateSchedule, or a zero-argument callable"
+)
 
-    _core_class: type = _CoreAdam
-    _slots: tuple[str, ...] = ()
-    _algorithm_keys: tuple[str, ...] = ()
-    _fused_algorithm: str | None = None  # the kernel of kerasopt.kernels for this rule
-    _update_rule: Callable[..., tuple[Any, ...]]
+
+def _float_rate(name: str, value: Any, allowed: str = _RATE_ALLOWED) -> float:
+    """A float learning rate (a real number, or a 1-element floating tensor as torch.optim
+    takes) checked as the constructor checks it (:func:`kerasopt.config.check_learning_rate`:
+    finite, >= 0, finite in float32, a float). Returns its value as a Python float."""
+    if not isinstance(value, torch.Tensor):
+        if callable(value):
+            raise TypeError(
+                f"`{name}` in a param group is a number (a float, or a 1-element tensor); "
+                f"received {name}={validation.short_repr(value)}. A schedule or callable goes "
+                "in group['learning_rate']."
+            )
+        return float(config.check_learning_rate(name, value))
+    if value.numel() != 1 or not value.is_floating_point():
+        raise (ValueError if value.is_floating_point() else TypeError)(
+            f"Argument `{name}` must be {allowed}; received a tensor of dtype {value.dtype} "
+            f"and shape {tuple(value.shape)}: {name}={validation.short_repr(value)}."
+        )
+    number = float(value.detach())
+    with np.errstate(over="ignore"):
+        in_float32 = float(np.float32(number)) if math.isfinite(number) else number
+    if not math.isfinite(in_float32) or number < 0:
+        raise ValueError(
+            f"Argument `{name}` must be {allowed}; received {name}={validation.short_repr(value)}"
+            + (" (it overflows float32)." if math.isfinite(number) and number >= 0 else ".")
+        )
+    return number
+
+
+def _is_rate_function(value: Any) -> bool:
+    """A kerasopt schedule or a zero-argument callable (not a tensor, which is callable-less
+    but a value)."""
+    return isinstance(value, LearningRateSchedule) or (
+        callable(value) and not isinstance(value, torch.Tensor)
+    )
+
+
+def _betas_pair(name: str, value: Any) -> tuple[Any, Any]:
+    """torch.optim's ``betas``: a pair ``(beta_1, beta_2)``."""
+    if not isinstance(value, (tuple, list)) or len(value) != 2:
+        raise ValueError(
+            f"Argument `{name}` must be a pair (beta_1, beta_2), as torch.optim's `betas`; "
+            f"received {name}={validation.short_repr(value)}."
+        )
+    return tuple(value)
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Whether two hyperparameter values are the same (identical, or equal real numbers;
+    tuples elementwise). Never compares tensors by value."""
+    if a is b:
+        return True
+    if isinstance(a, tuple) and isinstance(b, tuple):
+        return len(a) == len(b) and all(map(_same, a, b))
+    return validation.is_real(a) and validation.is_real(b) and a == b
+
+
+def _group_learning_rate(name: str, value: Any) -> Any:
+    if value is not None and not _is_rate_function(value):
+        raise TypeError(
+            f"`{name}` in a param group holds a kerasopt schedule or a zero-argument callable "
+            f"(or None); received {name}={validation.short_repr(value)}. A float rate goes in "
+            "group['lr']."
+        )
+    return value
+
+
+def _state_dtype_rule(name: str, value: Any) -> Any:
+    KerasOptimizer._validate_state_dtype(value)
+    return value
+
+
+def _group_rules(spec: Any) -> dict[str, Callable[[str, Any], Any]]:
+    """The constructor's check of each hyperparameter a param group holds (the shared
+    options' from :mod:`kerasopt.config`, the algorithm's from its registered spec), applied
+    to a value written into the group between steps: ``rule(name, value)`` raises
+    TypeError/ValueError naming it. (The float ``lr`` is checked by the step; "only one clip
+    option" spans three keys.)"""
+    rules: dict[str, Callable[[str, Any], Any]] = {
+        name: config.option(name).check
+        for name in ("weight_decay", "clipnorm", "clipvalue", "global_clipnorm", "use_ema",
+                     "ema_momentum", "ema_overwrite_frequency", "sparse_updates")
+    }
+    for h in spec.hyperparameters:
+        rules[h.name] = lambda _, value, h=h: h.validated(value)
+    rules.update(learning_rate=_group_learning_rate, state_dtype=_state_dtype_rule,
+                 betas=_betas_pair)
+    return rules
+
+
+_CLIP_KEYS = frozenset(config.CLIPS)
+
+
+
+class KerasOptimizer(torch.optim.Optimizer):
+    """Base class of the registered algorithms' torch optimizers (:func:`optimizer_class`):
+    torch's conventions around the engine's step."""
+
+    spec: specs.AlgorithmSpec
+    """The registered algorithm (set on each class by :func:`optimizer_class`)."""
+
+    @property
+    def _algorithm_keys(self) -> tuple[str, ...]:
+        return tuple(h.name for h in self.spec.hyperparameters)
 
     def __init__(
         self,
@@ -154,31 +263,64 @@ class KerasOptimizer(torch.optim.Optimizer):
         skip_nonfinite: bool = False,
         **kwargs: Any,
     ) -> None:
-        validation.unknown_keywords(type(self).__name__, kwargs)
+        name = type(self).__name__
+        if kwargs:  # each is unknown: refused with "did you mean" for foreign names
+            config.checked_options(self.spec, kwargs, owner=name)
         self.skip_nonfinite = validation.boolean("skip_nonfinite", skip_nonfinite)
         learning_rate = defaults.pop("learning_rate")
-        if isinstance(learning_rate, LearningRateSchedule) or callable(learning_rate):
+        if _is_rate_function(learning_rate):
             defaults["learning_rate"] = learning_rate
             defaults["lr"] = 0.0
         else:
+            if isinstance(learning_rate, torch.Tensor):  # torch.optim takes a tensor rate
+                _float_rate("learning_rate", learning_rate)
             defaults["learning_rate"] = None
             defaults["lr"] = learning_rate
+        if "beta_1" in self._algorithm_keys:  # torch.optim's spelling, for its schedulers
+            defaults["betas"] = (defaults["beta_1"], defaults["beta_2"])
         self.loss_scale_factor = loss_scale_factor
         self.gradient_accumulation_steps = gradient_accumulation_steps
         self.norm_process_group = norm_process_group
+        self._excluded_params: list[torch.Tensor] = []
+        self._checked_groups: list | None = None
+        self._step_lock = threading.RLock()
         self._excluded_ids: set[int] = set()
         self._excluded_pattern: re.Pattern[str] | None = None
         self._validate_state_dtype(defaults["state_dtype"])
+        config.option("sparse_updates").check("sparse_updates", defaults["sparse_updates"])
         # The core optimizer's constructor is the one place where Keras's arguments are
         # checked, so errors name the argument and value exactly as kerasopt.Adam does.
-        self._core_optimizer(defaults)
+        self._check_options(defaults)
         if isinstance(params, torch.Tensor):
             raise TypeError(
-                f"{type(self).__name__}: `params` must be an iterable of tensors, of "
-                "(name, tensor) pairs or of param-group dicts; received a single tensor "
-                f"of shape {tuple(params.shape)}. Pass [tensor] or model.parameters()."
+                f"{name}: params argument given to the optimizer should be an iterable of "
+                f"Tensors or dicts, but got {torch.typename(params)} (a single tensor of shape "
+                f"{tuple(params.shape)}); pass [tensor] or model.parameters()."
+            )
+        given = params
+        params = list(params)
+        if not params:
+            raise ValueError(
+                f"{name}: optimizer got an empty parameter list (params="
+                f"{validation.short_repr(given)}); an iterator such as model.parameters() "
+                "can be consumed once only."
             )
         super().__init__(params, defaults)
+        if self.skip_nonfinite or any(g["global_clipnorm"] for g in self.param_groups):
+            self._check_rank_has_parameters("skip_nonfinite / global_clipnorm")
+
+    def _check_rank_has_parameters(self, what: str) -> None:
+        """Under ``norm_process_group`` every rank must take part in the collectives of
+        each step; a rank that holds no parameter (ZeroRedundancyOptimizer with more ranks
+        than parameter tensors) would return without them and the others would wait."""
+        if self.norm_process_group is not None and not any(
+                g["params"] for g in self.param_groups):
+            raise ValueError(
+                f"{type(self).__name__}: norm_process_group is set and {what} needs every "
+                "rank of it in each step, but this rank holds no parameter "
+                "(ZeroRedundancyOptimizer gave it an empty partition); use fewer ranks than "
+                "parameter tensors."
+            )
 
     # ----------------------------------------------------------------- validation
 
@@ -192,18 +334,21 @@ class KerasOptimizer(torch.optim.Optimizer):
                 f"floating torch.dtype such as torch.float32; received state_dtype={state_dtype!r}."
             )
 
-    def _core_optimizer(self, group: dict[str, Any]) -> Any:
-        """A core optimizer built from a group's hyperparameters: validates them all."""
+    def _check_options(self, group: dict[str, Any]) -> None:
+        """Check a group's hyperparameters with the constructor's rules (the shared options'
+        of :mod:`kerasopt.config` and the algorithm's of its spec); errors name the argument
+        and the value exactly as ``kerasopt.Adam``'s do."""
         learning_rate = group.get("learning_rate")
         if learning_rate is None:
             learning_rate = group["lr"]
-        keras_args = {k: group[k] for k in self._core_keys() if k in group}
-        return self._core_class(
-            learning_rate=learning_rate,
-            loss_scale_factor=self.loss_scale_factor,
-            gradient_accumulation_steps=self.gradient_accumulation_steps,
-            **keras_args,
-        )
+            if isinstance(learning_rate, torch.Tensor):
+                learning_rate = _float_rate("lr", learning_rate)
+        values = {k: group[k] for k in self._core_keys() if k in group}
+        config.checked_options(self.spec, {
+            **values, "learning_rate": learning_rate,
+            "loss_scale_factor": self.loss_scale_factor,
+            "gradient_accumulation_steps": self.gradient_accumulation_steps,
+        }, owner=type(self).__name__)
 
     def _core_keys(self) -> tuple[str, ...]:
         return (
@@ -219,71 +364,257 @@ class KerasOptimizer(torch.optim.Optimizer):
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """Add a group; its hyperparameters (Keras names; ``lr`` or ``learning_rate`` for the
-        rate) default to the optimizer's and are checked like the constructor's."""
+        rate; torch's ``betas`` for ``beta_1`` and ``beta_2``) default to the optimizer's and
+        are checked like the constructor's. Errors read like torch.optim's and name the
+        parameter and its position."""
+        name = type(self).__name__
+        index = len(self.param_groups)
         if not isinstance(param_group, dict):
             raise TypeError(
-                f"{type(self).__name__}: a param group must be a dict; received "
-                f"{type(param_group).__name__}."
+                f"{name}: param_group must be a dict, but got {type(param_group).__name__}: "
+                f"{validation.short_repr(param_group)}."
             )
         group = dict(param_group)
         allowed = {*_BASE_GROUP_KEYS, *self._algorithm_keys, *_BOOKKEEPING_KEYS}
+        if "betas" in self.defaults:
+            allowed.add("betas")
         unknown = sorted(str(k) for k in group if k not in allowed)
         if unknown:
             raise TypeError(
-                f"{type(self).__name__}: param group got unknown key(s) {unknown}; the "
+                f"{name}: param group got unknown key(s) {unknown}; the "
                 f"hyperparameters are {sorted(allowed - set(_BOOKKEEPING_KEYS))}."
             )
         if "learning_rate" in group and "lr" in group and group["learning_rate"] is not None:
             raise ValueError(
-                f"{type(self).__name__}: a param group sets both `lr`={group['lr']!r} and "
+                f"{name}: a param group sets both `lr`={group['lr']!r} and "
                 f"`learning_rate`={group['learning_rate']!r}; set one of them."
             )
         if "learning_rate" in group:
             rate = group.pop("learning_rate")
-            if isinstance(rate, LearningRateSchedule) or callable(rate):
+            if _is_rate_function(rate):
                 group["learning_rate"], group["lr"] = rate, 0.0
             elif rate is not None:
                 group["learning_rate"], group["lr"] = None, rate
         elif "lr" in group:
             group["learning_rate"] = None
+        if "betas" in group:
+            betas = _betas_pair("betas", group["betas"])
+            for key, value in zip(("beta_1", "beta_2"), betas):
+                if key in group and not _same(group[key], value):
+                    raise ValueError(
+                        f"{name}: a param group sets both `betas`={betas!r} and "
+                        f"`{key}`={group[key]!r}; set one of them."
+                    )
+            group["beta_1"], group["beta_2"] = betas
         if "params" not in group:
-            raise ValueError(f"{type(self).__name__}: a param group needs a 'params' entry.")
+            raise ValueError(f"{name}: a param group needs a 'params' entry.")
         merged = {**self.defaults, **group}
         self._validate_state_dtype(merged["state_dtype"])
-        self._core_optimizer(merged)
+        config.option("sparse_updates").check("sparse_updates", merged["sparse_updates"])
+        self._check_options(merged)
+        if "betas" in self.defaults:
+            group["betas"] = group["synced_betas"] = (merged["beta_1"], merged["beta_2"])
         params = group["params"]
+        if isinstance(params, set):
+            raise TypeError(
+                f"{name}: optimizer parameters need to be organized in ordered collections, "
+                "but the ordering of tensors in sets will change between runs. Please use a "
+                f"list instead (param group {index} has a set of {len(params)} tensors)."
+            )
         params = [params] if isinstance(params, torch.Tensor) else list(params)
+        named = [isinstance(p, tuple) for p in params]
+        for i, p in enumerate(params):
+            if isinstance(p, tuple) and (len(p) != 2 or not isinstance(p[0], str)):
+                raise TypeError(
+                    f"{name}: a named parameter must be a (name, tensor) pair; received "
+                    f"{validation.short_repr(p)} at position {i} of param group {index}."
+                )
+            if named[i] != named[0]:
+                raise ValueError(
+                    f"{name}: all optimizer params should be with/without names. Some param "
+                    f"names are missing (position 0 of param group {index} has "
+                    f"{'a' if named[0] else 'no'} name, position {i} "
+                    f"{'has' if named[i] else 'has not'})."
+                )
         tensors = [p[1] if isinstance(p, tuple) else p for p in params]
         names = [p[0] if isinstance(p, tuple) else None for p in params]
         seen: dict[int, int] = {}
         for i, p in enumerate(tensors):
+            where = f"position {i} of param group {index}"
             if not isinstance(p, torch.Tensor):
                 raise TypeError(
-                    f"{type(self).__name__}: optimizer parameters must be torch tensors; "
-                    f"received {type(p).__name__} at position {i}."
+                    f"{name}: optimizer can only optimize Tensors, but one of the params is "
+                    f"{torch.typename(p)}: {validation.short_repr(p)} ({where})."
+                )
+            if not (p.is_leaf or p.retains_grad):
+                raise ValueError(
+                    f"{name}: can't optimize a non-leaf Tensor: {_describe_param(p, names[i])} "
+                    f"({where}) was computed from other tensors; optimize the leaf it came "
+                    "from."
                 )
             if not p.is_floating_point():
                 raise TypeError(
-                    f"{type(self).__name__}: {_describe_param(p, names[i])} has dtype "
+                    f"{name}: {_describe_param(p, names[i])} has dtype "
                     f"{p.dtype}; Adam and Adamax update floating-point parameters only."
                 )
             if id(p) in seen:
                 raise ValueError(
-                    f"{type(self).__name__}: {_describe_param(p, names[i])} appears twice in "
-                    f"one param group (positions {seen[id(p)]} and {i})."
+                    f"{name}: optimizer contains a parameter group with duplicate "
+                    f"parameters: {_describe_param(p, names[i])} at positions {seen[id(p)]} "
+                    f"and {i} of param group {index}."
                 )
             seen[id(p)] = i
-        for index, existing in enumerate(self.param_groups):
+        for other, existing in enumerate(self.param_groups):
             existing_ids = {id(q) for q in existing["params"]}
             for i, p in enumerate(tensors):
                 if id(p) in existing_ids:
                     raise ValueError(
-                        f"{type(self).__name__}: {_describe_param(p, names[i])} is already in "
-                        f"param group {index}; a parameter may belong to one group only."
+                        f"{name}: some parameters appear in more than one parameter group: "
+                        f"{_describe_param(p, names[i])} is already in param group {other} "
+                        f"(position {i} of param group {index})."
                     )
         group["params"] = params
         group["iterations"] = self.param_groups[0]["iterations"] if self.param_groups else 0
         super().add_param_group(group)
+
+    # ----------------------------------------------------------------- copies
+
+    # Not carried by deepcopy/pickle: torch.optim drops its hooks (and an LR scheduler's
+    # per-instance ``step`` wrapper), and the caches below are rebuilt on the next step.
+    _TRANSIENT = ("step", "_opt_called", "_plans", "_state_snapshot", "_checked_groups",
+                  "_watch", "_tensor_rates", "_step_lock")
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Everything a copy needs to step exactly like this optimizer: torch's ``defaults``,
+        ``state`` and ``param_groups`` and kerasopt's own attributes (torch.optim keeps only
+        the first three); not the hooks, which torch.optim does not copy either."""
+        return {key: value for key, value in self.__dict__.items()
+                if key not in self._TRANSIENT and not key.startswith("_optimizer_")}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        self._excluded_ids = {id(p) for p in getattr(self, "_excluded_params", ())}
+        self._checked_groups = None
+        self._step_lock = threading.RLock()
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> KerasOptimizer:
+        # A process group cannot be copied: the copy reduces over the same one.
+        if self.norm_process_group is not None:
+            memo.setdefault(id(self.norm_process_group), self.norm_process_group)
+        clone = type(self).__new__(type(self))
+        memo[id(self)] = clone
+        clone.__setstate__(copy.deepcopy(self.__getstate__(), memo))
+        return clone
+
+    # ----------------------------------------------------------------- group checks
+
+    def _watched_keys(self) -> tuple[str, ...]:
+        """The group entries a step reads; a change to any of them is checked again."""
+        keys = ("lr", "learning_rate", *self._core_keys(), "state_dtype", "sparse_updates")
+        return (*keys, "betas", "synced_betas") if "betas" in self.defaults else keys
+
+    def _check_groups(self) -> None:
+        """Check the param groups before a step changes anything (torch lets anyone write
+        into them between steps). What was checked is remembered: each group's entries (by
+        identity) and its size (a key a torch scheduler adds counts), so an unchanged group
+        costs a few comparisons, and a changed one has only its changed entries checked."""
+        checked = self._checked_groups
+        groups = self.param_groups
+        if checked is not None and len(checked) == len(groups):
+            getter = self._watch
+            try:
+                for group, (seen, size, values) in zip(groups, checked):
+                    if (seen is not group or len(group) != size
+                            or not all(map(is_, getter(group), values))):
+                        break
+                else:
+                    for index, group in self._tensor_rates:  # may change in place (fill_)
+                        self._checked(index, "lr", group["lr"], _float_rate)
+                    return
+            except KeyError:  # a hyperparameter was deleted: reported below
+                pass
+        self._validate_groups(checked)
+        self._remember_groups()
+
+    def _remember_groups(self) -> None:
+        getter = self._watch = itemgetter(*self._watched_keys())
+        groups = self.param_groups
+        self._checked_groups = [(group, len(group), getter(group)) for group in groups]
+        self._schedule_groups = any(group["learning_rate"] is not None for group in groups)
+        self._tensor_rates = [(index, group) for index, group in enumerate(groups)
+                              if isinstance(group["lr"], torch.Tensor)]
+
+    def _checked(self, index: int, key: str, value: Any, rule: Callable[[str, Any], Any]) -> Any:
+        """``rule(key, value)``, its error prefixed with the step and the group's index."""
+        try:
+            return rule(key, value)
+        except (TypeError, ValueError) as error:
+            raise type(error)(f"{type(self).__name__}.step(): param group {index}: {error}"
+                              ) from None
+
+    def _validate_groups(self, checked: list | None) -> None:
+        """Every group checked with the constructor's rules (those of
+        :func:`_group_rules`) before any is changed: the entries that changed since the
+        last check, all of them for a group not seen before. Then torch's ``betas`` (written
+        by a scheduler such as OneCycleLR) and Keras's ``beta_1``/``beta_2`` are brought into
+        agreement: whichever was written since the last step wins."""
+        name = type(self).__name__
+        keys = self._watched_keys()
+        rules = _group_rules(self.spec)
+        previous = {id(seen): values for seen, _, values in checked or ()}
+        writes = []
+        for index, group in enumerate(self.param_groups):
+            missing = [key for key in keys if key not in group]
+            if missing:
+                raise KeyError(
+                    f"{name}.step(): param group {index} has no {missing[0]!r} entry (it "
+                    "holds one of the optimizer's hyperparameters; put it back or remove "
+                    "the group)."
+                )
+            old = dict(zip(keys, previous.get(id(group), ())))
+            changed = [key for key in keys if key not in old or old[key] is not group[key]]
+            rate_function = group["learning_rate"] is not None
+            for key in changed:
+                if key == "lr" and not rate_function:
+                    self._checked(index, key, group[key], _float_rate)
+                elif key in rules:
+                    self._checked(index, key, group[key], rules[key])
+            if _CLIP_KEYS & set(changed):
+                self._checked(index, "clip", {k: group[k] for k in sorted(_CLIP_KEYS)},
+                              lambda _, clips: validation.at_most_one_clip_option(**clips))
+            if rate_function:
+                self._check_rate_owner(name, index, group)
+            if "betas" in self.defaults:
+                betas = group["betas"]
+                if _same(betas, group["synced_betas"]):  # unchanged: Keras's names rule
+                    betas = (group["beta_1"], group["beta_2"])
+                else:  # written since the last step (a scheduler): it wins
+                    betas = self._checked(index, "betas", betas, _betas_pair)
+                    for i, value in enumerate(betas):
+                        self._checked(index, f"betas[{i}]", value, validation.beta)
+                writes.append((group, betas))
+        for group, betas in writes:
+            group["beta_1"], group["beta_2"] = betas
+            group["betas"] = group["synced_betas"] = betas
+
+    @staticmethod
+    def _check_rate_owner(name: str, index: int, group: dict[str, Any]) -> None:
+        """A group whose rate is a kerasopt schedule or callable refuses a torch LR scheduler
+        (and any other write into ``lr`` but the 0 torch.distributed.checkpoint writes)."""
+        rate = group["learning_rate"]
+        reported = group.get("reported_lr")
+        expected = reported if reported is not None else 0.0
+        lr = group["lr"]
+        written = not isinstance(lr, torch.Tensor) and lr != expected and lr != 0
+        if "initial_lr" in group or written:
+            culprit = ("a torch LR scheduler is attached (it set 'initial_lr')"
+                       if "initial_lr" in group else f"group['lr'] was set to {lr!r}")
+            raise ValueError(
+                f"{name}.step(): param group {index} takes its rate from learning_rate="
+                f"{validation.short_repr(rate)}, and {culprit}; the two rates would mix. "
+                "Use one or the other: a float learning_rate driven by the torch scheduler, "
+                "or the kerasopt schedule alone."
+            )
 
     # ----------------------------------------------------------------- counters, rate
 
@@ -316,6 +647,11 @@ class KerasOptimizer(torch.optim.Optimizer):
             value = rate(np.int64(raw))
         else:
             value = rate()
+        if isinstance(value, float):
+            # A Python float (what a callable returns) stays one: Keras's torch backend then
+            # computes the weight decay's factor in double precision (pipeline.decay_factor).
+            group["lr"] = group["reported_lr"] = value
+            return value
         if isinstance(value, torch.Tensor):
             tensor = value.detach().cpu()
         else:
@@ -329,7 +665,9 @@ class KerasOptimizer(torch.optim.Optimizer):
         return group.get("state_dtype") or p.dtype
 
     def _slot_names(self, group: dict[str, Any]) -> list[str]:
-        return list(self._slots)
+        """The algorithm's state of a parameter of ``group`` (an optional slot where its
+        flag is set: ``velocity_hat`` with amsgrad)."""
+        return list(self.spec.slot_names(group))
 
     def _ensure_state(self, group: dict[str, Any], p: torch.Tensor) -> dict[str, Any]:
         """Create the missing state of ``p`` (zeros; the EMA average starts at ``p``)."""
@@ -384,8 +722,16 @@ class KerasOptimizer(torch.optim.Optimizer):
                     f"Argument `var_names` must hold valid regular expressions; received "
                     f"var_names={names!r} ({error})."
                 ) from error
+        if pattern_obj is not None:
+            self._warn_unmatched(names)
+        self._excluded_params = var_list
         self._excluded_ids = {id(p) for p in var_list}
         self._excluded_pattern = pattern_obj
+
+    def _warn_unmatched(self, patterns: list[str]) -> None:
+        """Warn (once per call) about exclusion patterns that match no parameter name."""
+        names = [n for g in self.param_groups for n in g.get("param_names") or ()]
+        config.warn_unmatched_exclusions(f"{type(self).__name__}", patterns, names)
 
     def _use_weight_decay(self, p: torch.Tensor, name: str | None) -> bool:
         if id(p) in self._excluded_ids:
@@ -437,64 +783,183 @@ class KerasOptimizer(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
-        """One Keras ``apply()``: unscale, accumulate, clip, decay, update, count, EMA."""
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        if self._planned_step():
+        """One Keras ``apply()``: unscale, accumulate, clip, decay, update, count, EMA.
+
+        Steps are serialized by a per-optimizer lock: two threads stepping one optimizer
+        take turns (the closure, if any, runs inside the turn)."""
+        with self._step_lock:
+            loss = None
+            if closure is not None:
+                with torch.enable_grad():
+                    loss = closure()
+            self._check_groups()
+            if not self._planned_step():
+                entries = self._collect()
+                if not entries:  # torch.optim's convention: nothing to do, nothing counted
+                    return loss
+                self._general_step(entries)
+            if self._schedule_groups:  # the step wrote their "lr": valid, remember it
+                self._remember_groups()
             return loss
-        entries = self._collect()
-        if not any(True for group in self.param_groups for _ in group["params"]):
-            return loss
-        if not entries:
-            raise ValueError(
-                f"{type(self).__name__}.step(): no parameter has a gradient (every .grad is "
-                "None or requires_grad is False). Call loss.backward() before step()."
-            )
+
+    def _general_step(self, entries: list[_Entry]) -> None:
+        """The step of :meth:`step` when the cached plans do not apply: the checks, then the
+        fused kernels where they apply, else the reference path."""
         raw = self.raw_iterations
         n = self.gradient_accumulation_steps
-        iterations = raw // n if n else raw
         # What can fail runs before anything changes: the gradients' shapes, then on an update
         # step the rates and the (callable) betas of every group.
         grads = [self._prepared_gradient(e) for e in entries]
-        if self.skip_nonfinite and not pipeline.is_finite([values_of(g) for g in grads]):
+        if self._state_initialising_step(entries, grads):
+            self._ensure_all_state()
+            return
+        if self.skip_nonfinite and not self._all_finite(entries, grads):
             self._skip_nonfinite_step()
-            return loss
+            return
         update = not n or (raw + 1) % n == 0
+        checked = None
         if update:
             checked = self._checked_rates({id(e.group): e.group for e in entries}.values(), raw)
+        self._ensure_all_state()
+        if not self._fused_step(entries, grads, raw, checked):
+            self._reference_step(entries, grads, raw, checked)
+        for group in self.param_groups:
+            group["iterations"] = raw + 1
+
+    def _reference_step(self, entries: list[_Entry], grads: list[Any], raw: int,
+                        checked: tuple[dict, dict] | None) -> None:
+        """Keras's ``apply()`` through :func:`kerasopt.engine.apply`, over the local tensors
+        of every parameter that has state (``checked`` is None on an accumulation
+        micro-step), written back in place."""
+        n = self.gradient_accumulation_steps
+        held = [(index, group, p, name) for index, group in enumerate(self.param_groups)
+                for p, name in zip(group["params"], group.get("param_names")
+                                   or [None] * len(group["params"]))
+                if self.state.get(p)]
+        position = {id(p): k for k, (_, _, p, _) in enumerate(held)}
+        states = [self.state[p] for _, _, p, _ in held]
+        arrays = engine.Arrays(
+            weights=[_local(p) for _, _, p, _ in held],
+            slots=[tuple(_local(state[slot]) for slot in self._slot_names(group))
+                   for (_, group, _, _), state in zip(held, states)],
+            accumulators=[_local(state[ACCUMULATOR]) for state in states] if n else None,
+            averages=[_local(state[AVERAGE]) if group["use_ema"] else None
+                      for (_, group, _, _), state in zip(held, states)],
+        )
+        groups = []
+        for group in self.param_groups:
+            if checked is None:  # a micro-step uses no rate
+                rate, hyper = 0.0, self._hyperparameters(group)
+            else:
+                rate, hyper = checked[0][id(group)], checked[1][id(group)]
+            groups.append(engine.Group(
+                learning_rate=rate, hyperparameters=hyper,
+                **{key: group[key] for key in ("weight_decay", "clipnorm", "clipvalue",
+                                               "global_clipnorm", "use_ema", "ema_momentum",
+                                               "ema_overwrite_frequency")}))
+        params = [p for _, _, p, _ in held]
+        hooks = engine.Hooks(
+            global_norm=lambda values, indices: self._norm(values, [params[i] for i in indices]),
+            tensor_norm=lambda value, i: (self._norm([value], [params[i]])
+                                          if _is_dtensor(params[i]) else None),
+        )
+        new = engine.apply(
+            engine.spec_rule(self.spec), arrays,
+            [(position[id(e.param)], g) for e, g in zip(entries, grads)],
+            step=engine.Step(raw=raw, loss_scale_factor=self.loss_scale_factor,
+                             accumulation_steps=n, hooks=hooks),
+            groups=groups, group_of=[index for index, _, _, _ in held],
+            decay_mask=[self._use_weight_decay(p, name) for _, _, p, name in held],
+            ops=ops_for(arrays.weights[0]),
+        ).arrays
+        stored = [(arrays.weights, new.weights)]
+        stored += [(old, fresh) for old, fresh in zip(arrays.slots, new.slots)]
+        if n:
+            stored.append((arrays.accumulators, new.accumulators))
+        stored.append((arrays.averages, new.averages))
+        for old, fresh in stored:
+            for target, value in zip(old, fresh):
+                if target is not None and value is not target:
+                    target.copy_(value)
+
+    def _ensure_all_state(self) -> None:
+        """Create the missing state of every parameter that can have a gradient."""
+        n = self.gradient_accumulation_steps
         for group in self.param_groups:
             complete = len(self._slot_names(group)) + bool(n) + bool(group["use_ema"])
             for p in group["params"]:
                 state = self.state.get(p)
                 if (not state and p.requires_grad) or (state and len(state) < complete):
                     self._ensure_state(group, p)
-        if self._fused_step(entries, grads, raw, checked if update else None):
-            for group in self.param_groups:
-                group["iterations"] = raw + 1
-            return loss
-        if self.loss_scale_factor is not None:
-            factor = self.loss_scale_factor
-            grads = [map_values(lambda v: pipeline.unscale(v, factor), g) for g in grads]
-        if n:
-            grads = self._accumulate(entries, grads, raw, n)
-        if update:
-            grads = self._clip(entries, grads)
-            for entry, g in zip(entries, grads):
-                self._update(entry, g, checked[0][id(entry.group)], iterations + 1)
-        self._update_ema(iterations)
+
+    # ----------------------------------------------------------------- decisions all ranks share
+
+    def _agreement_groups(self) -> list[Any]:
+        """The process groups over which a decision about this step's gradients must agree:
+        those the global norm is summed over. ``norm_process_group`` (ZeroRedundancyOptimizer:
+        each rank holds some of the parameters), and each mesh dimension over which a DTensor
+        parameter is sharded (FSDP2: each rank holds a shard). Empty under DDP (every rank
+        holds the same averaged gradients) and in one process."""
+        groups = [self.norm_process_group] if self.norm_process_group is not None else []
+        seen: set[tuple[int, int]] = set()
         for group in self.param_groups:
-            group["iterations"] = raw + 1
-        return loss
+            for p in group["params"]:
+                if not _is_dtensor(p):
+                    continue
+                for dim, placement in enumerate(p.placements):
+                    if placement.is_shard() and (id(p.device_mesh), dim) not in seen:
+                        seen.add((id(p.device_mesh), dim))
+                        groups.append(p.device_mesh.get_group(dim))
+        return groups
+
+    def _agreed(self, local: bool, entries: list[_Entry]) -> bool:
+        """``local`` where every rank of :meth:`_agreement_groups` finds it True, else False:
+        one all-reduce of a flag per group, entered by every rank in the same order, so
+        that every rank takes the same branch (and enters the same collectives after it)."""
+        groups = self._agreement_groups()
+        if not groups:
+            return local
+        import torch.distributed as dist
+
+        device = _local(entries[0].param).device if entries else _first_device(
+            self.param_groups)
+        disagreeing = torch.tensor(0 if local else 1, dtype=torch.int32, device=device)
+        for group in groups:
+            dist.all_reduce(disagreeing, group=group)
+        return int(disagreeing) == 0
+
+    def _all_finite(self, entries: list[_Entry], grads: list[Any]) -> bool:
+        """Whether no gradient holds a NaN or an inf, on any rank (the verdict of
+        ``skip_nonfinite`` and of :class:`LossScaleOptimizer`, which every rank must share:
+        a rank that skipped while another applied would leave the model half-stepped, and
+        under ``global_clipnorm`` the other rank would wait in the norm's all-reduce)."""
+        return self._agreed(pipeline.is_finite([values_of(g) for g in grads]), entries)
+
+    def _state_initialising_step(self, entries: list[_Entry], grads: list[Any]) -> bool:
+        """Whether this is the step torch.distributed.checkpoint takes to create the state
+        of an optimizer that has none (``get_optimizer_state_dict`` /
+        ``set_optimizer_state_dict``): no parameter has state yet, every gradient is zero
+        (on every rank) and every float rate is 0 (torch >= 2.2 writes 0 into each group's
+        "lr"). Such a step only creates the state: no iteration is counted and the EMA,
+        the accumulators and the weights are left as they are. (A genuine first step with
+        all-zero gradients at rate 0 would change only the counter.)"""
+        if any(self.state.get(p) for group in self.param_groups for p in group["params"]):
+            return False
+        for group in self.param_groups:
+            lr = group["lr"]
+            if group["learning_rate"] is None and (
+                    float(lr) if isinstance(lr, torch.Tensor) else lr) != 0:
+                return False
+        zero = all(not torch.any(values_of(g)) for g in grads)
+        return self._agreed(zero, entries)
 
     def _planned_step(self) -> bool:
         """The steady-state step through cached :class:`GroupPlan` s (see
         :mod:`kerasopt._torch_plan`): every parameter of every group has a plain dense
         gradient on its device and complete state. Returns False, having changed nothing,
         otherwise."""
-        algorithm = self._fused_algorithm
-        if (algorithm is None or self.norm_process_group is not None or self.skip_nonfinite
+        algorithm = self.spec
+        if (algorithm.kernel is None or self.norm_process_group is not None or self.skip_nonfinite
                 or sum(1 for group in self.param_groups if group["global_clipnorm"]) > 1):
             return False
         count = len(self.param_groups)
@@ -523,15 +988,13 @@ class KerasOptimizer(torch.optim.Optimizer):
         else:
             self._state_snapshot = snapshot
         raw = self.raw_iterations
-        iterations = raw // n if n else raw
-        phase = None if not n else ("update" if (raw + 1) % n == 0 else "micro")
-        checked = self._checked_rates(self.param_groups, raw) if phase != "micro" else None
+        micro = bool(n) and (raw + 1) % n != 0
+        checked = self._checked_rates(self.param_groups, raw) if not micro else None
         for group, plan in zip(self.param_groups, plans):
             plan.kernels.fused_step_table(
                 algorithm, plan.table, plan.sizes, plan.like, plan.params, chunks=plan.chunks,
-                amsgrad=bool(group.get("amsgrad")), weight_decay_mask=plan.decay_mask,
-                averaging=bool(group["use_ema"]),
-                **self._kernel_scalars(group, checked, iterations, phase),
+                amsgrad=bool(group.get("amsgrad")), averaging=bool(group["use_ema"]),
+                **self._kernel_scalars(group, checked, raw, plan.decay_mask),
             )
         for group in self.param_groups:
             group["iterations"] = raw + 1
@@ -550,8 +1013,8 @@ class KerasOptimizer(torch.optim.Optimizer):
         dtype, a global norm that no other group shares, and (under EMA or accumulation,
         which cover every parameter) a gradient for every parameter. Returns False, having
         changed nothing, otherwise."""
-        algorithm = self._fused_algorithm
-        if algorithm is None or self.norm_process_group is not None:
+        algorithm = self.spec
+        if algorithm.kernel is None or self.norm_process_group is not None:
             return False
         device = entries[0].param.device
         module = kernels.for_device(device)
@@ -585,8 +1048,6 @@ class KerasOptimizer(torch.optim.Optimizer):
                         and g.device == device and g.is_contiguous()
                         and all(_fits(state.get(key), p) for key in keys[id(entry.group)])):
                     return False
-        iterations = raw // n if n else raw
-        phase = None if not n else ("update" if (raw + 1) % n == 0 else "micro")
         for group in groups.values():
             members = [(e, g) for e, g in zip(entries, grads) if e.group is group]
             params = [e.param for e, _ in members]
@@ -596,16 +1057,12 @@ class KerasOptimizer(torch.optim.Optimizer):
                     params,
                     [g for _, g in members],
                     [[self.state[p][name] for p in params] for name in self._slot_names(group)],
-                    weight_decay_mask=(
-                        [self._use_weight_decay(e.param, e.name) for e, _ in members]
-                        if group["weight_decay"] is not None
-                        else None
-                    ),
                     accumulators=[self.state[p][ACCUMULATOR] for p in params] if n else None,
                     ema_averages=(
                         [self.state[p][AVERAGE] for p in params] if group["use_ema"] else None
                     ),
-                    **self._kernel_scalars(group, checked, iterations, phase),
+                    **self._kernel_scalars(group, checked, raw, [
+                        self._use_weight_decay(e.param, e.name) for e, _ in members]),
                 )
             except kernels.NotFusable:
                 if len(groups) > 1:  # the checks above rule this out; never half a step
@@ -626,29 +1083,24 @@ class KerasOptimizer(torch.optim.Optimizer):
         return rates, hypers
 
     def _kernel_scalars(self, group: dict[str, Any], checked: tuple[dict, dict] | None,
-                        iterations: int, phase: str | None) -> dict[str, Any]:
+                        raw: int, decay_mask: Any) -> dict[str, Any]:
         """The scalar keywords of a fused step (:func:`kerasopt.kernels.fused_step`) for
-        ``group``; ``checked`` is :meth:`_checked_rates`'s result on an update step, None on
-        an accumulation micro-step (which uses no rate)."""
+        ``group`` (:func:`kerasopt.engine.kernel_arguments`); ``checked`` is
+        :meth:`_checked_rates`'s result on an update step, None on an accumulation
+        micro-step (which uses no rate)."""
         if checked is None:
             rate, hyper = 0.0, self._hyperparameters(group)
         else:
             rate, hyper = checked[0][id(group)], checked[1][id(group)]
-        frequency = group["ema_overwrite_frequency"]
-        return dict(
-            learning_rate=rate,
-            step=iterations + 1,
-            weight_decay=group["weight_decay"],
-            clipnorm=group["clipnorm"] or None,
-            global_clipnorm=group["global_clipnorm"] or None,
-            clipvalue=group["clipvalue"] or None,
-            loss_scale_factor=self.loss_scale_factor,
-            accumulation_steps=self.gradient_accumulation_steps,
-            accumulation_phase=phase,
-            ema_momentum=pipeline.ema_momentum_at(iterations, group["ema_momentum"]),
-            ema_overwrite=bool(frequency and (iterations + 1) % frequency == 0),
-            **hyper,
-        )
+        options = engine.Group(
+            learning_rate=rate, hyperparameters=hyper,
+            **{key: group[key] for key in ("weight_decay", "clipnorm", "clipvalue",
+                                           "global_clipnorm", "use_ema", "ema_momentum",
+                                           "ema_overwrite_frequency")})
+        step = engine.Step(raw=raw, loss_scale_factor=self.loss_scale_factor,
+                           accumulation_steps=self.gradient_accumulation_steps)
+        return engine.kernel_arguments(options, step, decay_mask=decay_mask,
+                                       averaging=bool(group["use_ema"]))
 
     @property
     def skipped_steps(self) -> int:
@@ -706,7 +1158,9 @@ class KerasOptimizer(torch.optim.Optimizer):
                     f"{type(self).__name__}: the sparse gradient of "
                     f"{_describe_param(p, entry.name)} has shape {tuple(grad.shape)}."
                 )
-            grad = grad.coalesce()
+            grad = grad.coalesce()  # duplicate rows summed
+            if entry.group["sparse_updates"] == "dense":
+                return grad.to_dense().to(dtype)
             if grad.sparse_dim() == 1:
                 return IndexedSlices(grad.values().to(dtype), grad.indices()[0], tuple(grad.shape))
             return grad.to_dense().to(dtype)
@@ -717,49 +1171,6 @@ class KerasOptimizer(torch.optim.Optimizer):
                 f"shape {tuple(grad.shape)}."
             )
         return grad.to(dtype)
-
-    def _accumulate(self, entries: list[_Entry], grads: list[Any], raw: int, n: int):
-        dense = [g.to_dense() if isinstance(g, IndexedSlices) else g for g in grads]
-        accumulators = [_local(self.state[e.param][ACCUMULATOR]) for e in entries]
-        if (raw + 1) % n != 0:
-            for acc, total in zip(accumulators, pipeline.accumulate(dense, accumulators)):
-                acc.copy_(total)
-            return None
-        mean = pipeline.accumulated_mean(dense, accumulators, n)
-        for group in self.param_groups:
-            for p in group["params"]:
-                state = self.state.get(p)
-                if state and ACCUMULATOR in state:
-                    _local(state[ACCUMULATOR]).zero_()
-        return mean
-
-    def _clip(self, entries: list[_Entry], grads: list[Any]) -> list[Any]:
-        grads = list(grads)
-        global_indices = []
-        for i, (entry, g) in enumerate(zip(entries, grads)):
-            group = entry.group
-            if group["clipnorm"]:
-                values = values_of(g)
-                if _is_dtensor(entry.param):
-                    norm = self._norm([values], [entry.param])
-                    clipped = pipeline.clip_by_global_norm([values], group["clipnorm"], norm)[0]
-                else:
-                    clipped = pipeline.clip_by_norm(values, group["clipnorm"])
-                grads[i] = with_values(g, clipped)
-            elif group["global_clipnorm"]:
-                global_indices.append(i)
-            elif group["clipvalue"]:
-                clipvalue = group["clipvalue"]
-                grads[i] = map_values(lambda v, c=clipvalue: pipeline.clip_by_value(v, c), g)
-        uses_global = any(group["global_clipnorm"] for group in self.param_groups)
-        if global_indices or (uses_global and self.norm_process_group is not None):
-            values = [values_of(grads[i]) for i in global_indices]
-            norm = self._norm(values, [entries[i].param for i in global_indices])
-            for i in global_indices:
-                clipnorm = entries[i].group["global_clipnorm"]
-                clipped = pipeline.clip_by_global_norm([values_of(grads[i])], clipnorm, norm)[0]
-                grads[i] = with_values(grads[i], clipped)
-        return grads
 
     def _norm(self, values: list[torch.Tensor], params: list[torch.Tensor]) -> torch.Tensor:
         """The L2 norm over ``values`` (local tensors), summed across ranks where needed.
@@ -793,73 +1204,17 @@ class KerasOptimizer(torch.optim.Optimizer):
             total = total + partial
         return torch.sqrt(total)
 
-    def _update(self, entry: _Entry, g: Any, learning_rate: torch.Tensor, step: int) -> None:
-        group, p = entry.group, entry.param
-        state = self.state[p]
-        w = _local(p)
-        dtype = self._compute_dtype(entry)
-        slots = [_local(state[name]) for name in self._slot_names(group)]
-        hyper = self._hyperparameters(group)
-        decay = group["weight_decay"] is not None and self._use_weight_decay(p, entry.name)
-        if isinstance(g, IndexedSlices):
-            rows = g.indices
-            w_rows = w.index_select(0, rows).to(dtype)
-            if decay:
-                w_rows = pipeline.decay(w_rows, group["weight_decay"], learning_rate)
-            new = self._rule(
-                w_rows,
-                g.values,
-                *(s.index_select(0, rows) for s in slots),
-                learning_rate=learning_rate,
-                step=step,
-                **hyper,
-            )
-            w.index_copy_(0, rows, new[0].to(w.dtype))
-            for slot, value in zip(slots, new[1:]):
-                slot.index_copy_(0, rows, value.to(slot.dtype))
-            return
-        w_c = w.to(dtype)
-        if decay:
-            w_c = pipeline.decay(w_c, group["weight_decay"], learning_rate)
-        new = self._rule(w_c, g, *slots, learning_rate=learning_rate, step=step, **hyper)
-        w.copy_(new[0])
-        for slot, value in zip(slots, new[1:]):
-            slot.copy_(value)
-
-    def _update_ema(self, iterations: int) -> None:
-        for group in self.param_groups:
-            if not group["use_ema"]:
-                continue
-            momentum = pipeline.ema_momentum_at(iterations, group["ema_momentum"])
-            frequency = group["ema_overwrite_frequency"]
-            overwrite = bool(frequency) and (iterations + 1) % frequency == 0
-            for p in group["params"]:
-                state = self.state.get(p)
-                if not state or AVERAGE not in state:
-                    continue
-                average, w = _local(state[AVERAGE]), _local(p)
-                average.copy_(pipeline.ema(average, w.to(average.dtype), momentum))
-                if overwrite:
-                    w.copy_(average)
-
-    def _rule(self, w, g, *slots, **hyper):
-        """The pure update rule of :mod:`kerasopt.algorithms` (set by each subclass)."""
-        return self._update_rule(w, g, *slots, **hyper)
-
     def _hyperparameters(self, group: dict[str, Any]) -> dict[str, Any]:
-        """The rule's scalars for this step: betas resolved (callables called), epsilon."""
-        return {
-            "beta_1": validation.resolved_beta("beta_1", group["beta_1"]),
-            "beta_2": validation.resolved_beta("beta_2", group["beta_2"]),
-            "epsilon": group["epsilon"],
-        }
+        """The rule's hyperparameters for this step (callables called and checked)."""
+        return self.spec.resolved(group)
 
     # ----------------------------------------------------------------- state_dict
 
     def state_dict(self) -> dict[str, Any]:
         """torch's ``state_dict``; each group also names the optimizer class, so that
         ``load_state_dict`` can refuse a state from another optimizer."""
-        state_dict = super().state_dict()
+        with self._step_lock:  # a consistent snapshot, never half a step
+            state_dict = super().state_dict()
         for group in state_dict["param_groups"]:
             group[MARKER] = type(self).__name__
         return state_dict
@@ -867,7 +1222,24 @@ class KerasOptimizer(torch.optim.Optimizer):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Load a ``state_dict()``: everything is checked first (optimizer class, group and
         parameter counts, state names, shapes); tensors are copied bit for bit onto each
-        parameter's device, in the state dtype of its group."""
+        parameter's device, in the state dtype of its group.
+
+        As in torch.optim, the load_state_dict pre-hooks run first, on a shallow copy of
+        ``state_dict`` (a hook may change it in place or return another dict to load), and
+        the post-hooks run after the load. Saved ``param_names`` replace the group's names;
+        a state_dict without names keeps them."""
+        if isinstance(state_dict, dict):
+            state_dict = state_dict.copy()
+        for pre_hook in self._optimizer_load_state_dict_pre_hooks.values():
+            result = pre_hook(self, state_dict)
+            if result is not None:
+                state_dict = result
+        with self._step_lock:  # never between the changes of a step
+            self._load_state_dict(state_dict)
+        for post_hook in self._optimizer_load_state_dict_post_hooks.values():
+            post_hook(self)
+
+    def _load_state_dict(self, state_dict: dict[str, Any]) -> None:
         name = type(self).__name__
         if not isinstance(state_dict, dict) or not {"state", "param_groups"} <= set(state_dict):
             raise ValueError(
@@ -903,6 +1275,19 @@ class KerasOptimizer(torch.optim.Optimizer):
                 )
             for saved_id, p in zip(saved["params"], group["params"]):
                 id_to_param[saved_id] = (p, group, saved)
+            names = saved.get("param_names")
+            if names is not None and (
+                not isinstance(names, list) or len(names) != len(group["params"])
+                or not all(isinstance(n, str) for n in names)
+            ):
+                count = len(names) if isinstance(names, list) else None
+                raise ValueError(
+                    f"{name}.load_state_dict: param group {index} of the state_dict has "
+                    f"param_names={validation.short_repr(names)}"
+                    + (f" ({count} names)" if count is not None else "")
+                    + f"; it needs one string per parameter ({len(group['params'])} "
+                    "parameters)."
+                )
         iterations = {int(g.get("iterations", 0)) for g in saved_groups}
         if len(iterations) > 1:
             raise ValueError(
@@ -933,6 +1318,13 @@ class KerasOptimizer(torch.optim.Optimizer):
                     )
                 slot_state[key] = (value, dtype)
             new_state[p] = slot_state
+        pairs = []  # torch's betas as tuples (a checkpoint written as JSON has lists)
+        for index, saved in enumerate(saved_groups):
+            try:
+                pairs.append({key: _betas_pair(key, saved[key])
+                              for key in ("betas", "synced_betas") if saved.get(key) is not None})
+            except ValueError as error:
+                raise ValueError(f"{name}.load_state_dict: param group {index}: {error}") from None
         # Everything checked: now change the optimizer.
         loaded: dict[torch.Tensor, dict[str, Any]] = {}
         for p, slots in new_state.items():
@@ -940,10 +1332,12 @@ class KerasOptimizer(torch.optim.Optimizer):
         self.state.clear()
         for p, slots in loaded.items():
             self.state[p] = slots
-        for group, saved in zip(self.param_groups, saved_groups):
+        for group, saved, pair in zip(self.param_groups, saved_groups, pairs):
             for key, value in saved.items():
-                if key not in ("params", "param_names", MARKER):
-                    group[key] = value
+                if key == "param_names":
+                    group[key] = list(value)
+                elif key not in ("params", MARKER):
+                    group[key] = pair.get(key, value)
 
 
 def _fits(tensor: Any, param: torch.Tensor) -> bool:
@@ -985,148 +1379,84 @@ def _copy_like(value: torch.Tensor, p: torch.Tensor, dtype: torch.dtype) -> torc
     return value.detach().to(device=p.device, dtype=dtype, copy=True)
 
 
-class Adam(KerasOptimizer):
-    """Keras 3's Adam as a ``torch.optim.Optimizer`` (see the module docstring).
+# --------------------------------------------------------------------------- the classes
 
-    Args:
-        params: Tensors, ``(name, tensor)`` pairs (``model.named_parameters()``) or
-            param-group dicts.
-        learning_rate: A float (torch schedulers change it through ``group["lr"]``), a
-            ``kerasopt.schedules`` schedule (called with the raw step count), or a
-            zero-argument callable. Defaults to 0.001.
-        beta_1, beta_2: Decay rates in [0, 1), or zero-argument callables.
-        epsilon: Added to ``sqrt(v)`` (Keras's "epsilon hat"). Defaults to 1e-7.
-        amsgrad: Use the running maximum of ``v``.
-        weight_decay, clipnorm, clipvalue, global_clipnorm, use_ema, ema_momentum,
-        ema_overwrite_frequency: Keras's arguments, per param group.
-        loss_scale_factor, gradient_accumulation_steps: Keras's arguments, for the whole
-            optimizer (``step()`` calls count as micro-steps).
-        state_dtype: None (state in the parameter's dtype, as Keras) or a float dtype to keep
-            the state, and compute the step, in (``torch.float32`` for bf16/fp16 params).
-        norm_process_group: A process group over which ``global_clipnorm`` sums the squared
-            norms of plain (non-DTensor) gradients, for ZeroRedundancyOptimizer.
-        skip_nonfinite: kerasopt only (default False: as Keras, NaN/inf gradients propagate).
-            When True, a ``step()`` whose gradients hold NaN or inf changes nothing but
-            ``skipped_steps``; the first skip warns.
-    """
+TORCH_ONLY = {"state_dtype": None, "norm_process_group": None}
+"""The constructors' arguments beyond Keras's and kerasopt's own, with their defaults."""
 
-    _core_class = _CoreAdam
-    _slots = ADAM_SLOTS
-    _algorithm_keys = ("beta_1", "beta_2", "epsilon", "amsgrad")
-
-    _fused_algorithm = "adam"
-    _update_rule = staticmethod(adam_update)
-
-    def __init__(
-        self,
-        params: Any,
-        learning_rate: Any = 0.001,
-        beta_1: Any = 0.9,
-        beta_2: Any = 0.999,
-        epsilon: float = 1e-7,
-        amsgrad: bool = False,
-        weight_decay: float | None = None,
-        clipnorm: float | None = None,
-        clipvalue: float | None = None,
-        global_clipnorm: float | None = None,
-        use_ema: bool = False,
-        ema_momentum: float = 0.99,
-        ema_overwrite_frequency: int | None = None,
-        loss_scale_factor: float | None = None,
-        gradient_accumulation_steps: int | None = None,
-        state_dtype: torch.dtype | None = None,
-        norm_process_group: Any = None,
-        **kwargs: Any,
-    ) -> None:
-        defaults = {
-            "learning_rate": learning_rate,
-            "beta_1": beta_1,
-            "beta_2": beta_2,
-            "epsilon": epsilon,
-            "amsgrad": amsgrad,
-            "weight_decay": weight_decay,
-            "clipnorm": clipnorm,
-            "clipvalue": clipvalue,
-            "global_clipnorm": global_clipnorm,
-            "use_ema": use_ema,
-            "ema_momentum": ema_momentum,
-            "ema_overwrite_frequency": ema_overwrite_frequency,
-            "state_dtype": state_dtype,
-        }
-        super().__init__(
-            params,
-            defaults,
-            loss_scale_factor=loss_scale_factor,
-            gradient_accumulation_steps=gradient_accumulation_steps,
-            norm_process_group=norm_process_group,
-            **kwargs,
-        )
-
-    def _slot_names(self, group: dict[str, Any]) -> list[str]:
-        names = list(ADAM_SLOTS)
-        if group["amsgrad"]:
-            names.append(AMSGRAD_SLOT)
-        return names
+_TORCH_DOC = {
+    "params": "Tensors, ``(name, tensor)`` pairs (``model.named_parameters()``) or param-group "
+              "dicts.",
+    "learning_rate": "A float or a 1-element tensor (torch schedulers change it through "
+                     "``group['lr']``), a ``kerasopt.schedules`` schedule (called with the raw "
+                     "step count), or a zero-argument callable.",
+    "loss_scale_factor": "Gradients are divided by it; for the whole optimizer.",
+    "gradient_accumulation_steps": "Update every this many ``step()`` calls (which count as "
+                                   "micro-steps), with the mean gradient; for the whole "
+                                   "optimizer.",
+    "state_dtype": "None (state in the parameter's dtype, as Keras) or a float dtype to keep "
+                   "the state, and compute the step, in (``torch.float32`` for bf16/fp16 "
+                   "parameters).",
+    "norm_process_group": "A process group over which ``global_clipnorm`` sums the squared "
+                          "norms of plain (non-DTensor) gradients, and over which the "
+                          "finiteness verdict is agreed, for ZeroRedundancyOptimizer.",
+}
+_OPTIMIZER_WIDE = ("loss_scale_factor", "gradient_accumulation_steps", "skip_nonfinite")
 
 
-class Adamax(KerasOptimizer):
-    """Keras 3's Adamax as a ``torch.optim.Optimizer`` (see the module docstring).
+def _signature(spec: specs.AlgorithmSpec) -> Any:
+    import inspect
 
-    Same arguments as :class:`Adam` without ``amsgrad``; the state is ``momentum`` and
-    ``norm`` (the exponentially weighted infinity norm). Epsilon is added after the max,
-    unlike ``torch.optim.Adamax``.
-    """
+    defaults = {**config.defaults(spec), **TORCH_ONLY}
+    order = [n for n in config.argument_order(spec) if n not in dict(config.EXTENSIONS_BY_NAME)]
+    keyword = inspect.Parameter.POSITIONAL_OR_KEYWORD
+    parameters = [inspect.Parameter("params", keyword)]
+    parameters += [inspect.Parameter(n, keyword, default=defaults[n]) for n in order]
+    parameters += [inspect.Parameter(n, keyword, default=defaults[n])
+                   for n in (*TORCH_ONLY, *config.EXTENSIONS_BY_NAME)]
+    parameters.append(inspect.Parameter("kwargs", inspect.Parameter.VAR_KEYWORD))
+    return inspect.Signature(parameters)
 
-    _core_class = _CoreAdamax
-    _slots = ADAMAX_SLOTS
-    _algorithm_keys = ("beta_1", "beta_2", "epsilon")
 
-    _fused_algorithm = "adamax"
-    _update_rule = staticmethod(adamax_update)
+def optimizer_class(spec: specs.AlgorithmSpec) -> type[KerasOptimizer]:
+    """The ``torch.optim.Optimizer`` of ``spec``: ``keras.optimizers.<keras_name>``'s
+    arguments (Keras's order and defaults) after ``params``, then ``state_dtype``,
+    ``norm_process_group`` and kerasopt's ``skip_nonfinite`` and ``sparse_updates``."""
+    import inspect
 
-    def __init__(
-        self,
-        params: Any,
-        learning_rate: Any = 0.001,
-        beta_1: float = 0.9,
-        beta_2: float = 0.999,
-        epsilon: float = 1e-7,
-        weight_decay: float | None = None,
-        clipnorm: float | None = None,
-        clipvalue: float | None = None,
-        global_clipnorm: float | None = None,
-        use_ema: bool = False,
-        ema_momentum: float = 0.99,
-        ema_overwrite_frequency: int | None = None,
-        loss_scale_factor: float | None = None,
-        gradient_accumulation_steps: int | None = None,
-        state_dtype: torch.dtype | None = None,
-        norm_process_group: Any = None,
-        **kwargs: Any,
-    ) -> None:
-        defaults = {
-            "learning_rate": learning_rate,
-            "beta_1": beta_1,
-            "beta_2": beta_2,
-            "epsilon": epsilon,
-            "weight_decay": weight_decay,
-            "clipnorm": clipnorm,
-            "clipvalue": clipvalue,
-            "global_clipnorm": global_clipnorm,
-            "use_ema": use_ema,
-            "ema_momentum": ema_momentum,
-            "ema_overwrite_frequency": ema_overwrite_frequency,
-            "state_dtype": state_dtype,
-        }
-        super().__init__(
-            params,
-            defaults,
-            loss_scale_factor=loss_scale_factor,
-            gradient_accumulation_steps=gradient_accumulation_steps,
-            norm_process_group=norm_process_group,
-            **kwargs,
-        )
+    signature = _signature(spec)
 
+    def __init__(self: KerasOptimizer, *args: Any, **kwargs: Any) -> None:  # noqa: N807
+        bound = signature.bind(*args, **kwargs)
+        bound.apply_defaults()
+        values = dict(bound.arguments)
+        extra = values.pop("kwargs")
+        params = values.pop("params")
+        wide = {k: values.pop(k) for k in _OPTIMIZER_WIDE}
+        KerasOptimizer.__init__(self, params, values, norm_process_group=values.pop(
+            "norm_process_group"), **wide, **extra)
+
+    __init__.__signature__ = signature.replace(parameters=[
+        inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD),
+        *list(signature.parameters.values())[:-1]])
+    docs = {**{h.name: h.doc for h in spec.hyperparameters},
+            **{o.name: o.doc for o in (*config.OPTIONS, *config.EXTENSIONS)}, **_TORCH_DOC}
+    args = "\n".join(f"    {name}: {docs[name]}" for name in signature.parameters
+                     if name in docs)
+    doc = (f"Keras 3's {spec.keras_name} as a ``torch.optim.Optimizer`` (see the module "
+           f"docstring).\n\n{inspect.cleandoc(spec.doc)}\n\nArgs:\n{args}\n")
+    return type(spec.keras_name, (KerasOptimizer,), {
+        "spec": spec, "__init__": __init__, "__doc__": doc, "__module__": __name__,
+        "__qualname__": spec.keras_name,
+    })
+
+
+CLASSES: dict[str, type[KerasOptimizer]] = {
+    spec.keras_name: optimizer_class(spec) for spec in algorithms.registered()
+}
+"""Every registered algorithm's torch optimizer by Keras class name."""
+globals().update(CLASSES)
+__all__ += list(CLASSES)
 
 
 class LossScaleOptimizer:
@@ -1164,6 +1494,7 @@ class LossScaleOptimizer:
                 "LossScaleOptimizer: the inner optimizer has loss_scale_factor="
                 f"{inner_optimizer.loss_scale_factor!r}; use one kind of loss scaling."
             )
+        inner_optimizer._check_rank_has_parameters("LossScaleOptimizer")
         self.inner_optimizer = inner_optimizer
         self.initial_scale = validation.real(
             "initial_scale", initial_scale, minimum=0.0, min_inclusive=False,
@@ -1176,7 +1507,9 @@ class LossScaleOptimizer:
         self.step_counter = 0
 
     def __getattr__(self, name: str) -> Any:
-        if name == "inner_optimizer":  # during unpickling, before __dict__ is filled
+        # Not during unpickling (before __dict__ is filled), and never the protocols of
+        # copy and pickle (__deepcopy__, __reduce_ex__...): those are this object's own.
+        if name == "inner_optimizer" or name.startswith("__"):
             raise AttributeError(name)
         return getattr(self.inner_optimizer, name)
 
@@ -1186,29 +1519,32 @@ class LossScaleOptimizer:
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
+        """Unscale and step, or skip and halve the scale; serialized with the inner
+        optimizer's steps by its lock."""
+        with self.inner_optimizer._step_lock:
+            return self._step(closure)
+
+    def _step(self, closure: Callable[[], Any] | None) -> Any:
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
         inner = self.inner_optimizer
         entries = inner._collect()
-        if not entries:
-            return inner.step() if loss is None else (inner.step(), loss)[1]
-        grads = [inner._prepared_gradient(e) for e in entries]  # checks shapes first
-        if not pipeline.is_finite([values_of(g) for g in grads]):
-            self.step_counter = 0
-            self.dynamic_scale = float(np.float32(self.dynamic_scale) * np.float32(0.5))
-            return loss
-        inner.loss_scale_factor = self.dynamic_scale
-        try:
+        if not entries:  # no gradient: a no-op (the inner step runs its hooks)
             inner.step()
-        finally:
-            inner.loss_scale_factor = None
-        if self.step_counter == self.dynamic_growth_steps - 1:
-            self.step_counter = 0
-            self.dynamic_scale = float(np.float32(self.dynamic_scale) * np.float32(2.0))
-        else:
-            self.step_counter += 1
+            return loss
+        grads = [inner._prepared_gradient(e) for e in entries]  # checks shapes first
+        finite = inner._all_finite(entries, grads)  # the same verdict on every rank
+        if finite:
+            inner.loss_scale_factor = self.dynamic_scale
+            try:
+                inner.step()
+            finally:
+                inner.loss_scale_factor = None
+        scale, self.step_counter = pipeline.next_loss_scale(
+            finite, self.dynamic_scale, self.step_counter, self.dynamic_growth_steps)
+        self.dynamic_scale = float(scale)
         return loss
 
     def zero_grad(self, set_to_none: bool = True) -> None:
