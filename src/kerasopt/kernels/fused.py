@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import ctypes
 import sys
+import warnings
 from collections.abc import Sequence
 from itertools import repeat
 from operator import attrgetter
@@ -37,8 +38,11 @@ from kerasopt.kernels.scalars import algorithm_scalars, step_scalars
 
 try:  # numba is the optional ``fast`` extra
     from kerasopt.kernels import _numba as _k
-except ImportError:  # pragma: no cover - exercised where numba is missing
+except ImportError as _error:  # pragma: no cover - exercised where numba is missing
     _k = None
+    _MISSING: ImportError | None = _error
+else:
+    _MISSING = None
 
 __all__ = [
     "NotFusable",
@@ -62,8 +66,29 @@ class NotFusable(ValueError):
 
 
 def available() -> bool:
-    """True when the fused kernels can run (numba is installed and importable)."""
-    return _k is not None
+    """True when the fused kernels can run (numba is installed and importable). The
+    optimizers ask before every step; without numba the first call warns, once per process,
+    that steps take the slower reference path, and how to install numba."""
+    if _k is None:
+        _warn_slow_path()
+        return False
+    return True
+
+
+def _warn_slow_path() -> None:
+    global _MISSING
+    if _MISSING is None:
+        return
+    from kerasopt._install import fix_command
+
+    reason = ("numba is not installed" if getattr(_MISSING, "name", None) == "numba"
+              else f"numba failed to import ({_MISSING})")
+    _MISSING = None
+    warnings.warn(
+        f"kerasopt steps on its reference path, several times slower than its fused "
+        f"kernels, because {reason}. For the fast path: {fix_command('fast')}",
+        UserWarning, stacklevel=3,
+    )
 
 
 def fusable(array: Any) -> bool:
