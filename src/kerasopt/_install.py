@@ -90,10 +90,15 @@ def install_hint(extra: str, packages: list[str] | tuple[str, ...] = ()) -> str:
     lines = [f"To install {', '.join(packages) or 'them'}, use kerasopt's \"{extra}\" extra:"]
     if "torch" in packages:
         lines.append(f"    {torch_command()}")
-    lines.append(f"    {_python()} -m pip install {requirement(extra)}")
+    lines.append(f"    {fix_command(extra)}")
     if "torch" in packages and sys.platform.startswith("linux"):
         lines.append(
             "(the first line gets PyTorch's CPU build; a bare `torch` from PyPI on Linux "
             "pulls several GB of CUDA libraries)"
         )
     return "\n".join(lines)
+
+
+def fix_command(extra: str) -> str:
+    """The one command that installs kerasopt's ``extra`` from where it came from."""
+    return f"{_python()} -m pip install {requirement(extra)}"
