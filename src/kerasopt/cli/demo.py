@@ -39,6 +39,8 @@ from typing import Any
 
 import numpy as np
 
+from kerasopt.cli.common import check_output_directory, positive_int
+
 ALGORITHMS = ("adamax", "adam")
 IMPLEMENTATIONS = ("keras", "kerasopt", "torch")
 OPTIMIZERS = tuple(f"{impl}-{algo}" for algo in ALGORITHMS for impl in IMPLEMENTATIONS)
@@ -152,7 +154,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--epochs",
-        type=_positive_int,
+        type=positive_int,
         default=DEFAULT_EPOCHS,
         metavar="N",
         help=f"passes over the training set per run (default: {DEFAULT_EPOCHS})",
@@ -189,21 +191,21 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--batch-size",
-        type=_positive_int,
+        type=positive_int,
         default=DEFAULT_BATCH_SIZE,
         metavar="N",
         help=f"mini-batch size (default: {DEFAULT_BATCH_SIZE}; two batches make an update)",
     )
     parser.add_argument(
         "--train-samples",
-        type=_positive_int,
+        type=positive_int,
         default=None,
         metavar="N",
         help="train on only the first N training images (default: all of them); for a quicker run",
     )
     parser.add_argument(
         "--threads",
-        type=_positive_int,
+        type=positive_int,
         default=1,
         metavar="N",
         help="CPU threads for torch (default: 1; the model is too small to gain from more, "
@@ -226,16 +228,6 @@ class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
         import textwrap
 
         return textwrap.wrap(" ".join(text.split()), width, break_on_hyphens=False)
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a number >= 1, got {value}")
-    return value
 
 
 def _positive_float(text: str) -> float:
@@ -870,22 +862,6 @@ REQUIRED = (("torch", "torch"), ("tqdm", "tqdm"), ("matplotlib", "matplotlib"))
 
 def _missing_dependencies() -> list[str]:
     return [package for module, package in REQUIRED if importlib.util.find_spec(module) is None]
-
-
-def check_output_directory(directory: Path | str) -> str | None:
-    """Why the plot cannot be written into ``directory`` (None when it can), found by
-    creating the directory and a probe file in it: checked before any training, so a long
-    run never ends in a lost result."""
-    import tempfile
-
-    directory = Path(directory)
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=directory):
-            pass
-    except OSError as error:
-        return f"cannot write there ({error.strerror or error})"
-    return None
 
 
 def run(args: argparse.Namespace) -> int:
