@@ -1021,8 +1021,11 @@ def _run_demo(
 
 
 def _ordered(optimizers: list[str]) -> list[str]:
-    """The keras run of each algorithm first: the others are compared with it."""
-    return sorted(optimizers, key=lambda name: not name.startswith("keras-"))
+    """Algorithm by algorithm (in the order given), the keras run first: the others are
+    compared with it."""
+    algorithms = list(dict.fromkeys(name.partition("-")[2] for name in optimizers))
+    return sorted(optimizers, key=lambda name: (algorithms.index(name.partition("-")[2]),
+                                                not name.startswith("keras-")))
 
 
 def _explanation(results: list[RunResult]) -> str:
