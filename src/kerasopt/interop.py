@@ -82,9 +82,11 @@ def _h5py() -> Any:
     try:
         import h5py
     except ImportError as error:  # pragma: no cover - h5py is in the test extra
+        from kerasopt._install import fix_command
+
         raise ImportError(
             "kerasopt.interop reads and writes Keras's HDF5 weight files with h5py; install "
-            'it with `pip install h5py` (or `pip install "kerasopt[test]"`).'
+            f"it with kerasopt's interop extra: {fix_command('interop')}"
         ) from error
     return h5py
 

@@ -172,7 +172,7 @@ def fused_step(
         ValueError: on an unknown ``algorithm`` or ``accumulation_phase``, or several clips.
     """
     if _k is None:
-        raise NotFusable("numba is not installed (pip install 'kerasopt[fast]').")
+        raise NotFusable("numba is not installed (kerasopt's \"fast\" extra installs it).")
     roles, amsgrad = layout.step_roles(
         algorithm, params, grads, slots, clip_options=(clipnorm, global_clipnorm, clipvalue),
         accumulators=accumulators, accumulation_phase=accumulation_phase,
@@ -220,7 +220,7 @@ def fused_step_table(
     of ``like``'s dtype.
     """
     if _k is None:
-        raise NotFusable("numba is not installed (pip install 'kerasopt[fast]').")
+        raise NotFusable("numba is not installed (kerasopt's \"fast\" extra installs it).")
     is_torch_step = is_torch(like)
     marker = np.zeros(1, _numpy_dtype(like) if is_torch_step else like.dtype)
     if chunks is None:
@@ -295,7 +295,7 @@ def sum_rows(inverse: np.ndarray, values: np.ndarray, n_rows: int) -> np.ndarray
     ``kerasopt.sparse.canonical``, bit-identical to ``np.add.at`` (the sums are taken in the
     same order) but about 40 times faster."""
     if _k is None:
-        raise NotFusable("numba is not installed (pip install 'kerasopt[fast]').")
+        raise NotFusable("numba is not installed (kerasopt's \"fast\" extra installs it).")
     values = np.ascontiguousarray(values)
     if values.dtype not in _DTYPES:
         raise NotFusable(f"dtype {values.dtype} is not float32 or float64.")
@@ -342,7 +342,7 @@ def fused_rows_step(
         NotFusable: before anything moves, when the inputs do not fit the kernel.
     """
     if _k is None:
-        raise NotFusable("numba is not installed (pip install 'kerasopt[fast]').")
+        raise NotFusable("numba is not installed (kerasopt's \"fast\" extra installs it).")
     if algorithm not in ("adam", "adamax"):
         raise ValueError(f"algorithm must be 'adam' or 'adamax'; received {algorithm!r}.")
     torch_step = is_torch(param)
