@@ -24,6 +24,15 @@ def _merge(feature: str, stats: dict[str, float]) -> None:
         current[key] = current[key] + value if key == "steps" else max(current[key], value)
 
 
+@pytest.fixture(autouse=True)
+def _fresh_optimizer_names():
+    """Each test names its optimizers from scratch (``adam``, ``adam_1``...), as after
+    Keras's ``clear_session``, so a test does not depend on which ran before it."""
+    from kerasopt.optimizer import reset_names
+
+    reset_names()
+
+
 @pytest.fixture
 def parity_record(request):
     """``record(feature, stats)``: keep the largest errors per feature for the summary.

@@ -13,12 +13,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import kerasopt
+from optimizer_db import ALGORITHMS, core_class
 
 F = np.float32
 NAN = float("nan")
 INF = float("inf")
 
-CLASSES = [kerasopt.Adam, kerasopt.Adamax]
+CLASSES = [core_class(name) for name in ALGORITHMS]
 
 BAD_ARGUMENTS = [
     # (argument, value, expected exception type(s))

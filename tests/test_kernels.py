@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from fused_reference import reference_step
 from kerasopt import pipeline
 from kerasopt.algorithms import adam_update, adamax_update
+from optimizer_db import KERNELS
 
 kernels = pytest.importorskip("kerasopt.kernels")
 if not kernels.available():  # pragma: no cover
@@ -134,7 +135,7 @@ def run_both(backend, dtype, algorithm, *, sizes=(7, 1, 300, 64), steps=3, amsgr
 
 BACKENDS = ["numpy", "torch"]
 DTYPES = [np.float32, np.float64]
-ALGORITHMS = ["adam", "adamax"]
+ALGORITHMS = KERNELS  # the kernel bodies of the registered algorithms
 
 
 # ----------------------------------------------------------------------------- features

@@ -34,10 +34,13 @@ from keras_oracle import (  # noqa: E402
     run_kerasopt,
     to_torch,
 )
+from optimizer_db import KERAS_NAMES, spec  # noqa: E402
 
 SHAPES = [(3, 4), (5,), ()]
 N_STEPS = 100
-OPTIMIZERS = ("Adam", "Adamax")
+OPTIMIZERS = tuple(KERAS_NAMES)
+# The algorithms with amsgrad (its flag adds a slot).
+AMSGRAD = tuple(n for n in KERAS_NAMES if "amsgrad" in spec(n).defaults())
 
 
 def _grads(dtype=np.float32, n_steps=N_STEPS, seed=0, **kwargs):
@@ -94,10 +97,10 @@ CASES: dict[str, tuple[dict, dict, dict, tuple[str, ...]]] = {
     "betas-epsilon": (
         {"learning_rate": 0.01, "beta_1": 0.8, "beta_2": 0.95, "epsilon": 1e-3}, {}, {},
         OPTIMIZERS),
-    "amsgrad": ({"learning_rate": 0.01, "amsgrad": True}, {}, {}, ("Adam",)),
+    "amsgrad": ({"learning_rate": 0.01, "amsgrad": True}, {}, {}, AMSGRAD),
     "amsgrad-betas": (
         {"learning_rate": 0.01, "amsgrad": True, "beta_1": 0.5, "beta_2": 0.9}, {}, {},
-        ("Adam",)),
+        AMSGRAD),
     "callable-lr": (
         {"learning_rate": StepCallable(lambda s: 0.02 * 0.97**s, "0.02*0.97**step")}, {}, {},
         OPTIMIZERS),
@@ -299,7 +302,7 @@ FLOAT64_CASES = {
 @pytest.mark.parametrize("feature", list(FLOAT64_CASES))
 def test_parity_float64(optimizer, feature, parity_record):
     config, run_kwargs, grad_kwargs = FLOAT64_CASES[feature]
-    if optimizer == "Adamax" and "amsgrad" in config:
+    if optimizer not in AMSGRAD and "amsgrad" in config:
         config = {k: v for k, v in config.items() if k != "amsgrad"}
     grads = _grads(np.float64, **grad_kwargs)
     check_parity(parity_record, f"float64-{feature}", optimizer, config, dtype=np.float64,
@@ -363,7 +366,7 @@ def option_sets(draw):
     scale = draw(st.sampled_from([None, 0.25, 8.0, 1024.0]))
     if scale is not None:
         config["loss_scale_factor"] = scale
-    if optimizer == "Adam" and draw(st.booleans()):
+    if optimizer in AMSGRAD and draw(st.booleans()):
         config["amsgrad"] = True
     if draw(st.booleans()):
         config["beta_1"] = draw(st.sampled_from([0.0, 0.5, 0.9]))

@@ -10,14 +10,17 @@ import numpy as np
 import pytest
 
 import kerasopt
+from optimizer_db import ALGORITHMS, core_class
 
 os.environ.setdefault("KERAS_BACKEND", "torch")
 
-CLASSES = [kerasopt.Adam, kerasopt.Adamax]
+CLASSES = [core_class(name) for name in ALGORITHMS]
 
 
-def _adam_ref(w, grads, dtype, lr=0.1, b1=0.9, b2=0.999, eps=1e-7):
-    """Keras's Adam in ``dtype``; the learning rate is a float32 variable cast to ``dtype``."""
+def _adam_ref(w, grads, dtype, lr=0.1, b1=0.9, b2=0.999, eps=1e-7, wd=None):
+    """Keras's Adam in ``dtype``; the learning rate is a float32 variable cast to ``dtype``.
+    With ``wd`` (AdamW), each step first multiplies ``w`` by ``1 - wd * lr`` computed in
+    float32, as Keras's torch backend does."""
     f = np.dtype(dtype).type
     lr = np.float32(lr)
     w = np.array(w, dtype)
@@ -25,6 +28,8 @@ def _adam_ref(w, grads, dtype, lr=0.1, b1=0.9, b2=0.999, eps=1e-7):
     v = np.zeros_like(w)
     for t, g in enumerate(grads, start=1):
         g = np.asarray(g, dtype)
+        if wd is not None:
+            w = w * f(np.float32(1) - np.float32(wd) * lr)
         alpha = f(lr) * np.sqrt(f(1) - f(b2) ** f(t)) / (f(1) - f(b1) ** f(t))
         m = m + (g - m) * f(1 - b1)
         v = v + (g * g - v) * f(1 - b2)
@@ -46,7 +51,11 @@ def _adamax_ref(w, grads, dtype, lr=0.1, b1=0.9, b2=0.999, eps=1e-7):
     return w, m, u
 
 
-REFS = {kerasopt.Adam: _adam_ref, kerasopt.Adamax: _adamax_ref}
+def _adamw_ref(*args, **kwargs):
+    return _adam_ref(*args, wd=0.004, **kwargs)  # AdamW: Adam with weight_decay=0.004
+
+
+REFS = {kerasopt.Adam: _adam_ref, kerasopt.Adamax: _adamax_ref, kerasopt.AdamW: _adamw_ref}
 
 
 @pytest.mark.parametrize("cls", CLASSES)
@@ -225,7 +234,7 @@ def test_none_gradient_on_accumulation_update_step_drops_partial_sum():
 
 def test_state_variable_names_follow_keras():
     var = kerasopt.Variable(np.ones(2, np.float32), name="dense/kernel")
-    opt = kerasopt.Adam(amsgrad=True, use_ema=True, gradient_accumulation_steps=2)
+    opt = kerasopt.Adam(name="adam", amsgrad=True, use_ema=True, gradient_accumulation_steps=2)
     opt.build([var])
     names = [v.name for v in opt.variables]
     assert names == ["adam/iteration", "adam/learning_rate", "adam/dense_kernel_average",

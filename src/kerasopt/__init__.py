@@ -1,15 +1,16 @@
-"""kerasopt: Keras 3's Adam and Adamax, with Keras's exact numerics, for NumPy, PyTorch and JAX.
+"""kerasopt: Keras 3's Adam, Adamax and AdamW, with Keras's exact numerics, for NumPy,
+PyTorch and JAX.
 
-``kerasopt.torch`` and ``kerasopt.optax`` hold the PyTorch and JAX front ends; they are
-imported on first use so that ``import kerasopt`` needs only NumPy.
+``kerasopt.Adam``, ``Adamax``, ``AdamW``: one class per registered algorithm
+(:mod:`kerasopt.specs`). ``kerasopt.torch`` and ``kerasopt.optax`` hold the PyTorch and JAX
+front ends; they are imported on first use so that ``import kerasopt`` needs only NumPy.
 """
 
 from kerasopt import schedules
-from kerasopt.adam import Adam
-from kerasopt.adamax import Adamax
 from kerasopt.checkpoint import CheckpointError, load, save
 from kerasopt.loss_scale import LossScaleOptimizer
 from kerasopt.optimizer import Optimizer
+from kerasopt.optimizers import CLASSES as _CLASSES
 from kerasopt.serialization import register_serializable
 from kerasopt.serialization_api import deserialize, get, serialize
 from kerasopt.sparse import IndexedSlices
@@ -17,9 +18,10 @@ from kerasopt.variable import Variable
 
 __version__ = "0.1.0"
 
+globals().update(_CLASSES)
+
 __all__ = [
-    "Adam",
-    "Adamax",
+    *_CLASSES,
     "CheckpointError",
     "IndexedSlices",
     "LossScaleOptimizer",

@@ -74,3 +74,149 @@ def to_numpy(x: Any) -> np.ndarray:
             x = x.float()
         return x.cpu().numpy()
     return np.asarray(x)
+
+
+class Ops:
+    """What :mod:`kerasopt.engine` needs from an array library besides arithmetic and the
+    namespace functions: control flow and row access. One instance per library
+    (:func:`ops_for`); NumPy and torch branch in Python and write rows in place, JAX traces
+    both branches (``lax.cond``) and returns new arrays."""
+
+    name = "numpy"
+    traced = False
+
+    @staticmethod
+    def cond(predicate: Any, if_true: Any, if_false: Any, operand: Any) -> Any:
+        """``if_true(operand)`` where ``predicate`` holds, else ``if_false(operand)``."""
+        return if_true(operand) if predicate else if_false(operand)
+
+    @staticmethod
+    def where(condition: Any, x: Any, y: Any) -> Any:
+        return np.where(condition, x, y)
+
+    @staticmethod
+    def zeros_like(x: Any) -> Any:
+        return np.zeros_like(x)
+
+    @staticmethod
+    def astype(x: Any, dtype: Any) -> Any:
+        return x.astype(dtype, copy=False)
+
+    @staticmethod
+    def take_rows(x: Any, rows: Any) -> Any:
+        return x[rows]
+
+    @staticmethod
+    def put_rows(x: Any, rows: Any, values: Any) -> Any:
+        """``x`` with ``x[rows] = values`` (in place for NumPy and torch)."""
+        x[rows] = values
+        return x
+
+    @staticmethod
+    def to_dense(values: Any, rows: Any, shape: tuple[int, ...]) -> Any:
+        dense = np.zeros(shape, dtype=values.dtype)
+        np.add.at(dense, np.asarray(rows), values)
+        return dense
+
+    @staticmethod
+    def all_finite(arrays: list[Any]) -> Any:
+        return all(bool(np.all(np.isfinite(a))) for a in arrays)
+
+
+class _TorchOps(Ops):
+    name = "torch"
+
+    @staticmethod
+    def where(condition: Any, x: Any, y: Any) -> Any:
+        return sys.modules["torch"].where(condition, x, y)
+
+    @staticmethod
+    def zeros_like(x: Any) -> Any:
+        return sys.modules["torch"].zeros_like(x)
+
+    @staticmethod
+    def astype(x: Any, dtype: Any) -> Any:
+        return x.to(dtype)
+
+    @staticmethod
+    def take_rows(x: Any, rows: Any) -> Any:
+        return x.index_select(0, rows)
+
+    @staticmethod
+    def put_rows(x: Any, rows: Any, values: Any) -> Any:
+        with sys.modules["torch"].no_grad():
+            return x.index_copy_(0, rows, values.to(x.dtype))
+
+    @staticmethod
+    def to_dense(values: Any, rows: Any, shape: tuple[int, ...]) -> Any:
+        torch = sys.modules["torch"]
+        dense = torch.zeros(shape, dtype=values.dtype, device=values.device)
+        return dense.index_add_(0, rows.long(), values)
+
+    @staticmethod
+    def all_finite(arrays: list[Any]) -> Any:
+        torch = sys.modules["torch"]
+        return all(bool(torch.isfinite(a).all()) for a in arrays)
+
+
+class _JaxOps(Ops):
+    name = "jax"
+    traced = True
+
+    @staticmethod
+    def cond(predicate: Any, if_true: Any, if_false: Any, operand: Any) -> Any:
+        if isinstance(predicate, (bool, np.bool_)):  # known now: no need to trace both
+            return if_true(operand) if predicate else if_false(operand)
+        import jax
+
+        return jax.lax.cond(predicate, if_true, if_false, operand)
+
+    @staticmethod
+    def where(condition: Any, x: Any, y: Any) -> Any:
+        import jax.numpy as jnp
+
+        return jnp.where(condition, x, y)
+
+    @staticmethod
+    def zeros_like(x: Any) -> Any:
+        import jax.numpy as jnp
+
+        return jnp.zeros_like(x)
+
+    @staticmethod
+    def astype(x: Any, dtype: Any) -> Any:
+        return x.astype(dtype)
+
+    @staticmethod
+    def take_rows(x: Any, rows: Any) -> Any:
+        # Rows padded with the out-of-range row ``len(x)`` (fixed-size deduplication) read 0.
+        return x.at[rows].get(mode="fill", fill_value=0)
+
+    @staticmethod
+    def put_rows(x: Any, rows: Any, values: Any) -> Any:
+        return x.at[rows].set(values.astype(x.dtype), mode="drop")
+
+    @staticmethod
+    def to_dense(values: Any, rows: Any, shape: tuple[int, ...]) -> Any:
+        import jax.numpy as jnp
+
+        return jnp.zeros(shape, values.dtype).at[rows].add(values, mode="drop")
+
+    @staticmethod
+    def all_finite(arrays: list[Any]) -> Any:
+        import jax.numpy as jnp
+
+        checks = [jnp.all(jnp.isfinite(a)) for a in arrays]
+        return jnp.all(jnp.stack(checks)) if checks else jnp.asarray(True)
+
+
+_OPS = {"numpy": Ops(), "torch": _TorchOps(), "jax": _JaxOps()}
+
+
+def ops_for(x: Any) -> Ops:
+    """The :class:`Ops` of ``x``'s library."""
+    if is_torch(x):
+        return _OPS["torch"]
+    if is_jax(x):
+        return _OPS["jax"]
+    return _OPS["numpy"]

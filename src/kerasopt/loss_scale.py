@@ -13,15 +13,16 @@ from typing import Any
 
 import numpy as np
 
-from kerasopt import pipeline, serialization, validation
-from kerasopt.backend import cast_scalar
+from kerasopt import config, pipeline, serialization, validation
+from kerasopt.backend import cast_scalar, ops_for
 from kerasopt.optimizer import Optimizer
 from kerasopt.sparse import values_of, with_values
 from kerasopt.variable import Variable
 
-_INNER_ONLY = ("weight_decay", "clipnorm", "global_clipnorm", "clipvalue", "use_ema",
-               "ema_momentum", "ema_overwrite_frequency", "loss_scale_factor",
-               "gradient_accumulation_steps", "skip_nonfinite")
+# The inner optimizer's options: Keras 3.0-3.11 wrote them (at their defaults) into every
+# LossScaleOptimizer config, so they are accepted at their defaults, as Keras does.
+_INNER_ONLY = {o.name: o.default for o in (*config.OPTIONS, *config.EXTENSIONS)
+               if o.name != "learning_rate"}
 
 
 @serialization.builtin("optimizer")
@@ -47,18 +48,19 @@ class LossScaleOptimizer(Optimizer):
                 "Argument `inner_optimizer` must be a kerasopt optimizer; received "
                 f"inner_optimizer={inner_optimizer!r}."
             )
-        for key in _INNER_ONLY:
-            if key in kwargs:
+        for key, default in _INNER_ONLY.items():
+            if key in kwargs and (kwargs[key] is not default and kwargs[key] != default):
                 raise ValueError(
                     f"LossScaleOptimizer does not take `{key}` (received {key}="
                     f"{kwargs[key]!r}); set it on the inner optimizer instead."
                 )
+            kwargs.pop(key, None)
         if kwargs.pop("dynamic", True) is not True:
             raise ValueError(
                 "LossScaleOptimizer supports only dynamic scaling (dynamic=True); for a fixed "
                 "scale set `loss_scale_factor` on the inner optimizer."
             )
-        super().__init__(learning_rate=0.0, name=name or "loss_scale_optimizer", **kwargs)
+        super().__init__(learning_rate=0.0, name=name, **kwargs)
         self.inner_optimizer = inner_optimizer
         self.initial_scale = validation.real(
             "initial_scale", initial_scale, minimum=0.0, min_inclusive=False,
@@ -90,25 +92,24 @@ class LossScaleOptimizer(Optimizer):
         grads = list(grads)
         if not grads:
             return
+        with self._lock, self.inner_optimizer._lock:
+            self._apply_scaled(grads, trainable_variables)
+
+    def _apply_scaled(self, grads: list[Any], trainable_variables: Any) -> None:
         inner = self.inner_optimizer
         grads, variables = inner._checked_call(grads, trainable_variables)
         if not self.built:
             self.build(variables)
-        present = [g for g in grads if g is not None]
-        if not pipeline.is_finite([values_of(g) for g in present]):
-            self.step_counter.assign(0)
-            self.dynamic_scale.assign(self.dynamic_scale.value * np.float32(0.5))
-            return
+        present = [values_of(g) for g in grads if g is not None]
+        finite = ops_for(present[0]).all_finite(present)
         scale = self.dynamic_scale.value
-        unscaled = [
-            None if g is None else _divide(g, scale) for g in grads
-        ]
-        inner._apply_checked(unscaled, variables)
-        if int(self.step_counter.value) == self.dynamic_growth_steps - 1:
-            self.step_counter.assign(0)
-            self.dynamic_scale.assign(self.dynamic_scale.value * np.float32(2.0))
-        else:
-            self.step_counter.assign(self.step_counter.value + 1)
+        if finite:
+            inner._apply_checked([None if g is None else _divide(g, scale) for g in grads],
+                                 variables)
+        new_scale, counter = pipeline.next_loss_scale(finite, scale, self.step_counter.value,
+                                                      self.dynamic_growth_steps)
+        self.dynamic_scale.assign(new_scale)
+        self.step_counter.assign(counter)
 
     def _apply_checked(self, grads: list[Any], variables: list[Variable]) -> None:
         self.apply(grads, variables)

@@ -1,9 +1,11 @@
-"""``kerasopt.optax``: Keras 3's Adam and Adamax as optax ``GradientTransformation``\\ s.
+"""``kerasopt.optax``: Keras 3's Adam, Adamax and AdamW as optax ``GradientTransformation``\\ s.
 
-``adam(...)`` and ``adamax(...)`` take every Keras argument and return an
+``adam(...)``, ``adamax(...)`` and ``adamw(...)`` (one factory per registered algorithm of
+:mod:`kerasopt.specs`) take every Keras argument and return an
 ``optax.GradientTransformationExtraArgs`` over any pytree of arrays. All state lives in the
-state pytree (:class:`AdamState` / :class:`AdamaxState`): the raw iteration counter, the
-algorithm's slots, the gradient accumulators, the EMA averages and the loss-scale factor.
+state pytree (:class:`AdamState` / :class:`AdamaxState` / :class:`AdamWState`): the raw
+iteration counter, the algorithm's slots, the gradient accumulators, the EMA averages and
+the loss-scale factor.
 Nothing is kept on the Python side, so ``init`` and ``update`` run under ``jax.jit``, and
 the transformations compose with ``optax.chain``, ``optax.apply_updates`` and
 ``optax.inject_hyperparams``::
@@ -17,8 +19,8 @@ the transformations compose with ``optax.chain``, ``optax.apply_updates`` and
         updates, state = tx.update(grads, state, params)     # params are required
         return optax.apply_updates(params, updates), state
 
-One ``update`` runs Keras 3's ``apply()`` in Keras's order (the update rules and the
-pipeline steps are kerasopt's pure functions; this module only maps them over pytrees):
+One ``update`` runs Keras 3's ``apply()`` through :func:`kerasopt.engine.apply`, in Keras's
+order (this module only maps pytrees onto the engine's lists and back):
 
 1. ``None`` gradients are dropped (their parameters do not move; warned at trace time);
 2. gradients are divided by ``loss_scale_factor``;
@@ -89,10 +91,9 @@ from __future__ import annotations
 import inspect
 import json
 import os
-import re
 import tempfile
 import warnings
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
@@ -100,28 +101,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from kerasopt import pipeline, validation
-from kerasopt.algorithms import adam_update, adamax_update
+from kerasopt import algorithms, config, engine, pipeline, specs, validation
+from kerasopt.backend import ops_for
 from kerasopt.schedules import LearningRateSchedule
-from kerasopt.sparse import IndexedSlices, map_values, values_of, with_values
-
-__all__ = [
-    "AdamState",
-    "AdamaxState",
-    "LossScaleState",
-    "SkipNonFiniteState",
-    "adam",
-    "adamax",
-    "ema_params",
-    "finalize_params",
-    "iterations",
-    "loss_scale",
-    "restore_state",
-    "save_state",
-    "scale_loss",
-    "stateless_apply_jax",
-]
-
+from kerasopt.sparse import IndexedSlices, canonical_fixed_size, values_of, with_values
 
 # --------------------------------------------------------------------------- pytree support
 
@@ -148,111 +131,76 @@ _register_indexed_slices()
 # --------------------------------------------------------------------------- state
 
 
-class AdamState(NamedTuple):
-    """State of :func:`adam`: every field but ``count`` is a pytree shaped like the params
-    (or ``None`` when the feature is off)."""
-
-    count: jax.Array
-    """Raw iterations (micro-steps under accumulation); int32, int64 with x64."""
-    momentum: Any
-    velocity: Any
-    velocity_hat: Any
-    """``None`` unless ``amsgrad``."""
-    accumulator: Any
-    """``None`` unless ``gradient_accumulation_steps``."""
-    average: Any
-    """EMA of the parameters; ``None`` unless ``use_ema``."""
-    loss_scale_factor: Any
-    """A float32 scalar, or ``None`` (read by :func:`scale_loss`)."""
+def _state_class(spec: specs.AlgorithmSpec) -> type:
+    """The state NamedTuple of ``spec``'s transformation: ``count``, the algorithm's slots
+    (an optional one is None unless its flag is on), ``accumulator``, ``average`` and
+    ``loss_scale_factor``; every field but ``count`` is a pytree shaped like the params,
+    or None when its feature is off."""
+    fields = ["count", *spec.all_slots, "accumulator", "average", "loss_scale_factor"]
+    cls = NamedTuple(f"{spec.keras_name}State", [(f, Any) for f in fields])
+    cls.__module__ = __name__
+    cls.__doc__ = (
+        f"State of :func:`{spec.name}`: ``count`` (raw iterations: micro-steps under "
+        f"accumulation; int32, int64 with x64), the slots {', '.join(spec.all_slots)}, "
+        "then ``accumulator``, ``average`` (EMA) and ``loss_scale_factor`` (float32)."
+    )
+    return cls
 
 
-class AdamaxState(NamedTuple):
-    """State of :func:`adamax` (see :class:`AdamState`; ``norm`` is Adamax's ``u``)."""
-
-    count: jax.Array
-    momentum: Any
-    norm: Any
-    accumulator: Any
-    average: Any
-    loss_scale_factor: Any
+STATES: dict[str, type] = {spec.name: _state_class(spec) for spec in algorithms.registered()}
+"""The state class of each registered algorithm's transformation, by registry name."""
+globals().update({cls.__name__: cls for cls in STATES.values()})
 
 
-_STATES = (AdamState, AdamaxState)
+def spec_of_state(state: Any) -> specs.AlgorithmSpec | None:
+    """The algorithm whose transformation made ``state`` (None for other objects)."""
+    for name, cls in STATES.items():
+        if isinstance(state, cls):
+            return algorithms.get(name)
+    return None
 
 
-# --------------------------------------------------------------------------- validation
+# --------------------------------------------------------------------------- configuration
+
+OPTAX_ONLY = ("weight_decay_mask", "exclude_from_weight_decay", "names", "state_dtype")
+"""Keyword-only arguments of the factories beyond Keras's (and kerasopt's) own."""
+
+_OPTAX_SPELLINGS = {"mask": "weight_decay_mask", "learning_rate_fn": "learning_rate"}
 
 
-def _is_array(value: Any) -> bool:
-    return isinstance(value, (jax.Array, np.ndarray))
+def _counter_dtype() -> Any:
+    return jnp.int64 if jax.config.jax_enable_x64 else jnp.int32
 
 
-def _checked_number(name: str, value: Any, check: Callable[[str, Any], Any]) -> Any:
-    """Run ``check`` on a Python number, or on a concrete 0-d array's value; a traced value
-    (inside ``inject_hyperparams``'s update) passes unchecked."""
+def _counter_limit(name: str, value: Any) -> None:
+    """An integer compared with the counter must fit its dtype (int32 without x64)."""
+    if value is None or config.is_array(value):
+        return
+    limit = int(jnp.iinfo(_counter_dtype()).max)
+    if value > limit:
+        raise ValueError(
+            f"Argument `{name}` must be None or an integer >= 1 and at most {limit} (the "
+            f"iteration counter is {jnp.dtype(_counter_dtype()).name}); received "
+            f"{name}={value!r}."
+        )
+
+
+def _state_dtype(value: Any) -> Any:
     if value is None:
         return None
-    if _is_array(value):
-        if np.ndim(value) != 0:
-            raise ValueError(
-                f"Argument `{name}` must be a scalar; received an array of shape "
-                f"{np.shape(value)}."
-            )
-        if isinstance(value, jax.core.Tracer):
-            return value
-        check(name, np.asarray(value).item())
-        return value
-    return check(name, value)
-
-
-def _required_number(name: str, value: Any, check: Callable[[str, Any], Any]) -> Any:
-    """Like :func:`_checked_number`, but ``None`` is refused (by ``check``, naming it)."""
-    if value is None:
-        return check(name, value)
-    return _checked_number(name, value, check)
-
-
-def _non_negative(name: str, value: Any) -> float:
-    # A Python float, so that a large integer (2**31) is not traced as an int32 under jit.
-    return float(validation.real(name, value, minimum=0.0,
-                                 allowed="None or a finite float >= 0"))
-
-
-def _positive(name: str, value: Any) -> float:
-    return float(validation.real(
-        name, value, minimum=0.0, min_inclusive=False, allowed="a finite float > 0"
-    ))
-
-
-def _beta(name: str, value: Any) -> Any:
-    if callable(value) and not _is_array(value):
-        return value
-    return _required_number(name, value, validation.beta)
-
-
-def _resolve_beta(name: str, value: Any) -> Any:
-    """The beta's value (calling a zero-argument callable), checked when concrete."""
-    if callable(value) and not _is_array(value):
-        result = value()
-        if validation.is_real(result):
-            return validation.resolved_beta(name, lambda: result)
-        return _checked_number(name, result, validation.beta)
-    return value
-
-
-def _integer(name: str, value: Any, minimum: int, allowed: str) -> Any:
-    def check(name: str, v: Any) -> Any:
-        v = validation.integer(name, v, minimum=minimum, allowed=allowed)
-        dtype = _counter_dtype()
-        limit = int(jnp.iinfo(dtype).max)
-        if v > limit:  # it is compared with the counter, an int32 (int64 with x64)
-            raise ValueError(
-                f"Argument `{name}` must be {allowed} and at most {limit} (the iteration "
-                f"counter is {jnp.dtype(dtype).name}); received {name}={v!r}."
-            )
-        return v
-
-    return _checked_number(name, value, check)
+    try:
+        dtype = jnp.dtype(value)
+    except TypeError as error:
+        raise TypeError(
+            f"Argument `state_dtype` must be None or a float dtype; received "
+            f"state_dtype={value!r}."
+        ) from error
+    if not jnp.issubdtype(dtype, jnp.floating):
+        raise TypeError(
+            f"Argument `state_dtype` must be None or a float dtype; received "
+            f"state_dtype={value!r}."
+        )
+    return dtype
 
 
 def _takes_argument(fn: Callable) -> bool:
@@ -269,215 +217,47 @@ def _takes_argument(fn: Callable) -> bool:
     return False
 
 
-def _learning_rate(value: Any) -> Any:
-    if isinstance(value, LearningRateSchedule) or (callable(value) and not _is_array(value)):
-        return value
-    if _is_array(value):
-        return _checked_number("learning_rate", value, _non_negative_rate)
-    _non_negative_rate("learning_rate", value)
-    if not isinstance(value, (float, np.floating)):
-        raise TypeError(
-            "Argument `learning_rate` must be a float (not an integer), a "
-            "LearningRateSchedule, or a callable; received "
-            f"learning_rate={value!r}. Write it as {float(value)!r}."
-        )
-    return value
-
-
-def _non_negative_rate(name: str, value: Any) -> Any:
-    return validation.real(
-        name,
-        value,
-        minimum=0.0,
-        allowed="a finite float >= 0, a LearningRateSchedule, or a callable",
-    )
-
-
-class _Config(NamedTuple):
-    learning_rate: Any
-    weight_decay: Any
-    clipnorm: Any
-    clipvalue: Any
-    global_clipnorm: Any
-    use_ema: bool
-    ema_momentum: Any
-    ema_overwrite_frequency: Any
-    loss_scale_factor: Any
-    gradient_accumulation_steps: Any
-    weight_decay_mask: Any
-    exclude_pattern: re.Pattern | None
-    state_dtype: Any
-
-
-def _base_config(
-    *,
-    learning_rate: Any,
-    weight_decay: Any,
-    clipnorm: Any,
-    clipvalue: Any,
-    global_clipnorm: Any,
-    use_ema: Any,
-    ema_momentum: Any,
-    ema_overwrite_frequency: Any,
-    loss_scale_factor: Any,
-    gradient_accumulation_steps: Any,
-    weight_decay_mask: Any,
-    exclude_from_weight_decay: Any,
-    state_dtype: Any,
-) -> _Config:
-    validation.at_most_one_clip_option(
-        clipnorm=clipnorm, clipvalue=clipvalue, global_clipnorm=global_clipnorm
-    )
-    pattern = None
-    if exclude_from_weight_decay is not None:
-        if isinstance(exclude_from_weight_decay, str):
-            exclude_from_weight_decay = [exclude_from_weight_decay]
-        names = list(exclude_from_weight_decay)
-        for name in names:
-            if not isinstance(name, str):
-                raise TypeError(
-                    "Argument `exclude_from_weight_decay` must be a list of regular-expression "
-                    f"strings; received an element {name!r}."
-                )
-        if names:
-            try:
-                pattern = re.compile("|".join(sorted(set(names))))
-            except re.error as error:
-                raise ValueError(
-                    "Argument `exclude_from_weight_decay` must hold valid regular expressions; "
-                    f"received exclude_from_weight_decay={names!r} ({error})."
-                ) from error
-    if state_dtype is not None:
-        try:
-            state_dtype = jnp.dtype(state_dtype)
-        except TypeError as error:
-            raise TypeError(
-                f"Argument `state_dtype` must be None or a float dtype; received "
-                f"state_dtype={state_dtype!r}."
-            ) from error
-        if not jnp.issubdtype(state_dtype, jnp.floating):
-            raise TypeError(
-                f"Argument `state_dtype` must be None or a float dtype; received "
-                f"state_dtype={state_dtype!r}."
-            )
-    return _Config(
-        learning_rate=_learning_rate(learning_rate),
-        weight_decay=_checked_number("weight_decay", weight_decay, _non_negative),
-        clipnorm=_checked_number("clipnorm", clipnorm, _non_negative),
-        clipvalue=_checked_number("clipvalue", clipvalue, _non_negative),
-        global_clipnorm=_checked_number("global_clipnorm", global_clipnorm, _non_negative),
-        use_ema=validation.boolean("use_ema", use_ema),
-        ema_momentum=_required_number(
-            "ema_momentum",
-            ema_momentum,
-            lambda n, v: validation.real(
-                n, v, minimum=0.0, maximum=1.0, allowed="a float in [0, 1]"
-            ),
-        ),
-        ema_overwrite_frequency=_integer(
-            "ema_overwrite_frequency", ema_overwrite_frequency, 1, "None or an integer >= 1"
-        ),
-        loss_scale_factor=_checked_number(
-            "loss_scale_factor",
-            loss_scale_factor,
-            lambda n, v: float(validation.real(
-                n, v, minimum=0.0, min_inclusive=False, allowed="None or a finite float > 0"
-            )),
-        ),
-        gradient_accumulation_steps=_integer(
-            "gradient_accumulation_steps",
-            gradient_accumulation_steps,
-            2,
-            "None or an integer >= 2",
-        ),
-        weight_decay_mask=weight_decay_mask,
-        exclude_pattern=pattern,
-        state_dtype=state_dtype,
-    )
-
-
-# --------------------------------------------------------------------------- helpers
-
-
-def _counter_dtype() -> Any:
-    return jnp.int64 if jax.config.jax_enable_x64 else jnp.int32
-
-
 def _current_learning_rate(learning_rate: Any, count: jax.Array) -> Any:
     """Keras's ``optimizer.learning_rate`` for this step (schedules see the raw count)."""
     if isinstance(learning_rate, LearningRateSchedule):
         return learning_rate(count)
-    if callable(learning_rate) and not _is_array(learning_rate):
+    if callable(learning_rate) and not config.is_array(learning_rate):
         return learning_rate(count) if _takes_argument(learning_rate) else learning_rate()
-    if _is_array(learning_rate):
+    if config.is_array(learning_rate):
         return learning_rate
     return jnp.asarray(learning_rate, jnp.float32)  # Keras stores a float rate in float32
 
 
-def _is_static_zero(value: Any) -> bool:
-    return not _is_array(value) and not value
-
-
-def _clip(grads: list[Any], config: _Config) -> list[Any]:
-    """Keras's ``_clip_gradients`` over the non-None gradients (sparse: on their values)."""
-    present = [i for i, g in enumerate(grads) if g is not None]
-    out = list(grads)
-
-    def gated(threshold: Any, clipped: Any, original: Any) -> Any:
-        if _is_array(threshold):  # an injected (possibly traced) value: off where <= 0
-            return jnp.where(threshold > 0, clipped, original)
-        return clipped
-
-    if config.clipnorm is not None and not _is_static_zero(config.clipnorm):
-        for i in present:
-            v = values_of(grads[i])
-            out[i] = with_values(
-                grads[i], gated(config.clipnorm, pipeline.clip_by_norm(v, config.clipnorm), v)
-            )
-    elif config.global_clipnorm is not None and not _is_static_zero(config.global_clipnorm):
-        values = [values_of(grads[i]) for i in present]
-        clipped = pipeline.clip_by_global_norm(values, config.global_clipnorm)
-        for i, v, c in zip(present, values, clipped):
-            out[i] = with_values(grads[i], gated(config.global_clipnorm, c, v))
-    elif config.clipvalue is not None and not _is_static_zero(config.clipvalue):
-        for i in present:
-            v = values_of(grads[i])
-            out[i] = with_values(
-                grads[i], gated(config.clipvalue, pipeline.clip_by_value(v, config.clipvalue), v)
-            )
+def _resolved(spec: specs.AlgorithmSpec, values: dict[str, Any]) -> dict[str, Any]:
+    """The rule's hyperparameters for this update: callables called (at trace time under
+    ``jit``), a concrete value checked, a traced one (``inject_hyperparams``) as it is."""
+    out = {}
+    for h in spec.numeric:
+        value = values[h.name]
+        if h.callable_ok and callable(value) and not config.is_array(value):
+            result = value()
+            value = (h.resolved(lambda r=result: r) if not config.is_array(result)
+                     else config.check_value(h.check, h.name, result, arrays_ok=True))
+        out[h.name] = value
     return out
 
 
-def _canonical_rows(g: IndexedSlices, n_rows: int) -> IndexedSlices:
-    """Each touched row once (sorted), duplicates summed; padded to the same fixed count
-    with the out-of-range row ``n_rows`` (whose values are zero and which is dropped)."""
-    k = g.indices.shape[0]
-    rows, inverse = jnp.unique(g.indices, size=k, fill_value=n_rows, return_inverse=True)
-    summed = jnp.zeros_like(g.values).at[inverse.reshape(-1)].add(g.values)
-    return IndexedSlices(summed, rows, g.dense_shape)
-
-
-def _to_dense(g: IndexedSlices) -> jax.Array:
-    return jnp.zeros(g.dense_shape, g.values.dtype).at[g.indices].add(g.values, mode="drop")
+# --------------------------------------------------------------------------- pytrees
 
 
 def _find_states(state: Any) -> list[Any]:
-    found = [
-        leaf
-        for leaf in jax.tree_util.tree_leaves(
-            state, is_leaf=lambda x: isinstance(x, _STATES)
-        )
-        if isinstance(leaf, _STATES)
-    ]
-    return found
+    classes = tuple(STATES.values())
+    return [leaf for leaf in jax.tree_util.tree_leaves(state, is_leaf=lambda x: isinstance(
+        x, classes)) if isinstance(leaf, classes)]
 
 
-def _find_state(state: Any, what: str) -> AdamState | AdamaxState:
+def _find_state(state: Any, what: str) -> Any:
     found = _find_states(state)
+    names = " / ".join(cls.__name__ for cls in STATES.values())
     if not found:
         raise ValueError(
-            f"{what}: no kerasopt.optax state (AdamState / AdamaxState) found in the given "
-            f"state of type {type(state).__name__}."
+            f"{what}: no kerasopt.optax state ({names}) found in the given state of type "
+            f"{type(state).__name__}."
         )
     if len(found) > 1:
         raise ValueError(
@@ -542,24 +322,49 @@ def _check_gradient(path: str, g: Any, w: Any, name: str) -> None:
         raise TypeError(f"{where} has dtype {dtype}; pass a real-valued array.")
 
 
+def _leaf_names(params: Any, paths: list[str], names: Any, name: str) -> list[str]:
+    """The names ``exclude_from_weight_decay`` matches: the leaves' ``keystr`` paths, or
+    the ``names`` given (a pytree of strings shaped like the params, or one string per
+    leaf in flattening order), e.g. Keras's variable names for a list of parameters."""
+    if names is None:
+        return paths
+    treedef = jax.tree_util.tree_structure(params)
+    try:
+        given = treedef.flatten_up_to(names)
+    except (ValueError, TypeError):
+        given = list(names) if isinstance(names, (list, tuple)) else None
+    if given is None or len(given) != len(paths) or not all(isinstance(n, str) for n in given):
+        raise ValueError(
+            f"kerasopt.optax.{name}: `names` must give one string per parameter leaf ({len(paths)}"
+            f" leaves: {paths[:4]}{'...' if len(paths) > 4 else ''}), as a pytree shaped like "
+            f"the params or a flat list; received {validation.short_repr(names)}."
+        )
+    return list(given)
+
+
 # --------------------------------------------------------------------------- the transformation
 
 
-def _keras_transformation(
-    name: str,
-    config: _Config,
-    slot_names: Sequence[str],
-    state_cls: type,
-    rule: Callable[..., tuple[Any, ...]],
-    hyperparameters: Callable[[], dict[str, Any]],
-) -> optax.GradientTransformationExtraArgs:
-    n_steps = config.gradient_accumulation_steps
+def _transformation(spec: specs.AlgorithmSpec, options: dict[str, Any]
+                    ) -> optax.GradientTransformationExtraArgs:
+    """The optax transformation of ``spec`` with checked ``options``: it maps pytrees onto
+    :func:`kerasopt.engine.apply` and back."""
+    name = spec.name
+    state_cls = STATES[name]
+    n_steps = options["gradient_accumulation_steps"]
+    state_dtype = options["state_dtype"]
+    hyper_values = {h.name: options[h.name] for h in spec.hyperparameters}
+    slot_names = spec.slot_names(hyper_values)
+    patterns = config.exclusion_patterns(options["exclude_from_weight_decay"],
+                                         "exclude_from_weight_decay")
+    pattern = config.exclusion_regex(patterns)
+    warned = [False]
 
-    def state_dtype(p: Any) -> Any:
-        return config.state_dtype if config.state_dtype is not None else p.dtype
+    def dtype_of(p: Any) -> Any:
+        return state_dtype if state_dtype is not None else p.dtype
 
     def zeros(params: Any) -> Any:
-        return jax.tree_util.tree_map(lambda p: jnp.zeros_like(p, dtype=state_dtype(p)), params)
+        return jax.tree_util.tree_map(lambda p: jnp.zeros_like(p, dtype=dtype_of(p)), params)
 
     def init_fn(params: Any) -> Any:
         for path, p in jax.tree_util.tree_flatten_with_path(params)[0]:
@@ -574,42 +379,35 @@ def _keras_transformation(
         fields.update(
             count=jnp.zeros([], _counter_dtype()),
             accumulator=zeros(params) if n_steps is not None else None,
-            average=(
-                jax.tree_util.tree_map(lambda p: p.astype(state_dtype(p)), params)
-                if config.use_ema
-                else None
-            ),
-            loss_scale_factor=(
-                jnp.asarray(config.loss_scale_factor, jnp.float32)
-                if config.loss_scale_factor is not None
-                else None
-            ),
+            average=(jax.tree_util.tree_map(lambda p: p.astype(dtype_of(p)), params)
+                     if options["use_ema"] else None),
+            loss_scale_factor=(jnp.asarray(options["loss_scale_factor"], jnp.float32)
+                               if options["loss_scale_factor"] is not None else None),
         )
         return state_cls(**fields)
 
-    def decay_flags(params: Any, paths: list[str]) -> list[bool]:
-        flags = [True] * len(paths)
-        if config.weight_decay is None:
-            return [False] * len(paths)
-        mask = config.weight_decay_mask
+    def decay_flags(params: Any, names: list[str]) -> list[bool]:
+        if options["weight_decay"] is None:
+            return [False] * len(names)
+        flags = [True] * len(names)
+        mask = options["weight_decay_mask"]
         if mask is not None:
             if callable(mask):
                 mask = mask(params)
             treedef = jax.tree_util.tree_structure(params)
             try:
-                mask_leaves = treedef.flatten_up_to(mask)
+                flags = [bool(m) for m in treedef.flatten_up_to(mask)]
             except (ValueError, TypeError) as error:
                 raise ValueError(
                     f"kerasopt.optax.{name}: `weight_decay_mask` must have the params' "
                     f"structure {treedef}; received {jax.tree_util.tree_structure(mask)} "
                     f"({error})."
                 ) from None
-            flags = [bool(m) for m in mask_leaves]
-        if config.exclude_pattern is not None:
-            flags = [
-                f and config.exclude_pattern.search(path) is None
-                for f, path in zip(flags, paths)
-            ]
+        if pattern is not None:
+            if not warned[0]:
+                warned[0] = True
+                config.warn_unmatched_exclusions(f"kerasopt.optax.{name}", patterns, names)
+            flags = [f and pattern.search(n) is None for f, n in zip(flags, names)]
         return flags
 
     def update_fn(updates: Any, state: Any, params: Any = None, **extra_args: Any):
@@ -627,9 +425,9 @@ def _keras_transformation(
             )
         with_path, treedef = jax.tree_util.tree_flatten_with_path(params)
         paths = [jax.tree_util.keystr(path) for path, _ in with_path]
-        params_leaves = [jnp.asarray(p) for _, p in with_path]
+        leaves = [jnp.asarray(p) for _, p in with_path]
         grads = _flatten_grads(updates, params, treedef, name)
-        for path, g, p in zip(paths, grads, params_leaves):
+        for path, g, p in zip(paths, grads, leaves):
             if g is not None:
                 _check_gradient(path, g, p, name)
         missing = [path for path, g in zip(paths, grads) if g is None]
@@ -641,132 +439,51 @@ def _keras_transformation(
                 "not updated this step.",
                 stacklevel=2,
             )
-        decays = decay_flags(params, paths)
+        decays = decay_flags(params, _leaf_names(params, paths, options["names"], name))
 
         def flat(tree: Any) -> list[Any]:
             return treedef.flatten_up_to(tree)
 
-        count = state.count
-        slots = [flat(getattr(state, slot)) for slot in slot_names]
-        compute = [jnp.dtype(state_dtype(p)) for p in params_leaves]
-        ws = [p.astype(c) for p, c in zip(params_leaves, compute)]
-
-        # 1-2. cast to the compute dtype, sum duplicate rows, unscale.
-        gs: list[Any] = []
-        for g, w in zip(grads, ws):
+        compute = [jnp.dtype(dtype_of(p)) for p in leaves]
+        pairs = []
+        for i, (g, c) in enumerate(zip(grads, compute)):
             if g is None:
-                gs.append(None)
                 continue
             if isinstance(g, IndexedSlices):
-                g = _canonical_rows(
-                    IndexedSlices(jnp.asarray(g.values).astype(w.dtype), jnp.asarray(g.indices),
-                                  g.dense_shape),
-                    w.shape[0],
-                )
+                g = canonical_fixed_size(IndexedSlices(
+                    jnp.asarray(g.values).astype(c), jnp.asarray(g.indices), g.dense_shape))
             else:
-                g = jnp.asarray(g).astype(w.dtype)
-            gs.append(g)
-        if config.loss_scale_factor is not None:
-            factor = config.loss_scale_factor
-            gs = [None if g is None else map_values(lambda v: pipeline.unscale(v, factor), g)
-                  for g in gs]
-
-        n_updates = count // n_steps if n_steps is not None else count
-        learning_rate = _current_learning_rate(config.learning_rate, count)
-        hyper = hyperparameters()
-        step = n_updates + 1
-
-        def apply_update(gs: list[Any], ws: list[Any], slots: list[list[Any]]):
-            """Clip, decay and the update rule; returns new (ws, slots)."""
-            gs = _clip(gs, config)
-            new_ws = list(ws)
-            new_slots = [list(s) for s in slots]
-            for i, (g, w) in enumerate(zip(gs, ws)):
-                if g is None:
-                    continue
-                own_slots = [s[i] for s in slots]
-                if isinstance(g, IndexedSlices):
-                    rows = g.indices
-                    w_rows = w.at[rows].get(mode="fill", fill_value=0)
-                    slot_rows = [s.at[rows].get(mode="fill", fill_value=0) for s in own_slots]
-                    if decays[i]:
-                        w_rows = pipeline.decay(w_rows, config.weight_decay, learning_rate)
-                    result = rule(w_rows, g.values, *slot_rows, learning_rate=learning_rate,
-                                  step=step, **hyper)
-                    new_ws[i] = w.at[rows].set(result[0], mode="drop")
-                    for k, s in enumerate(own_slots):
-                        new_slots[k][i] = s.at[rows].set(result[1 + k], mode="drop")
-                else:
-                    if decays[i]:
-                        w = pipeline.decay(w, config.weight_decay, learning_rate)
-                    result = rule(w, g, *own_slots, learning_rate=learning_rate, step=step,
-                                  **hyper)
-                    new_ws[i] = result[0]
-                    for k in range(len(own_slots)):
-                        new_slots[k][i] = result[1 + k]
-            return new_ws, new_slots
-
-        # 3. gradient accumulation.
-        accumulators = None
-        if n_steps is not None:
-            accumulators = flat(state.accumulator)
-            dense = [_to_dense(g) if isinstance(g, IndexedSlices) else g for g in gs]
-            present = [i for i, g in enumerate(dense) if g is not None]
-
-            def on_update_step(operands):
-                ws, slots, accs = operands
-                mean = list(dense)
-                for i, total in zip(
-                    present,
-                    pipeline.accumulated_mean([dense[i] for i in present],
-                                              [accs[i] for i in present], n_steps),
-                ):
-                    mean[i] = total
-                ws, slots = apply_update(mean, ws, slots)
-                return ws, slots, [jnp.zeros_like(a) for a in accs]
-
-            def on_micro_step(operands):
-                ws, slots, accs = operands
-                accs = list(accs)
-                for i, total in zip(
-                    present,
-                    pipeline.accumulate([dense[i] for i in present], [accs[i] for i in present]),
-                ):
-                    accs[i] = total
-                return list(ws), [list(s) for s in slots], accs
-
-            is_update_step = (count + 1) % n_steps == 0
-            ws, slots, accumulators = jax.lax.cond(
-                is_update_step, on_update_step, on_micro_step, (ws, slots, accumulators)
-            )
-        else:
-            ws, slots = apply_update(gs, ws, slots)
-
-        new_params = [w.astype(p.dtype) for w, p in zip(ws, params_leaves)]
-
-        # 7. EMA and the periodic overwrite.
-        averages = None
-        if config.use_ema:
-            momentum = pipeline.ema_momentum_at(n_updates, config.ema_momentum)
-            averages = [
-                pipeline.ema(a, p.astype(a.dtype), momentum)
-                for a, p in zip(flat(state.average), new_params)
-            ]
-            frequency = config.ema_overwrite_frequency
-            if frequency is not None:
-                overwrite = (n_updates + 1) % frequency == 0
-                new_params = [
-                    jnp.where(overwrite, a.astype(p.dtype), p)
-                    for a, p in zip(averages, new_params)
-                ]
-
-        deltas = [new - p for new, p in zip(new_params, params_leaves)]
+                g = jnp.asarray(g).astype(c)
+            pairs.append((i, g))
+        slot_trees = [flat(getattr(state, slot)) for slot in slot_names]
+        arrays = engine.Arrays(
+            weights=leaves,
+            slots=[tuple(tree[i] for tree in slot_trees) for i in range(len(leaves))],
+            accumulators=flat(state.accumulator) if n_steps is not None else None,
+            averages=flat(state.average) if options["use_ema"] else None,
+        )
+        count = state.count
+        group = engine.Group(
+            learning_rate=_current_learning_rate(options["learning_rate"], count),
+            hyperparameters=_resolved(spec, options),
+            **{key: options[key] for key in ("weight_decay", "clipnorm", "clipvalue",
+                                             "global_clipnorm", "use_ema", "ema_momentum",
+                                             "ema_overwrite_frequency")},
+        )
+        step = engine.Step(raw=count, loss_scale_factor=options["loss_scale_factor"],
+                           accumulation_steps=n_steps,
+                           sparse_updates=options["sparse_updates"])
+        ops = ops_for(leaves[0])
+        new = engine.apply(engine.spec_rule(spec), arrays, pairs, step=step, groups=[group],
+                           decay_mask=decays, ops=ops).arrays
         unflatten = treedef.unflatten
+        deltas = [w - p for w, p in zip(new.weights, leaves)]
         new_state = state._replace(
             count=count + 1,
-            **{slot: unflatten(values) for slot, values in zip(slot_names, slots)},
-            accumulator=unflatten(accumulators) if accumulators is not None else None,
-            average=unflatten(averages) if averages is not None else None,
+            **{slot: unflatten([slots[k] for slots in new.slots])
+               for k, slot in enumerate(slot_names)},
+            accumulator=unflatten(new.accumulators) if n_steps is not None else None,
+            average=unflatten(new.averages) if options["use_ema"] else None,
         )
         return unflatten(deltas), new_state
 
@@ -775,150 +492,87 @@ def _keras_transformation(
 
 # --------------------------------------------------------------------------- public factories
 
-_BASE_DOC = """
-    Args (Keras's, with Keras's defaults and meaning):
-        learning_rate: float (stored in float32), ``kerasopt.schedules.LearningRateSchedule``
-            or one-argument schedule (called with the raw iteration count), or a
-            zero-argument callable.
-        weight_decay: decoupled weight decay ``w -= w * weight_decay * lr`` before the step.
-        clipnorm / global_clipnorm / clipvalue: gradient clipping; at most one.
-        use_ema, ema_momentum, ema_overwrite_frequency: EMA of the weights (kept in the
-            state; see :func:`ema_params` and :func:`finalize_params`).
-        loss_scale_factor: gradients are divided by it (see :func:`scale_loss`).
-        gradient_accumulation_steps: update every n calls with the mean gradient.
-    JAX-only arguments:
-        weight_decay_mask: a pytree of bools shaped like the params (True = decay), or a
-            callable ``params -> mask``; optax's convention.
-        exclude_from_weight_decay: regular expressions; a leaf whose
-            ``jax.tree_util.keystr`` path (e.g. ``"['dense']['bias']"``) contains a match of
-            any of them is not decayed (Keras's ``var_names``).
-        state_dtype: None (state in the parameter's dtype, as Keras) or a float dtype, e.g.
-            ``"float32"`` to keep the state and compute the step in float32 for bfloat16 /
-            float16 parameters.
-        skip_nonfinite: kerasopt only (default False: as Keras, NaN/inf gradients propagate).
-            When True, an update whose gradients hold NaN or inf returns zero updates and
-            leaves the inner state unchanged; the state becomes a :class:`SkipNonFiniteState`
-            counting the skips (``skipped_steps``); the first skip warns (``jax.debug``
-            callback, so also under ``jit``).
-"""
+
+_OPTAX_DOC = {
+    "weight_decay_mask": "A pytree of bools shaped like the params (True = decay), or a "
+                         "callable ``params -> mask``; optax's convention.",
+    "exclude_from_weight_decay": "Regular expressions; a leaf whose name contains a match of "
+                                 "any of them is not decayed (Keras's ``var_names``). A leaf's "
+                                 "name is its ``jax.tree_util.keystr`` path (e.g. "
+                                 "``\"['dense']['bias']\"``), or what ``names`` gives.",
+    "names": "The leaves' names for ``exclude_from_weight_decay``: a pytree of strings shaped "
+             "like the params, or one string per leaf (e.g. Keras's variable names when the "
+             "params are a list).",
+    "state_dtype": "None (state in the parameter's dtype, as Keras) or a float dtype, e.g. "
+                   "``\"float32\"`` to keep the state and compute the step in float32 for "
+                   "bfloat16 / float16 parameters.",
+    "skip_nonfinite": "kerasopt only (default False: as Keras, NaN/inf gradients propagate). "
+                      "When True, an update whose gradients hold NaN or inf returns zero "
+                      "updates and leaves the inner state unchanged; the state becomes a "
+                      ":class:`SkipNonFiniteState` counting the skips (``skipped_steps``); the "
+                      "first skip warns (``jax.debug`` callback, so also under ``jit``).",
+}
 
 
-def adam(
-    learning_rate: Any = 0.001,
-    beta_1: Any = 0.9,
-    beta_2: Any = 0.999,
-    epsilon: Any = 1e-7,
-    amsgrad: bool = False,
-    weight_decay: Any = None,
-    clipnorm: Any = None,
-    clipvalue: Any = None,
-    global_clipnorm: Any = None,
-    use_ema: bool = False,
-    ema_momentum: Any = 0.99,
-    ema_overwrite_frequency: Any = None,
-    loss_scale_factor: Any = None,
-    gradient_accumulation_steps: Any = None,
-    *,
-    weight_decay_mask: Any = None,
-    exclude_from_weight_decay: Iterable[str] | None = None,
-    state_dtype: Any = None,
-    skip_nonfinite: bool = False,
-) -> optax.GradientTransformationExtraArgs:
-    """Keras 3's Adam (``keras.optimizers.Adam``) as an optax transformation.
+def _signature(spec: specs.AlgorithmSpec) -> inspect.Signature:
+    defaults = config.defaults(spec)
+    keras = [name for name in config.argument_order(spec) if name not in
+             ("skip_nonfinite", "sparse_updates")]
+    parameters = [inspect.Parameter(n, inspect.Parameter.POSITIONAL_OR_KEYWORD,
+                                    default=defaults[n]) for n in keras]
+    parameters += [inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, default=None)
+                   for n in OPTAX_ONLY]
+    parameters += [inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, default=defaults[n])
+                   for n in ("skip_nonfinite", "sparse_updates")]
+    parameters.append(inspect.Parameter("kwargs", inspect.Parameter.VAR_KEYWORD))
+    return inspect.Signature(parameters)
 
-    ``epsilon`` is Keras's "epsilon hat", added to ``sqrt(v)`` of the uncorrected second
-    moment; ``beta_1`` / ``beta_2`` may be zero-argument callables.
-    """
-    config = _base_config(
-        learning_rate=learning_rate, weight_decay=weight_decay, clipnorm=clipnorm,
-        clipvalue=clipvalue, global_clipnorm=global_clipnorm, use_ema=use_ema,
-        ema_momentum=ema_momentum, ema_overwrite_frequency=ema_overwrite_frequency,
-        loss_scale_factor=loss_scale_factor,
-        gradient_accumulation_steps=gradient_accumulation_steps,
-        weight_decay_mask=weight_decay_mask, exclude_from_weight_decay=exclude_from_weight_decay,
-        state_dtype=state_dtype,
+
+def factory(spec: specs.AlgorithmSpec) -> Callable[..., optax.GradientTransformationExtraArgs]:
+    """The optax factory of ``spec`` (``kerasopt.optax.adam`` ...): Keras's arguments with
+    Keras's defaults, then the JAX-only keywords."""
+    signature = _signature(spec)
+
+    def make(*args: Any, **kwargs: Any) -> optax.GradientTransformationExtraArgs:
+        bound = signature.bind(*args, **kwargs)
+        bound.apply_defaults()
+        values = dict(bound.arguments)
+        values.update(values.pop("kwargs"))
+        owner = f"kerasopt.optax.{spec.name}"
+        options = config.checked_options(spec, values, owner=owner, arrays_ok=True,
+                                         extra=OPTAX_ONLY, spellings=_OPTAX_SPELLINGS)
+        for key in ("ema_overwrite_frequency", "gradient_accumulation_steps"):
+            _counter_limit(key, options[key])
+        for key in ("weight_decay", "clipnorm", "clipvalue", "global_clipnorm",
+                    "loss_scale_factor"):
+            value = options[key]
+            if value is not None and not config.is_array(value):
+                # A Python float, so that a large integer (2**31) is not traced as an int32.
+                options[key] = float(value)
+        options["state_dtype"] = _state_dtype(options["state_dtype"])
+        tx = _transformation(spec, options)
+        if options["skip_nonfinite"]:
+            tx = _skip_nonfinite(tx, spec.name)
+        return tx
+
+    make.__name__ = make.__qualname__ = spec.name
+    make.__module__ = __name__
+    # Shown without ``**kwargs`` (optax.inject_hyperparams binds the signature it sees);
+    # unknown keywords still reach ``make`` and get "did you mean".
+    make.__signature__ = signature.replace(parameters=list(signature.parameters.values())[:-1])
+    make.__doc__ = (
+        f"Keras 3's {spec.keras_name} (``keras.optimizers.{spec.keras_name}``) as an optax "
+        f"transformation.\n\n{inspect.cleandoc(spec.doc)}\n\n"
+        + config.arguments_doc(spec, {k: _OPTAX_DOC[k] for k in OPTAX_ONLY}) + "\n"
     )
-    beta_1 = _beta("beta_1", beta_1)
-    beta_2 = _beta("beta_2", beta_2)
-    epsilon = _required_number("epsilon", epsilon, _positive)
-    amsgrad = validation.boolean("amsgrad", amsgrad)
-
-    def hyperparameters() -> dict[str, Any]:
-        return {
-            "beta_1": _resolve_beta("beta_1", beta_1),
-            "beta_2": _resolve_beta("beta_2", beta_2),
-            "epsilon": epsilon,
-        }
-
-    if amsgrad:
-        slots, rule = ("momentum", "velocity", "velocity_hat"), adam_update
-    else:
-        slots = ("momentum", "velocity")
-
-        def rule(w, g, m, v, **kwargs):
-            return adam_update(w, g, m, v, None, **kwargs)
-
-    tx = _keras_transformation("adam", config, slots, AdamState, rule, hyperparameters)
-    if validation.boolean("skip_nonfinite", skip_nonfinite):
-        tx = _skip_nonfinite(tx, "adam")
-    return tx
+    return make
 
 
-def adamax(
-    learning_rate: Any = 0.001,
-    beta_1: Any = 0.9,
-    beta_2: Any = 0.999,
-    epsilon: Any = 1e-7,
-    weight_decay: Any = None,
-    clipnorm: Any = None,
-    clipvalue: Any = None,
-    global_clipnorm: Any = None,
-    use_ema: bool = False,
-    ema_momentum: Any = 0.99,
-    ema_overwrite_frequency: Any = None,
-    loss_scale_factor: Any = None,
-    gradient_accumulation_steps: Any = None,
-    *,
-    weight_decay_mask: Any = None,
-    exclude_from_weight_decay: Iterable[str] | None = None,
-    state_dtype: Any = None,
-    skip_nonfinite: bool = False,
-) -> optax.GradientTransformationExtraArgs:
-    """Keras 3's Adamax (``keras.optimizers.Adamax``) as an optax transformation.
-
-    Epsilon is added after the max (unlike ``torch.optim.Adamax``) and the bias correction
-    divides the step.
-    """
-    config = _base_config(
-        learning_rate=learning_rate, weight_decay=weight_decay, clipnorm=clipnorm,
-        clipvalue=clipvalue, global_clipnorm=global_clipnorm, use_ema=use_ema,
-        ema_momentum=ema_momentum, ema_overwrite_frequency=ema_overwrite_frequency,
-        loss_scale_factor=loss_scale_factor,
-        gradient_accumulation_steps=gradient_accumulation_steps,
-        weight_decay_mask=weight_decay_mask, exclude_from_weight_decay=exclude_from_weight_decay,
-        state_dtype=state_dtype,
-    )
-    beta_1 = _beta("beta_1", beta_1)
-    beta_2 = _beta("beta_2", beta_2)
-    epsilon = _required_number("epsilon", epsilon, _positive)
-
-    def hyperparameters() -> dict[str, Any]:
-        return {
-            "beta_1": _resolve_beta("beta_1", beta_1),
-            "beta_2": _resolve_beta("beta_2", beta_2),
-            "epsilon": epsilon,
-        }
-
-    tx = _keras_transformation(
-        "adamax", config, ("momentum", "norm"), AdamaxState, adamax_update, hyperparameters
-    )
-    if validation.boolean("skip_nonfinite", skip_nonfinite):
-        tx = _skip_nonfinite(tx, "adamax")
-    return tx
-
-
-adam.__doc__ = (adam.__doc__ or "") + _BASE_DOC
-adamax.__doc__ = (adamax.__doc__ or "") + _BASE_DOC
+FACTORIES: dict[str, Callable[..., optax.GradientTransformationExtraArgs]] = {
+    spec.name: factory(spec) for spec in algorithms.registered()
+}
+"""Each registered algorithm's factory by registry name (``adam``, ``adamax``, ``adamw``)."""
+globals().update(FACTORIES)
 
 
 # --------------------------------------------------------------------------- state helpers
@@ -1028,90 +682,6 @@ def restore_state(path: str | os.PathLike, like: Any) -> Any:
     return treedef.unflatten(restored)
 
 
-# --------------------------------------------------------------------------- Keras stateless API
-
-
-def stateless_apply_jax(
-    optimizer: Any, optimizer_variables: Any, grads: Any, trainable_variables: Any
-) -> tuple[list[Any], list[Any]]:
-    """``kerasopt.Adam/Adamax.stateless_apply`` on JAX arrays, traceable by ``jax.jit``.
-
-    ``optimizer_variables`` are in ``optimizer.variables`` order (Keras's); they are mapped
-    onto this module's state, one :func:`adam` / :func:`adamax` update runs over the lists,
-    and the results are mapped back. Returns ``(new_trainable, new_optimizer_variables)``.
-    """
-    from kerasopt.adam import Adam
-    from kerasopt.adamax import Adamax
-    from kerasopt.variable import Variable
-
-    if type(optimizer) not in (Adam, Adamax):
-        raise TypeError(
-            "stateless_apply with JAX arrays supports kerasopt.Adam and kerasopt.Adamax; "
-            f"received {type(optimizer).__name__}. Use NumPy arrays, or kerasopt.optax."
-        )
-    position = {id(v): i for i, v in enumerate(optimizer.variables)}
-    given = [jnp.asarray(x) for x in optimizer_variables]
-
-    def values(variables: list[Any]) -> list[Any]:
-        return [given[position[id(v)]] for v in variables]
-
-    lr_storage = optimizer._learning_rate
-    learning_rate = (
-        given[position[id(lr_storage)]] if isinstance(lr_storage, Variable) else lr_storage
-    )
-    params = [jnp.asarray(w) for w in trainable_variables]
-    common = {
-        "learning_rate": learning_rate,
-        "beta_1": optimizer.beta_1,
-        "beta_2": optimizer.beta_2,
-        "epsilon": optimizer.epsilon,
-        "weight_decay": optimizer.weight_decay,
-        "clipnorm": optimizer.clipnorm,
-        "clipvalue": optimizer.clipvalue,
-        "global_clipnorm": optimizer.global_clipnorm,
-        "use_ema": optimizer.use_ema,
-        "ema_momentum": optimizer.ema_momentum,
-        "ema_overwrite_frequency": optimizer.ema_overwrite_frequency,
-        "loss_scale_factor": optimizer.loss_scale_factor,
-        "gradient_accumulation_steps": optimizer.gradient_accumulation_steps,
-        "weight_decay_mask": [
-            optimizer._use_weight_decay(v) for v in optimizer._trainable_variables
-        ],
-    }
-    if isinstance(optimizer, Adam):
-        tx = adam(amsgrad=optimizer.amsgrad, **common)
-        slot_lists = {"momentum": optimizer._momentums, "velocity": optimizer._velocities,
-                      "velocity_hat": getattr(optimizer, "_velocity_hats", None)}
-        state_cls = AdamState
-    else:
-        tx = adamax(**common)
-        slot_lists = {"momentum": optimizer._m, "norm": optimizer._u}
-        state_cls = AdamaxState
-    owned = {
-        **slot_lists,
-        "accumulator": getattr(optimizer, "_accumulators", None),
-        "average": getattr(optimizer, "_ema_averages", None),
-    }
-    state = state_cls(
-        count=given[position[id(optimizer._iterations)]].astype(_counter_dtype()),
-        loss_scale_factor=(
-            jnp.asarray(optimizer.loss_scale_factor, jnp.float32)
-            if optimizer.loss_scale_factor is not None
-            else None
-        ),
-        **{field: values(vs) if vs is not None else None for field, vs in owned.items()},
-    )
-    updates, new_state = tx.update(list(grads), state, params)
-    new_trainable = [p + u for p, u in zip(params, updates)]
-    out = list(given)
-    out[position[id(optimizer._iterations)]] = new_state.count
-    for field, variables in owned.items():
-        if variables is not None:
-            for variable, value in zip(variables, getattr(new_state, field)):
-                out[position[id(variable)]] = value
-    return new_trainable, out
-
-
 # --------------------------------------------------------------------------- non-finite steps
 
 
@@ -1122,8 +692,8 @@ def _is_gradient_leaf(x: Any) -> bool:
 def _all_finite(grads: Any) -> jax.Array:
     """One boolean: every (non-None) gradient value is finite (sparse: its values)."""
     leaves = jax.tree_util.tree_leaves(grads, is_leaf=_is_gradient_leaf)
-    checks = [jnp.all(jnp.isfinite(jnp.asarray(values_of(g)))) for g in leaves]
-    return jnp.all(jnp.stack(checks)) if checks else jnp.asarray(True)
+    values = [jnp.asarray(values_of(g)) for g in leaves]
+    return ops_for(jnp.zeros(())).all_finite(values)
 
 
 def _zero_updates(params: Any) -> Any:
@@ -1248,12 +818,26 @@ def loss_scale(
         new_updates, inner_state = _skipping_update(
             inner, unscaled, state.inner_state, params, finite, extra_args
         )
-        grow = jnp.logical_and(finite, state.step_counter == growth - 1)
-        counter = jnp.where(
-            finite, jnp.where(grow, 0, state.step_counter + 1), 0
-        ).astype(jnp.int32)
-        two, half = jnp.float32(2.0), jnp.float32(0.5)
-        new_scale = jnp.where(finite, jnp.where(grow, scale * two, scale), scale * half)
-        return new_updates, LossScaleState(inner_state, counter, new_scale.astype(jnp.float32))
+        new_scale, counter = pipeline.next_loss_scale(finite, scale, state.step_counter, growth)
+        return new_updates, LossScaleState(inner_state, counter, new_scale)
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+__all__ = [
+    "FACTORIES",
+    "LossScaleState",
+    "STATES",
+    "SkipNonFiniteState",
+    "ema_params",
+    "factory",
+    "finalize_params",
+    "iterations",
+    "loss_scale",
+    "restore_state",
+    "save_state",
+    "scale_loss",
+    "spec_of_state",
+    *FACTORIES,
+    *(cls.__name__ for cls in STATES.values()),
+]

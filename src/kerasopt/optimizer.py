@@ -1,51 +1,59 @@
-"""``kerasopt.Optimizer``: the Keras 3 optimizer API and pipeline over ``kerasopt.Variable``.
+"""``kerasopt.Optimizer``: the Keras 3 optimizer API over ``kerasopt.Variable``.
 
-One ``apply(grads, vars)`` runs, in Keras 3's order:
+One ``apply(grads, vars)`` runs Keras 3's ``apply()`` in the order :mod:`kerasopt.engine`
+writes once (unscale, accumulate, clip, decay, the algorithm's ``update_step``, EMA), then
+the variable constraints and ``iterations_raw += 1``, as Keras does. Every argument and
+shape is checked before anything changes, so a bad call changes nothing. The fused kernels
+(:mod:`kerasopt.kernels`) run the same step in one pass over memory when they can; the
+engine over the variables' arrays is the reference they are tested against.
 
-1. drop ``None`` gradients (warning which variables had none);
-2. divide by ``loss_scale_factor``;
-3. gradient accumulation: on micro-steps only add into the accumulators; on the n-th use
-   ``(g + acc) / n`` and reset every accumulator;
-4. clip (``clipnorm`` per tensor, ``global_clipnorm``, or ``clipvalue``);
-5. decoupled weight decay ``w -= w * weight_decay * lr``;
-6. the algorithm's ``update_step`` with ``t = iterations + 1``;
-7. EMA of the weights, with the periodic overwrite;
-8. variable constraints;
-9. ``iterations_raw += 1``.
-
-Every argument and shape is checked before step 1, so a bad call changes nothing.
 Subclasses implement ``build`` (creating state with ``add_optimizer_variables``) and
-``update_step(gradient, variable, learning_rate)``, as in Keras.
+``update_step(gradient, variable, learning_rate)``, as in Keras; the registered algorithms
+(:mod:`kerasopt.optimizers`: ``kerasopt.Adam``, ``Adamax``, ``AdamW``) are built from their
+specs.
 """
 
 from __future__ import annotations
 
+import collections
 import re
+import threading
 import warnings
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from itertools import repeat
 from operator import attrgetter, is_, is_not
 from typing import Any
 
 import numpy as np
 
-from kerasopt import kernels, pipeline, serialization, validation
-from kerasopt.algorithms import adam_update, adamax_update
-from kerasopt.backend import is_jax, is_torch, namespace, to_numpy
+from kerasopt import config, engine, kernels, pipeline, serialization, validation
+from kerasopt.backend import is_jax, is_torch, namespace, ops_for, to_numpy
 from kerasopt.schedules import LearningRateSchedule
-from kerasopt.sparse import (
-    IndexedSlices,
-    canonical,
-    map_values,
-    validate_indexed_slices,
-    values_of,
-    with_values,
-)
+from kerasopt.sparse import IndexedSlices, canonical, validate_indexed_slices, values_of
+from kerasopt.specs import AlgorithmSpec
 from kerasopt.variable import Variable
 
-UpdateRule = Callable[..., tuple[Any, ...]]
+_NAME_COUNTS: collections.Counter[str] = collections.Counter()
+_NAME_LOCK = threading.Lock()
 
-_FUSED_RULES: dict[Callable[..., Any], str] = {adam_update: "adam", adamax_update: "adamax"}
+
+def unique_name(prefix: str) -> str:
+    """Keras's automatic names: ``prefix``, then ``prefix_1``, ``prefix_2``... per process."""
+    with _NAME_LOCK:
+        count = _NAME_COUNTS[prefix]
+        _NAME_COUNTS[prefix] += 1
+    return prefix if count == 0 else f"{prefix}_{count}"
+
+
+def reset_names() -> None:
+    """Forget the automatic names given so far (as Keras's ``clear_session`` does): the
+    next unnamed Adam is ``adam`` again."""
+    with _NAME_LOCK:
+        _NAME_COUNTS.clear()
+
+
+def snake_case(name: str) -> str:
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
 
 
 class Optimizer:
@@ -66,12 +74,23 @@ class Optimizer:
         loss_scale_factor: Gradients are divided by this factor (see ``scale_loss``).
         gradient_accumulation_steps: Update only every this many calls, with the mean of
             the accumulated gradients.
-        name: The optimizer's name, used in its state variables' names.
+        name: The optimizer's name, used in its state variables' names; by default the
+            class name in snake case, made unique as Keras does (``adam``, ``adam_1``...).
         skip_nonfinite: kerasopt only (default False: Keras semantics, a NaN/inf gradient
             propagates into the weights). When True, a call whose gradients hold a NaN or an
             infinity changes nothing (weights, state, counters) except ``skipped_steps``,
             which counts such calls; the first skip warns.
+        sparse_updates: kerasopt only. ``"lazy"`` (default): an ``IndexedSlices`` gradient
+            moves only the rows it touches and their state, as tf.keras's Adamax did;
+            ``"dense"``: it is densified first, which is Keras 3's result.
+
+    Concurrent ``apply`` calls from several threads on one optimizer are serialized (a
+    per-optimizer lock): each call is applied whole, none is lost.
     """
+
+    spec: AlgorithmSpec | None = None
+    """The registered algorithm this class runs (None for a Keras-style subclass that
+    implements ``update_step`` itself)."""
 
     def __init__(
         self,
@@ -87,79 +106,54 @@ class Optimizer:
         gradient_accumulation_steps: int | None = None,
         name: str | None = None,
         skip_nonfinite: bool = False,
+        sparse_updates: str = "lazy",
         **kwargs: Any,
     ) -> None:
-        validation.unknown_keywords(type(self).__name__, kwargs)
-        self.skip_nonfinite = validation.boolean("skip_nonfinite", skip_nonfinite)
-        self.skipped_steps = 0
+        options = config.checked_options(None, {
+            "learning_rate": learning_rate, "weight_decay": weight_decay,
+            "clipnorm": clipnorm, "clipvalue": clipvalue, "global_clipnorm": global_clipnorm,
+            "use_ema": use_ema, "ema_momentum": ema_momentum,
+            "ema_overwrite_frequency": ema_overwrite_frequency,
+            "loss_scale_factor": loss_scale_factor,
+            "gradient_accumulation_steps": gradient_accumulation_steps,
+            "skip_nonfinite": skip_nonfinite, "sparse_updates": sparse_updates, **kwargs,
+        }, owner=type(self).__name__)
         if name is None:
-            name = type(self).__name__.lower()
+            name = unique_name(self.spec.default_name if self.spec is not None
+                               else snake_case(type(self).__name__))
         if not isinstance(name, str):
             raise TypeError(f"Argument `name` must be a string; received name={name!r}.")
         self.name = name
-        non_negative = {"minimum": 0.0, "allowed": "None or a finite float >= 0"}
-        self.weight_decay = validation.optional_real("weight_decay", weight_decay, **non_negative)
-        self.clipnorm = validation.optional_real("clipnorm", clipnorm, **non_negative)
-        self.clipvalue = validation.optional_real("clipvalue", clipvalue, **non_negative)
-        self.global_clipnorm = validation.optional_real(
-            "global_clipnorm", global_clipnorm, **non_negative
-        )
-        validation.at_most_one_clip_option(
-            clipnorm=clipnorm, clipvalue=clipvalue, global_clipnorm=global_clipnorm
-        )
-        self.use_ema = validation.boolean("use_ema", use_ema)
-        self.ema_momentum = validation.real(
-            "ema_momentum", ema_momentum, minimum=0.0, maximum=1.0, allowed="a float in [0, 1]"
-        )
-        if ema_overwrite_frequency is not None:
-            ema_overwrite_frequency = validation.integer(
-                "ema_overwrite_frequency",
-                ema_overwrite_frequency,
-                minimum=1,
-                allowed="None or an integer >= 1",
-            )
-        self.ema_overwrite_frequency = ema_overwrite_frequency
-        self.loss_scale_factor = validation.optional_real(
-            "loss_scale_factor",
-            loss_scale_factor,
-            minimum=0.0,
-            min_inclusive=False,
-            allowed="None or a finite float > 0",
-        )
-        if gradient_accumulation_steps is not None:
-            gradient_accumulation_steps = validation.integer(
-                "gradient_accumulation_steps",
-                gradient_accumulation_steps,
-                minimum=2,
-                allowed="None or an integer >= 2",
-            )
-        self.gradient_accumulation_steps = gradient_accumulation_steps
-
+        for key in ("weight_decay", "clipnorm", "clipvalue", "global_clipnorm", "use_ema",
+                    "ema_momentum", "ema_overwrite_frequency", "loss_scale_factor",
+                    "gradient_accumulation_steps", "skip_nonfinite", "sparse_updates"):
+            setattr(self, key, options[key])
+        self.skipped_steps = 0
         self.built = False
+        self._lock = threading.RLock()
         self._variables: list[Variable] = []
         self._trainable_variables: list[Variable] = []
         self._variable_indices: dict[int, int] = {}
         self._excluded_ids: set[int] = set()
+        self._excluded_names: list[str] = []
         self._excluded_pattern: re.Pattern[str] | None = None
         self._iterations = self._track(Variable(np.array(0, np.int64), name=f"{name}/iteration"))
-        self._learning_rate = self._learning_rate_storage(learning_rate)
+        self._learning_rate = self._learning_rate_storage(options["learning_rate"])
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state.pop("_lock", None)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.RLock()
 
     # ----------------------------------------------------------------- learning rate
 
     def _learning_rate_storage(self, learning_rate: Any) -> Any:
         if isinstance(learning_rate, LearningRateSchedule) or callable(learning_rate):
             return learning_rate
-        _check_float_rate(
-            learning_rate,
-            "a finite float >= 0 (stored as float32), a LearningRateSchedule, or a "
-            "zero-argument callable",
-        )
-        if not isinstance(learning_rate, (float, np.floating)):
-            raise TypeError(
-                "Argument `learning_rate` must be a float (not an integer), a "
-                f"LearningRateSchedule, or a zero-argument callable; received "
-                f"learning_rate={learning_rate!r}. Write it as {float(learning_rate)!r}."
-            )
         return self._track(
             Variable(np.array(learning_rate, np.float32), name=f"{self.name}/learning_rate")
         )
@@ -171,15 +165,16 @@ class Optimizer:
 
     @learning_rate.setter
     def learning_rate(self, learning_rate: Any) -> None:
+        config.check_learning_rate("learning_rate", learning_rate)
+        schedule = isinstance(learning_rate, LearningRateSchedule) or callable(learning_rate)
         if isinstance(self._learning_rate, Variable):
-            if isinstance(learning_rate, LearningRateSchedule) or callable(learning_rate):
+            if schedule:
                 self._variables.remove(self._learning_rate)
                 self._learning_rate = learning_rate
-                return
-            _check_float_rate(learning_rate, "a finite float >= 0 (stored as float32)")
-            self._learning_rate.assign(np.float32(learning_rate))
+            else:
+                self._learning_rate.assign(np.float32(learning_rate))
             return
-        if isinstance(learning_rate, LearningRateSchedule) or callable(learning_rate):
+        if schedule:
             self._learning_rate = learning_rate
             return
         raise TypeError(
@@ -272,6 +267,9 @@ class Optimizer:
         self._variable_indices = {id(v): i for i, v in enumerate(variables)}
         self._trainable_variables = variables
         self.built = True
+        if self.weight_decay is not None:
+            config.warn_unmatched_exclusions(self.name, self._excluded_names,
+                                             [v.name for v in variables])
 
     def _get_variable_index(self, variable: Variable) -> int:
         return self._variable_indices[id(variable)]
@@ -371,23 +369,36 @@ class Optimizer:
         return checked, variables
 
     def _check_hyperparameters(self) -> None:
-        """Evaluate a callable/schedule learning rate and callable betas now, so that a bad
-        value raises before the step changes anything (accumulators, weight decay)."""
+        """Evaluate a callable/schedule learning rate and callable hyperparameters now, so
+        that a bad value raises before the step changes anything (accumulators, weight
+        decay)."""
         with validation.evaluating_learning_rate(self.name):
             float(self._current_learning_rate())
-        for name in ("beta_1", "beta_2"):
-            value = getattr(self, name, None)
-            if callable(value):
-                validation.resolved_beta(name, value)
+        self._hyperparameters()
+
+    def _hyperparameters(self) -> dict[str, Any]:
+        """The rule's hyperparameters for this step (callables resolved and checked)."""
+        return {}
 
     # ----------------------------------------------------------------- apply
 
     def apply_gradients(self, grads_and_vars: Iterable[tuple[Any, Variable]]) -> Variable:
         """Apply ``(gradient, variable)`` pairs; returns the iteration counter."""
         pairs = list(grads_and_vars)
-        grads = [g for g, _ in pairs]
-        variables = [v for _, v in pairs]
-        self.apply(grads, variables)
+        if not pairs:
+            raise ValueError(
+                f"{self.name}: apply_gradients() received no (gradient, variable) pairs. Is it "
+                "an exhausted zip or generator? Build the pairs anew for every call, e.g. "
+                "apply_gradients(zip(grads, variables))."
+            )
+        for k, pair in enumerate(pairs):
+            if not (isinstance(pair, (tuple, list)) and len(pair) == 2):
+                raise TypeError(
+                    f"{self.name}: apply_gradients() expects (gradient, variable) pairs; "
+                    f"received {type(pair).__name__} at position {k}. Pass "
+                    "zip(grads, variables), or call apply(grads, variables)."
+                )
+        self.apply([g for g, _ in pairs], [v for _, v in pairs])
         return self._iterations
 
     def apply(self, grads: Sequence[Any], trainable_variables: Iterable[Variable] | None = None):
@@ -395,18 +406,21 @@ class Optimizer:
         grads = list(grads)
         if not grads:
             return
-        grads, variables = self._checked_call(grads, trainable_variables)
-        if not self.built:
-            self.build(variables)
-        self._apply_checked(grads, variables)
+        with self._lock:
+            grads, variables = self._checked_call(grads, trainable_variables)
+            if not self.built:
+                self.build(variables)
+            self._apply_checked(grads, variables)
 
     def _apply_checked(self, grads: list[Any], variables: list[Variable]) -> None:
-        if self.skip_nonfinite and not pipeline.is_finite(
-            [values_of(g) for g in grads if g is not None]
-        ):
-            self._skip_nonfinite_step()
-            return
+        if self.skip_nonfinite:
+            present = [values_of(g) for g in grads if g is not None]
+            if not ops_for(present[0]).all_finite(present):
+                self._skip_nonfinite_step()
+                return
         grads, variables = _drop_missing_gradients(grads, variables)
+        if self.sparse_updates == "dense":
+            grads = [engine.densify(g, ops_for(values_of(g))) for g in grads]
         if not self._fused_step(grads, variables):
             self._reference_step(grads, variables)
         for variable in variables:
@@ -414,39 +428,124 @@ class Optimizer:
                 variable.assign(variable.constraint(variable.value))
         self._iterations.assign(self._iterations.value + 1)
 
-    def _reference_step(self, grads: list[Any], variables: list[Variable]) -> None:
-        """Steps 2-7 with the pure functions, one array operation at a time (the truth)."""
-        if self.loss_scale_factor is not None:
-            factor = self.loss_scale_factor
-            grads = [map_values(lambda v: pipeline.unscale(v, factor), g) for g in grads]
-        if self.gradient_accumulation_steps:
-            grads = self._accumulate(grads, variables)
-        if grads is not None:
-            self._update(grads, variables)
-        if self.use_ema:
-            self._update_ema()
+    # ----------------------------------------------------------------- the step
 
-    def _fused_slots(self) -> tuple[str, list[list[Variable]]] | None:
-        """``(algorithm, slot lists)`` when the fused kernel implements this optimizer's
-        ``update_step``; None (the default, e.g. for user subclasses) otherwise."""
-        return None
+    def _slot_lists(self) -> list[list[Variable]]:
+        """The algorithm's state, one list per slot (in the spec's order), each with one
+        variable per trainable variable; empty for a Keras-style subclass, whose
+        ``update_step`` keeps its own."""
+        return []
+
+    def _uses_spec_rule(self) -> bool:
+        """Whether this class's step is its spec's rule (no ``update_step`` of its own)."""
+        return False
+
+    def _engine_step(self) -> engine.Step:
+        return engine.Step(raw=int(self._iterations.value),
+                           loss_scale_factor=self.loss_scale_factor,
+                           accumulation_steps=self.gradient_accumulation_steps)
+
+    def _group(self) -> engine.Group:
+        """This optimizer's options for this step, as the engine takes them."""
+        return engine.Group(
+            learning_rate=self._current_learning_rate(),
+            hyperparameters=self._hyperparameters(),
+            weight_decay=self.weight_decay, clipnorm=self.clipnorm, clipvalue=self.clipvalue,
+            global_clipnorm=self.global_clipnorm, use_ema=self.use_ema,
+            ema_momentum=self.ema_momentum,
+            ema_overwrite_frequency=self.ema_overwrite_frequency,
+        )
+
+    def _reference_step(self, grads: list[Any], variables: list[Variable]) -> None:
+        """The step through :func:`kerasopt.engine.apply` over the variables' arrays, one
+        array operation at a time (the readable reference the fused kernels match)."""
+        trainable = self._trainable_variables
+        slot_lists = self._slot_lists()
+        accumulators = self._accumulators if self.gradient_accumulation_steps else None
+        averages = self._ema_averages if self.use_ema else None
+        arrays = engine.Arrays(
+            weights=list(map(_VALUE, trainable)),
+            slots=[tuple(slots[i].value for slots in slot_lists) for i in range(len(trainable))],
+            accumulators=list(map(_VALUE, accumulators)) if accumulators else None,
+            averages=list(map(_VALUE, averages)) if averages else None,
+        )
+        indices = [self._get_variable_index(v) for v in variables]
+        ops = ops_for(arrays.weights[0])
+        rule, rows_rule = self._rules(ops)
+        result = engine.apply(
+            rule, arrays, list(zip(indices, grads)), step=self._engine_step(),
+            groups=[self._group()], decay_mask=self._weight_decay_mask(trainable), ops=ops,
+            rows_rule=rows_rule,
+        )
+        new = result.arrays
+        targets = [(trainable, new.weights)]
+        targets += [([slots[i] for slots in slot_lists], new.slots[i])
+                    for i in range(len(trainable))]
+        if accumulators:
+            targets.append((accumulators, new.accumulators))
+        if averages:
+            targets.append((averages, new.averages))
+        for owners, values in targets:
+            for variable, value in zip(owners, values):
+                if value is not variable.value:
+                    variable.assign(value)
+
+    def _rules(self, ops: Any) -> tuple[engine.Rule, engine.RowsRule]:
+        """The engine's rule stage, dense and lazy sparse: the spec's rule (sparse rows in
+        place through the fused rows kernel when it applies), or Keras's ``update_step`` on
+        the variable itself."""
+        if self._uses_spec_rule():
+            rule = engine.spec_rule(self.spec)
+            lazy = engine.lazy_rows(rule, ops)
+
+            def rows_rule(i: int, w: Any, g: IndexedSlices, slots: tuple,
+                          arguments: Mapping[str, Any], decay: Any):
+                if _fused_rows(self.spec, w, g, slots, arguments, decay, ops):
+                    return w, slots
+                return lazy(i, w, g, slots, arguments, decay)
+
+            return rule, rows_rule
+
+        def keras_update_step(i: int, w: Any, g: Any, slots: tuple,
+                              arguments: Mapping[str, Any]):
+            variable = self._trainable_variables[i]
+            if w is not variable.value:
+                variable.assign(w)  # the decayed weight
+            self.update_step(g, variable, arguments["learning_rate"])
+            return variable.value, slots
+
+        def keras_rows_step(i: int, w: Any, g: IndexedSlices, slots: tuple,
+                            arguments: Mapping[str, Any], decay: Any):
+            if decay is not None:
+                rows = g.indices
+                w = ops.put_rows(w, rows, pipeline.decay(ops.take_rows(w, rows), *decay))
+            return keras_update_step(i, w, g, slots, arguments)
+
+        return keras_update_step, keras_rows_step
+
+    def _clip_gradients(self, grads: Sequence[Any]) -> list[Any]:
+        """Keras's ``_clip_gradients``: this optimizer's clip (the engine's step 4)."""
+        grads = list(grads)
+        clipped = engine.clip(list(enumerate(grads)), [self._group()], [0] * len(grads),
+                              engine.Hooks(), ops_for(values_of(grads[0])))
+        return [g for _, g in clipped]
 
     def _fused_step(self, grads: list[Any], variables: list[Variable]) -> bool:
-        """Steps 2-7 in one pass over memory (:mod:`kerasopt.kernels`), when it applies.
+        """The step in one pass over memory (:mod:`kerasopt.kernels`), when it applies.
 
         Returns False, having changed nothing, where it does not: numba missing, a sparse
-        gradient, a dtype or device the kernel lacks, a subclass with its own update rule,
-        or (with EMA or accumulation, which cover every variable) a ``None`` gradient.
+        gradient, a dtype or device the kernel lacks, a class whose step is not its spec's
+        rule, or (with EMA or accumulation, which cover every variable) a ``None`` gradient.
         """
-        fused = self._fused_slots() if kernels.available() else None
-        if fused is None or any(map(isinstance, grads, repeat(IndexedSlices))):
+        spec = self.spec
+        if (not self._uses_spec_rule() or spec.kernel is None or not kernels.available()
+                or any(map(isinstance, grads, repeat(IndexedSlices)))):
             return False
         steps = self.gradient_accumulation_steps
         if (self.use_ema or steps) and len(variables) != len(self._trainable_variables):
             return False
         if not kernels.fusable(variables[0].value):
             return False
-        algorithm, slot_lists = fused
         if _same_objects(variables, self._trainable_variables):
             index = None  # every variable, in the built order: slots and masks in bulk
             distinct = len(self._variable_indices) == len(variables)
@@ -463,42 +562,18 @@ class Optimizer:
                 return list(map(_VALUE, slot))
             return [slot[i].value for i in index]
 
-        iterations = self._iteration_count()
-        phase = None
-        if steps:
-            phase = "update" if (int(self._iterations.value) + 1) % steps == 0 else "micro"
-        options: dict[str, Any] = {
-            "learning_rate": self._current_learning_rate() if phase != "micro" else 0.0
-        }
-        if self.use_ema:
-            frequency = self.ema_overwrite_frequency
-            options.update(
-                ema_averages=values(self._ema_averages),
-                ema_momentum=pipeline.ema_momentum_at(iterations, self.ema_momentum),
-                ema_overwrite=bool(frequency and (iterations + 1) % frequency == 0),
-            )
+        scalars = engine.kernel_arguments(
+            self._group(), self._engine_step(),
+            decay_mask=self._weight_decay_mask(variables), averaging=self.use_ema)
         try:
             kernels.fused_step(
-                algorithm,
+                spec.kernel,
                 list(map(_VALUE, variables)),
                 grads,
-                [values(slot) for slot in slot_lists],
-                beta_1=validation.resolved_beta("beta_1", self.beta_1),
-                beta_2=validation.resolved_beta("beta_2", self.beta_2),
-                epsilon=self.epsilon,
-                step=iterations + 1,
-                weight_decay=self.weight_decay,
-                weight_decay_mask=(
-                    self._weight_decay_mask(variables) if self.weight_decay is not None else None
-                ),
-                clipnorm=self.clipnorm or None,
-                global_clipnorm=self.global_clipnorm or None,
-                clipvalue=self.clipvalue or None,
-                loss_scale_factor=self.loss_scale_factor,
+                [values(slot) for slot in self._slot_lists()],
                 accumulators=values(self._accumulators) if steps else None,
-                accumulation_steps=steps,
-                accumulation_phase=phase,
-                **options,
+                ema_averages=values(self._ema_averages) if self.use_ema else None,
+                **scalars,
             )
         except kernels.NotFusable:
             return False
@@ -516,135 +591,16 @@ class Optimizer:
                 stacklevel=4,
             )
 
-    def _accumulate(self, grads: list[Any], variables: list[Variable]) -> list[Any] | None:
-        """Add into the accumulators; on the cycle's last micro-step, return the mean and
-        reset every accumulator (so a variable without a gradient now loses its partial sum,
-        as in Keras)."""
-        steps = self.gradient_accumulation_steps
-        dense = [g.to_dense() if isinstance(g, IndexedSlices) else g for g in grads]
-        accumulators = [self._accumulators[self._get_variable_index(v)] for v in variables]
-        if (int(self._iterations.value) + 1) % steps != 0:
-            for acc, total in zip(
-                accumulators, pipeline.accumulate(dense, [a.value for a in accumulators])
-            ):
-                acc.assign(total)
-            return None
-        mean = pipeline.accumulated_mean(dense, [a.value for a in accumulators], steps)
-        for acc in self._accumulators:
-            acc.assign(namespace(acc.value).zeros_like(acc.value))
-        return mean
-
-    def _update(self, grads: list[Any], variables: list[Variable]) -> None:
-        grads = self._clip_gradients(grads)
-        learning_rate = self._current_learning_rate()
-        self._apply_weight_decay(grads, variables, learning_rate)
-        self._backend_update_step(grads, variables, learning_rate)
-
-    def _clip_gradients(self, grads: list[Any]) -> list[Any]:
-        if self.clipnorm:
-            return [map_values(lambda v: pipeline.clip_by_norm(v, self.clipnorm), g) for g in grads]
-        if self.global_clipnorm:
-            values = [values_of(g) for g in grads]
-            clipped = pipeline.clip_by_global_norm(values, self.global_clipnorm)
-            return [with_values(g, c) for g, c in zip(grads, clipped)]
-        if self.clipvalue:
-            clipvalue = self.clipvalue
-            return [map_values(lambda v: pipeline.clip_by_value(v, clipvalue), g) for g in grads]
-        return grads
-
-    def _apply_weight_decay(
-        self, grads: list[Any], variables: list[Variable], learning_rate: Any
-    ) -> None:
-        """Decay every variable not excluded; a sparse gradient decays only its rows."""
-        if self.weight_decay is None:
-            return
-        for gradient, variable in zip(grads, variables):
-            if not self._use_weight_decay(variable):
-                continue
-            if isinstance(gradient, IndexedSlices):
-                rows = gradient.indices
-                variable.scatter_update(
-                    rows,
-                    pipeline.decay(variable.value[rows], self.weight_decay, learning_rate),
-                )
-            else:
-                variable.assign(pipeline.decay(variable.value, self.weight_decay, learning_rate))
-
-    def _backend_update_step(
-        self, grads: list[Any], variables: list[Variable], learning_rate: Any
-    ) -> None:
-        for gradient, variable in zip(grads, variables):
-            self.update_step(gradient, variable, learning_rate)
-
     def update_step(self, gradient: Any, variable: Variable, learning_rate: Any) -> None:
         raise NotImplementedError(
             f"{type(self).__name__} must implement update_step(gradient, variable, learning_rate)."
         )
 
-    def _apply_rule(
-        self,
-        rule: UpdateRule,
-        gradient: Any,
-        variable: Variable,
-        slots: Sequence[Variable],
-        **hyperparameters: Any,
-    ) -> None:
-        """Run a pure update rule ``rule(w, g, *slots) -> (w, *slots)`` and store the results;
-        for an ``IndexedSlices`` gradient, only on its rows."""
-        if isinstance(gradient, IndexedSlices):
-            if self._fused_rows_step(rule, gradient, variable, slots, hyperparameters):
-                return
-            rows = gradient.indices
-            new = rule(
-                variable.value[rows],
-                gradient.values,
-                *(s.value[rows] for s in slots),
-                **hyperparameters,
-            )
-            for target, value in zip((variable, *slots), new):
-                target.scatter_update(rows, value)
+    def finalize_variable_values(self, var_list: Sequence[Variable]) -> None:
+        """With ``use_ema``, copy the moving averages into ``var_list``; otherwise nothing."""
+        if not self.use_ema:
             return
-        new = rule(variable.value, gradient, *(s.value for s in slots), **hyperparameters)
-        for target, value in zip((variable, *slots), new):
-            target.assign(value)
-
-    @staticmethod
-    def _fused_rows_step(
-        rule: UpdateRule,
-        gradient: IndexedSlices,
-        variable: Variable,
-        slots: Sequence[Variable],
-        hyperparameters: dict[str, Any],
-    ) -> bool:
-        """The lazy row update in one kernel pass, when the kernel implements ``rule``."""
-        algorithm = _FUSED_RULES.get(rule)
-        if algorithm is None or not kernels.available():
-            return False
-        try:
-            kernels.fused_rows_step(
-                algorithm,
-                variable.value,
-                gradient.indices,
-                gradient.values,
-                [s.value for s in slots],
-                **hyperparameters,
-            )
-        except kernels.NotFusable:
-            return False
-        return True
-
-    # ----------------------------------------------------------------- EMA
-
-    def _update_ema(self) -> None:
-        iterations = self._iteration_count()
-        momentum = pipeline.ema_momentum_at(iterations, self.ema_momentum)
-        for variable, average in zip(self._trainable_variables, self._ema_averages):
-            average.assign(pipeline.ema(average.value, variable.value, momentum))
-        frequency = self.ema_overwrite_frequency
-        if frequency and (iterations + 1) % frequency == 0:
-            self._overwrite_with_averages(self._trainable_variables)
-
-    def _overwrite_with_averages(self, variables: Sequence[Variable]) -> None:
+        variables = list(var_list)
         if len(variables) != len(self._ema_averages):
             raise ValueError(
                 f"{self.name}: received {len(variables)} variables to overwrite with their "
@@ -652,11 +608,6 @@ class Optimizer:
             )
         for variable, average in zip(variables, self._ema_averages):
             variable.assign(average.value)
-
-    def finalize_variable_values(self, var_list: Sequence[Variable]) -> None:
-        """With ``use_ema``, copy the moving averages into ``var_list``; otherwise nothing."""
-        if self.use_ema:
-            self._overwrite_with_averages(list(var_list))
 
     # ----------------------------------------------------------------- weight decay exclusion
 
@@ -672,24 +623,10 @@ class Optimizer:
                 f"{self.name}: exclude_from_weight_decay() must be called before the optimizer "
                 "is built (before its first apply/build)."
             )
+        patterns = config.exclusion_patterns(var_names, "var_names")
         self._excluded_ids = {id(v) for v in (var_list or [])}
-        names = list(var_names or [])
-        for pattern in names:
-            if not isinstance(pattern, str):
-                raise TypeError(
-                    "Argument `var_names` must be a list of strings; received an element "
-                    f"{pattern!r}."
-                )
-        if not names:
-            self._excluded_pattern = None
-            return
-        try:
-            self._excluded_pattern = re.compile("|".join(sorted(set(names))))
-        except re.error as error:
-            raise ValueError(
-                f"Argument `var_names` must hold valid regular expressions; received "
-                f"var_names={names!r} ({error})."
-            ) from error
+        self._excluded_names = patterns
+        self._excluded_pattern = config.exclusion_regex(patterns)
 
     def _weight_decay_mask(self, variables: list[Variable]) -> list[bool]:
         """Per variable, whether it is decayed (kept between steps until the exclusions or
@@ -729,7 +666,7 @@ class Optimizer:
         """Apply one step to the given values; return ``(new_trainable, new_optimizer)``.
 
         Neither the inputs nor this optimizer's own variables change. With JAX arrays the
-        step runs functionally (the ``kerasopt.optax`` pipeline over these lists), so it can
+        step runs functionally (:func:`kerasopt.engine.apply` over these lists), so it can
         be traced by ``jax.jit``.
         """
         if not self.built:
@@ -754,9 +691,8 @@ class Optimizer:
                         f"{tuple(np.shape(value))}; expected {variable.shape}."
                     )
         if any(is_jax(x) for x in (*optimizer_variables, *trainable_variables)):
-            from kerasopt.optax import stateless_apply_jax
-
-            return stateless_apply_jax(self, optimizer_variables, grads, trainable_variables)
+            return self._stateless_apply_functional(optimizer_variables, grads,
+                                                    trainable_variables)
         targets = own + self._trainable_variables
         saved = [v._value for v in targets]
         try:
@@ -769,6 +705,86 @@ class Optimizer:
             for variable, value in zip(targets, saved):
                 variable._value = value
         return new_trainable, new_optimizer
+
+    def _stateless_apply_functional(self, optimizer_variables: Sequence[Any],
+                                    grads: Sequence[Any], trainable_variables: Sequence[Any]):
+        """``stateless_apply`` on JAX arrays: the engine over the given lists (traceable)."""
+        import jax.numpy as jnp
+
+        from kerasopt.sparse import canonical_fixed_size
+
+        if not self._uses_spec_rule():
+            raise TypeError(
+                f"stateless_apply with JAX arrays runs a registered algorithm's rule; "
+                f"{type(self).__name__} has its own update_step. Use NumPy arrays."
+            )
+        own = self.variables
+        position = {id(v): k for k, v in enumerate(own)}
+        given = [jnp.asarray(x) for x in optimizer_variables]
+
+        def values(variables: Sequence[Variable]) -> list[Any]:
+            return [given[position[id(v)]] for v in variables]
+
+        weights = [jnp.asarray(w) for w in trainable_variables]
+        grads = list(grads)
+        if len(grads) != len(weights):
+            raise ValueError(
+                f"{self.name}: received {len(grads)} gradients for {len(weights)} variables; "
+                "pass one gradient (or None) per variable."
+            )
+        pairs = []
+        for i, (g, w) in enumerate(zip(grads, weights)):
+            if g is None:
+                continue
+            if isinstance(g, IndexedSlices):
+                values_ = jnp.asarray(g.values).astype(w.dtype)
+                g = canonical_fixed_size(IndexedSlices(values_, jnp.asarray(g.indices),
+                                                       g.dense_shape))
+            else:
+                g = jnp.asarray(g).astype(w.dtype)
+            pairs.append((i, g))
+        if not pairs:
+            raise ValueError(f"{self.name}: no gradients provided for any variable (all were "
+                             "None).")
+        raw = given[position[id(self._iterations)]]
+        lr = self._learning_rate
+        if isinstance(lr, Variable):
+            learning_rate = given[position[id(lr)]]
+        elif isinstance(lr, LearningRateSchedule):
+            learning_rate = lr(raw)
+        else:
+            learning_rate = lr()
+        group = self._group()
+        group = engine.Group(**{**group.__dict__, "learning_rate": learning_rate})
+        slot_lists = self._slot_lists()
+        accumulators = self._accumulators if self.gradient_accumulation_steps else None
+        averages = self._ema_averages if self.use_ema else None
+        arrays = engine.Arrays(
+            weights=weights,
+            slots=[tuple(given[position[id(slots[i])]] for slots in slot_lists)
+                   for i in range(len(weights))],
+            accumulators=values(accumulators) if accumulators else None,
+            averages=values(averages) if averages else None,
+        )
+        ops = ops_for(weights[0])
+        step = engine.Step(raw=raw, loss_scale_factor=self.loss_scale_factor,
+                           accumulation_steps=self.gradient_accumulation_steps,
+                           sparse_updates=self.sparse_updates,
+                           skip_nonfinite=self.skip_nonfinite)
+        result = engine.apply(engine.spec_rule(self.spec), arrays, pairs, step=step,
+                              groups=[group], decay_mask=self._weight_decay_mask(
+                                  self._trainable_variables), ops=ops)
+        new = result.arrays
+        out = list(given)
+        out[position[id(self._iterations)]] = jnp.asarray(result.raw).astype(raw.dtype)
+        for i in range(len(weights)):
+            for slots, value in zip(slot_lists, new.slots[i]):
+                out[position[id(slots[i])]] = value
+        for variables, new_values in ((accumulators, new.accumulators),
+                                      (averages, new.averages)):
+            for variable, value in zip(variables or [], new_values or []):
+                out[position[id(variable)]] = value
+        return list(new.weights), out
 
     # ----------------------------------------------------------------- saving
 
@@ -848,8 +864,11 @@ class Optimizer:
             "loss_scale_factor": self.loss_scale_factor,
             "gradient_accumulation_steps": self.gradient_accumulation_steps,
         }
-        if self.skip_nonfinite:  # kerasopt only; absent by default, so Keras reads the config
+        # kerasopt's own options, absent at their defaults, so that Keras reads the config.
+        if self.skip_nonfinite:
             config["skip_nonfinite"] = True
+        if self.sparse_updates != "lazy":
+            config["sparse_updates"] = self.sparse_updates
         return config
 
     @classmethod
@@ -858,7 +877,8 @@ class Optimizer:
         if not isinstance(config, Mapping):
             raise TypeError(f"{cls.__name__}.from_config expects a dict; received {config!r}.")
         config = dict(config)
-        for key in ("learning_rate", "beta_1", "beta_2"):
+        callables = [h.name for h in cls.spec.hyperparameters if h.callable_ok] if cls.spec else []
+        for key in ("learning_rate", *callables):
             if isinstance(config.get(key), Mapping):
                 config[key] = serialization.deserialize(config[key], custom_objects)
         return cls(**config)
@@ -867,15 +887,23 @@ class Optimizer:
         return f"<kerasopt.{type(self).__name__} name={self.name!r} built={self.built}>"
 
 
-def _check_float_rate(learning_rate: Any, allowed: str) -> None:
-    """A float learning rate: finite, >= 0, and still finite once stored in float32."""
-    validation.real("learning_rate", learning_rate, minimum=0.0, allowed=allowed)
-    with np.errstate(over="ignore"):
-        if not np.isfinite(np.float32(learning_rate)):
-            raise ValueError(
-                f"Argument `learning_rate` must be {allowed}; received "
-                f"learning_rate={learning_rate!r}, which overflows float32."
-            )
+def _fused_rows(spec: AlgorithmSpec, w: Any, g: IndexedSlices, slots: tuple,
+                arguments: Mapping[str, Any], decay: Any, ops: Any) -> bool:
+    """The lazy row update in place in one kernel pass (after the rows' decay), when the
+    spec has a kernel and the arrays fit it; False, having changed nothing, otherwise."""
+    if spec.kernel is None or not kernels.available() or not kernels.fusable(w):
+        return False
+    rows = g.indices
+    before = ops.take_rows(w, rows) if decay is not None else None
+    if decay is not None:
+        ops.put_rows(w, rows, pipeline.decay(before, *decay))
+    try:
+        kernels.fused_rows_step(spec, w, rows, g.values, list(slots), **arguments)
+    except kernels.NotFusable:
+        if before is not None:
+            ops.put_rows(w, rows, before)  # nothing changed
+        return False
+    return True
 
 
 def _check_trainable(variable: Any) -> None:

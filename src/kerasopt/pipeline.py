@@ -1,9 +1,11 @@
 """The steps Keras's base optimizer runs around every update rule, as small pure functions.
 
-Each works on NumPy, torch or JAX arrays alike and returns new arrays. The order in which
-:class:`kerasopt.Optimizer` calls them is Keras 3's::
+Each works on NumPy, torch or JAX arrays alike and returns new arrays. The order in which they
+run is Keras 3's, written once in :mod:`kerasopt.engine`::
 
     unscale -> accumulate -> clip -> decay -> update rule -> EMA
+
+:func:`next_loss_scale` is the rule of Keras's ``LossScaleOptimizer`` around them.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from kerasopt.backend import cast_scalar, float32_scalar, namespace
+from kerasopt.backend import cast_scalar, float32_scalar, is_jax, namespace
 
 
 def keras_float(value: float) -> float:
@@ -93,10 +95,15 @@ def clip_by_value(g: Any, clipvalue: float) -> Any:
 def decay(w: Any, weight_decay: float, learning_rate: Any) -> Any:
     """Decoupled weight decay: ``w * (1 - weight_decay * lr)``, i.e. ``w -= w * wd * lr``.
 
-    The factor is computed in float32, as Keras's torch backend does (the learning rate is a
-    float32 variable there), then applied in ``w``'s dtype.
+    The factor is computed as Keras's torch backend computes it: in float32 when the
+    learning rate is a float32 value (the optimizer's learning-rate variable, a schedule's
+    value), in double precision when it is a Python float (what a callable learning rate
+    returns); then applied in ``w``'s dtype.
     """
-    factor = 1 - float32_scalar(weight_decay) * float32_scalar(learning_rate)
+    if isinstance(learning_rate, float) and isinstance(weight_decay, (float, int)):
+        factor = 1 - weight_decay * learning_rate
+    else:
+        factor = 1 - float32_scalar(weight_decay) * float32_scalar(learning_rate)
     return w * cast_scalar(factor, w)
 
 
@@ -109,6 +116,31 @@ def ema(average: Any, w: Any, momentum: Any) -> Any:
     """``momentum * average + (1 - momentum) * w``, the momentum in ``w``'s dtype."""
     momentum = cast_scalar(momentum, w)
     return momentum * average + (1 - momentum) * w
+
+
+def next_loss_scale(finite: Any, scale: Any, counter: Any, growth_steps: int) -> tuple[Any, Any]:
+    """Keras's dynamic loss scaling after a step: ``(scale, counter)``.
+
+    A step with a NaN or inf gradient (``finite`` false) was not applied: the scale halves
+    and the counter restarts. After ``growth_steps`` finite steps in a row the scale
+    doubles and the counter restarts; otherwise the counter advances. The scale is a
+    float32 value (a JAX array under ``jit``, where both outcomes are computed).
+    """
+    if is_jax(finite) or is_jax(scale) or is_jax(counter):
+        import jax.numpy as jnp
+
+        scale = jnp.asarray(scale, jnp.float32)
+        grow = jnp.logical_and(finite, counter == growth_steps - 1)
+        new_scale = jnp.where(finite, jnp.where(grow, scale * jnp.float32(2.0), scale),
+                              scale * jnp.float32(0.5))
+        new_counter = jnp.where(finite, jnp.where(grow, 0, counter + 1), 0)
+        return new_scale, new_counter.astype(jnp.asarray(counter).dtype)
+    scale = np.float32(scale)
+    if not finite:
+        return scale * np.float32(0.5), 0
+    if int(counter) == growth_steps - 1:
+        return scale * np.float32(2.0), 0
+    return scale, int(counter) + 1
 
 
 def is_finite(grads: Sequence[Any]) -> bool:

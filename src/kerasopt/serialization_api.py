@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from kerasopt import serialization
+from kerasopt import algorithms, serialization
 from kerasopt.optimizer import Optimizer
 
 
@@ -25,13 +25,17 @@ def deserialize(config: Any, custom_objects: Mapping[str, Any] | None = None) ->
     return serialization.deserialize(config, custom_objects, kind="optimizer")
 
 
-def get(identifier: Any) -> Optimizer:
-    """An optimizer from an instance (returned as is), a class name, or a config dict."""
+def get(identifier: Any) -> Optimizer | None:
+    """An optimizer from an instance (returned as is), a class name, or a config dict;
+    ``None`` stays ``None``, as in ``keras.optimizers.get``."""
+    if identifier is None:
+        return None
     if isinstance(identifier, Optimizer):
         return identifier
     if isinstance(identifier, (str, Mapping)):
         return deserialize(identifier)
     raise ValueError(
         "Could not interpret optimizer identifier: expected a kerasopt optimizer, a name such "
-        f"as 'adam' or 'adamax', or a config dict; received {identifier!r}."
+        f"as {', '.join(repr(s.name) for s in algorithms.registered())}, a config dict or None; "
+        f"received {identifier!r}."
     )

@@ -132,7 +132,20 @@ def canonical(gradient: IndexedSlices) -> IndexedSlices:
         )
         summed.index_add_(0, inverse, gradient.values)
         return IndexedSlices(summed, rows, gradient.dense_shape)
-    raise TypeError(
-        "Row deduplication needs NumPy or torch arrays; under JAX, pass rows with a fixed count "
-        "to kerasopt.optax."
-    )
+    return canonical_fixed_size(gradient)
+
+
+def canonical_fixed_size(gradient: IndexedSlices) -> IndexedSlices:
+    """The JAX form of :func:`canonical`, traceable under ``jit``: the array sizes stay as
+    they are (``k`` rows in, ``k`` rows out), so each touched row appears once (sorted,
+    duplicates summed) and the ``k`` slots left over hold the out-of-range row
+    ``dense_shape[0]`` with zero values, which the row reads fill with 0 and the row writes
+    drop."""
+    import jax.numpy as jnp
+
+    k = gradient.indices.shape[0]
+    n_rows = gradient.dense_shape[0]
+    rows, inverse = jnp.unique(gradient.indices, size=k, fill_value=n_rows,
+                               return_inverse=True)
+    summed = jnp.zeros_like(gradient.values).at[inverse.reshape(-1)].add(gradient.values)
+    return IndexedSlices(summed, rows, gradient.dense_shape)

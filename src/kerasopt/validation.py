@@ -135,9 +135,13 @@ def evaluating_learning_rate(owner: str) -> Iterator[None]:
         ) from error
 
 
-def unknown_keywords(cls_name: str, kwargs: dict[str, Any]) -> None:
+def unknown_keywords(cls_name: str, kwargs: dict[str, Any],
+                     spellings: dict[str, str] | None = None) -> None:
+    """Refuse unknown keyword arguments, with "did you mean" for the names torch.optim and
+    optax use (and the caller's own ``spellings``)."""
     if kwargs:
+        known = {**_KERAS_SPELLINGS, **(spellings or {})}
         names = ", ".join(f"`{k}`={short_repr(v)}" for k, v in kwargs.items())
-        hints = [f"`{_KERAS_SPELLINGS[k]}` for `{k}`" for k in kwargs if k in _KERAS_SPELLINGS]
+        hints = [f"`{known[k]}` for `{k}`" for k in kwargs if k in known]
         hint = f" Did you mean {', '.join(hints)}? (kerasopt uses Keras's names.)" if hints else ""
         raise TypeError(f"{cls_name} got unknown keyword argument(s): {names}.{hint}")

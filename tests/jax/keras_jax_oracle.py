@@ -3,7 +3,7 @@
 Usage: ``KERAS_BACKEND=jax python keras_jax_oracle.py problems.npz cases.json out.npz``
 
 Run in a subprocess by the parity tests (the in-process Keras of the test session runs on
-torch). Each case names an optimizer ("adam" / "adamax"), Keras keyword arguments, a
+torch). Each case names an optimizer by its Keras class name, Keras keyword arguments, a
 learning rate (a float, a schedule config, or a constant zero-argument callable) and the
 ``var_names`` excluded from weight decay. Its problem in ``problems.npz``: for each variable
 ``{case}/{var}/w0`` and ``{case}/{var}/grads`` (steps, *shape). Keras runs its stateless API
@@ -40,7 +40,7 @@ def learning_rate(spec):
 def run_case(case, problems):
     name = case["name"]
     var_names = case["vars"]
-    cls = {"adam": keras.optimizers.Adam, "adamax": keras.optimizers.Adamax}[case["algo"]]
+    cls = getattr(keras.optimizers, case["keras_name"])
     optimizer = cls(learning_rate=learning_rate(case["lr"]), **case["kwargs"])
     variables = [
         keras.Variable(problems[f"{name}/{v}/w0"], name=v, dtype="float32") for v in var_names

@@ -1,7 +1,7 @@
 """kerasopt.optax vs Keras 3 on its JAX backend: after every one of 100 steps, under
-``jax.jit``, |diff| <= 1e-6 + 1e-5 * (|w| + distance travelled), per feature, for Adam and
-Adamax. Keras runs once, in a subprocess (``KERAS_BACKEND=jax``), for every case; the largest
-normalized error per feature is recorded (conftest's summary table and
+``jax.jit``, |diff| <= 1e-6 + 1e-5 * (|w| + distance travelled), per feature, for every
+registered algorithm. Keras runs once, in a subprocess (``KERAS_BACKEND=jax``), for every
+case; the largest normalized error per feature is recorded (conftest's summary table and
 ``/tmp/kerasopt_optax_parity.json``)."""
 
 from __future__ import annotations
@@ -28,13 +28,14 @@ from optax_cases import (
 
 import kerasopt
 import kerasopt.optax as kx
+from optimizer_db import ALGORITHMS, spec
 
 pytest.importorskip("keras")
 
 FLOAT = {"type": "float", "value": 0.01}
 FEATURES = {
     "defaults": {"lr": {"type": "float", "value": 0.001}, "kwargs": {}},
-    "amsgrad": {"lr": FLOAT, "kwargs": {"amsgrad": True}, "only": "adam"},
+    "amsgrad": {"lr": FLOAT, "kwargs": {"amsgrad": True}, "amsgrad": True},
     "betas_epsilon": {"lr": FLOAT, "kwargs": {"beta_1": 0.8, "beta_2": 0.95, "epsilon": 1e-3}},
     "schedule_exponential": {
         "lr": {"type": "schedule", "class": "ExponentialDecay",
@@ -98,15 +99,17 @@ for _i in range(4):
     FEATURES[f"combo_{_i}"] = _combo(_rng)
 
 CASES = []
-for _algo in ("adam", "adamax"):
+for _algo in ALGORITHMS:
+    _amsgrad = "amsgrad" in spec(_algo).defaults()
     for _feature, _spec in FEATURES.items():
-        if _spec.get("only", _algo) != _algo:
+        if _spec.get("amsgrad") and not _amsgrad:
             continue
         _kwargs = dict(_spec["kwargs"])
-        if _algo == "adam" and _feature.startswith("combo") and int(_feature[-1]) % 2:
+        if _amsgrad and _feature.startswith("combo") and int(_feature[-1]) % 2:
             _kwargs["amsgrad"] = True
         CASES.append({
-            "name": f"{_algo}/{_feature}", "algo": _algo, "feature": _feature, "lr": _spec["lr"],
+            "name": f"{_algo}/{_feature}", "algo": _algo, "keras_name": spec(_algo).keras_name,
+            "feature": _feature, "lr": _spec["lr"],
             "kwargs": _kwargs, "exclude_names": _spec.get("exclude_names"),
             "ours": _spec.get("ours", {}), "grad_scale": _spec.get("grad_scale", 1.0),
         })
@@ -123,7 +126,7 @@ def _our_learning_rate(spec: dict):
 
 def run_ours(case: dict, w0: dict, grads: dict):
     """Our trajectory under jax.jit (lax.scan over the steps) and the final state."""
-    factory = {"adam": kx.adam, "adamax": kx.adamax}[case["algo"]]
+    factory = kx.FACTORIES[case["algo"]]
     tx = factory(learning_rate=_our_learning_rate(case["lr"]), **case["kwargs"], **case["ours"])
     params = to_tree({k: jnp.asarray(v) for k, v in w0.items()})
     grads = to_tree({k: jnp.asarray(v) for k, v in grads.items()})

@@ -17,10 +17,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from kerasopt import specs, validation
 from kerasopt.backend import cast_scalar, namespace
-
-SLOTS = ("momentum", "velocity")
-AMSGRAD_SLOT = "velocity_hat"
 
 
 def adam_update(
@@ -53,3 +51,55 @@ def adam_update(
     if v_hat is None:
         return w, m, v
     return w, m, v, v_hat
+
+
+def adam_kernel_scalars(s: Any, learning_rate: Any, step: Any, *, beta_1: float,
+                        beta_2: float, epsilon: float) -> dict[str, Any]:
+    """The ``"adam"`` kernel body's scalars, rounded as :func:`adam_update` rounds them."""
+    root = s.sqrt(s.one - s.power(beta_2, step))
+    return {
+        "one_minus_beta_1": s.cast(1 - beta_1),
+        "alpha": s.cast(learning_rate) * root / (s.one - s.power(beta_1, step)),
+        "one_minus_beta_2": s.cast(1 - beta_2),
+        "epsilon": s.cast(epsilon),
+    }
+
+
+def beta(name: str, value: Any) -> float:
+    """A decay rate in [0, 1)."""
+    return validation.real(name, value, minimum=0.0, maximum=1.0, max_inclusive=False,
+                           allowed="a float in [0, 1) or a zero-argument callable returning one")
+
+
+def positive(name: str, value: Any) -> float:
+    return validation.real(name, value, minimum=0.0, min_inclusive=False,
+                           allowed="a finite float > 0")
+
+
+BETA_1 = specs.Hyperparameter("beta_1", 0.9, beta, "Decay of the first moment, in [0, 1).",
+                              callable_ok=True)
+BETA_2 = specs.Hyperparameter("beta_2", 0.999, beta, "Decay of the second moment, in [0, 1).",
+                              callable_ok=True)
+EPSILON = specs.Hyperparameter("epsilon", 1e-7, positive,
+                               "Added to ``sqrt(v)`` (Keras's \"epsilon hat\"), > 0.")
+
+ADAM = specs.register(specs.AlgorithmSpec(
+    name="adam",
+    keras_name="Adam",
+    doc=__doc__.split("\n\n", 1)[1],
+    slots=("momentum", "velocity"),
+    hyperparameters=(
+        BETA_1, BETA_2, EPSILON,
+        specs.Hyperparameter("amsgrad", False, validation.boolean,
+                             "Use the maximum of past second moments (Reddi et al., 2018).",
+                             adds_slot="velocity_hat"),
+    ),
+    rule=adam_update,
+    kernel="adam",
+    kernel_scalars=adam_kernel_scalars,
+    r_name="optimizer_adam",
+))
+
+# The names the frontends used before the registry (kept while they move to ``ADAM``).
+SLOTS = ADAM.slots
+AMSGRAD_SLOT = ADAM.optional_slots[0]

@@ -41,15 +41,18 @@ from kerasopt.kernels.layout import (
     CLIP_VALUE,
     DECAY,
     EMA,
-    H_BETA_2,
+    H_ADAM_ALPHA,
+    H_ADAM_EPSILON,
+    H_ADAM_ONE_MINUS_BETA_2,
+    H_ADAMAX_BETA_2,
+    H_ADAMAX_DENOMINATOR,
+    H_ADAMAX_EPSILON,
+    H_ADAMAX_LR,
     H_CLIP_HIGH,
     H_CLIP_LOW,
     H_DECAY,
-    H_DENOMINATOR,
     H_EMA,
-    H_EPSILON,
     H_GLOBAL,
-    H_LR,
     H_ONE_MINUS_BETA_1,
     H_ONE_MINUS_EMA,
     H_SCALE,
@@ -264,9 +267,9 @@ def _average(table, t, start, count, marker, features, hyper):
 @njit(inline="always", error_model="numpy")
 def _adam_weights(table, t, start, count, marker, features, hyper, g, w, m):
     """Adam's second moment (and amsgrad maximum), then the weights."""
-    alpha = hyper[H_LR]
-    one_minus_beta_2 = hyper[H_BETA_2]
-    epsilon = hyper[H_EPSILON]
+    alpha = hyper[H_ADAM_ALPHA]
+    one_minus_beta_2 = hyper[H_ADAM_ONE_MINUS_BETA_2]
+    epsilon = hyper[H_ADAM_EPSILON]
     v = _view(table[t, V], start, count, marker)
     for i in range(count):
         gi = g[i]
@@ -286,10 +289,10 @@ def _adam_weights(table, t, start, count, marker, features, hyper, g, w, m):
 @njit(inline="always", error_model="numpy")
 def _adamax_weights(table, t, start, count, marker, hyper, g, w, m):
     """Adamax's infinity norm, then the weights."""
-    lr = hyper[H_LR]
-    beta_2 = hyper[H_BETA_2]
-    epsilon = hyper[H_EPSILON]
-    denominator = hyper[H_DENOMINATOR]
+    lr = hyper[H_ADAMAX_LR]
+    beta_2 = hyper[H_ADAMAX_BETA_2]
+    epsilon = hyper[H_ADAMAX_EPSILON]
+    denominator = hyper[H_ADAMAX_DENOMINATOR]
     u = _view(table[t, V], start, count, marker)
     for i in range(count):
         a = beta_2 * u[i]
@@ -413,10 +416,10 @@ def tensor_sums(partial, chunks, n_tensors, marker):
 def adam_rows(w, m, v, vhat, rows, values, hyper, amsgrad):
     """Lazy sparse Adam: only ``rows`` of the 2-D ``w``, ``m``, ``v`` (and ``vhat``) move,
     with ``values[k]`` the (deduplicated) gradient of row ``rows[k]``."""
-    alpha = hyper[H_LR]
+    alpha = hyper[H_ADAM_ALPHA]
     one_minus_beta_1 = hyper[H_ONE_MINUS_BETA_1]
-    one_minus_beta_2 = hyper[H_BETA_2]
-    epsilon = hyper[H_EPSILON]
+    one_minus_beta_2 = hyper[H_ADAM_ONE_MINUS_BETA_2]
+    epsilon = hyper[H_ADAM_EPSILON]
     for k in prange(rows.shape[0]):
         r = rows[k]
         for j in range(w.shape[1]):
@@ -436,11 +439,11 @@ def adam_rows(w, m, v, vhat, rows, values, hyper, amsgrad):
 @_threaded
 def adamax_rows(w, m, u, rows, values, hyper):
     """Lazy sparse Adamax: only ``rows`` of the 2-D ``w``, ``m``, ``u`` move."""
-    lr = hyper[H_LR]
+    lr = hyper[H_ADAMAX_LR]
     one_minus_beta_1 = hyper[H_ONE_MINUS_BETA_1]
-    beta_2 = hyper[H_BETA_2]
-    epsilon = hyper[H_EPSILON]
-    denominator = hyper[H_DENOMINATOR]
+    beta_2 = hyper[H_ADAMAX_BETA_2]
+    epsilon = hyper[H_ADAMAX_EPSILON]
+    denominator = hyper[H_ADAMAX_DENOMINATOR]
     for k in prange(rows.shape[0]):
         r = rows[k]
         for j in range(w.shape[1]):

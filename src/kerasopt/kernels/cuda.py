@@ -67,7 +67,7 @@ import numpy as np
 
 from kerasopt.kernels import layout
 from kerasopt.kernels.fused import NotFusable
-from kerasopt.kernels.scalars import step_scalars
+from kerasopt.kernels.scalars import kernel_scalars_of, step_scalars
 
 try:  # Triton and torch are optional
     import torch
@@ -149,7 +149,7 @@ def fused_step(
     if not available():
         raise NotFusable("Triton or a CUDA device is missing (pip install triton).")
     roles, amsgrad = layout.step_roles(
-        algorithm, params, grads, slots,
+        kernel_scalars_of(algorithm)[0], params, grads, slots,
         clip_options=[scalars.get(k) for k in ("clipnorm", "global_clipnorm", "clipvalue")],
         accumulators=accumulators, accumulation_phase=accumulation_phase,
         ema_averages=ema_averages,
@@ -229,7 +229,8 @@ def _launch(algorithm, addresses, sizes, device, dtype, params, *, amsgrad,
                                 BLOCK=BLOCK, enable_fp_fusion=False)
         else:
             _step_kernel[grid](table, blocks, hyper, n, FEATURES=s.features,
-                               ADAMAX=algorithm == "adamax", ALIGNED=aligned, BLOCK=BLOCK,
+                               ADAMAX=kernel_scalars_of(algorithm)[0] == "adamax",
+                               ALIGNED=aligned, BLOCK=BLOCK,
                                enable_fp_fusion=False)
     if not micro or options.get("ema_overwrite"):
         torch.autograd.graph.increment_version(list(params))
@@ -348,11 +349,14 @@ if triton is not None:
     _H_CLIP_HIGH = tl.constexpr(layout.H_CLIP_HIGH)
     _H_GLOBAL = tl.constexpr(layout.H_GLOBAL)
     _H_DECAY = tl.constexpr(layout.H_DECAY)
-    _H_LR = tl.constexpr(layout.H_LR)
     _H_ONE_MINUS_BETA_1 = tl.constexpr(layout.H_ONE_MINUS_BETA_1)
-    _H_BETA_2 = tl.constexpr(layout.H_BETA_2)
-    _H_EPSILON = tl.constexpr(layout.H_EPSILON)
-    _H_DENOMINATOR = tl.constexpr(layout.H_DENOMINATOR)
+    _H_ADAM_ALPHA = tl.constexpr(layout.H_ADAM_ALPHA)
+    _H_ADAM_ONE_MINUS_BETA_2 = tl.constexpr(layout.H_ADAM_ONE_MINUS_BETA_2)
+    _H_ADAM_EPSILON = tl.constexpr(layout.H_ADAM_EPSILON)
+    _H_ADAMAX_LR = tl.constexpr(layout.H_ADAMAX_LR)
+    _H_ADAMAX_BETA_2 = tl.constexpr(layout.H_ADAMAX_BETA_2)
+    _H_ADAMAX_EPSILON = tl.constexpr(layout.H_ADAMAX_EPSILON)
+    _H_ADAMAX_DENOMINATOR = tl.constexpr(layout.H_ADAMAX_DENOMINATOR)
     _H_EMA = tl.constexpr(layout.H_EMA)
     _H_ONE_MINUS_EMA = tl.constexpr(layout.H_ONE_MINUS_EMA)
 
@@ -453,21 +457,21 @@ if triton is not None:
                 w = w * tl.load(hyper + _H_DECAY)
 
         one_minus_beta_1 = tl.load(hyper + _H_ONE_MINUS_BETA_1)
-        epsilon = tl.load(hyper + _H_EPSILON)
         m_pointers = _pointer(table, t, _M, hyper, ALIGNED) + offsets
         v_pointers = _pointer(table, t, _V, hyper, ALIGNED) + offsets
         m = tl.load(m_pointers, mask=mask)
         v = tl.load(v_pointers, mask=mask)
         m = m + (g - m) * one_minus_beta_1
         if ADAMAX:
-            a = tl.load(hyper + _H_BETA_2) * v
+            a = tl.load(hyper + _H_ADAMAX_BETA_2) * v
             b = tl.abs(g)
             v = tl.where((b > a) | (b != b), b, a)  # np.maximum(a, b), NaN propagating
-            lr = tl.load(hyper + _H_LR)
-            denominator = tl.load(hyper + _H_DENOMINATOR)
+            lr = tl.load(hyper + _H_ADAMAX_LR)
+            denominator = tl.load(hyper + _H_ADAMAX_DENOMINATOR)
+            epsilon = tl.load(hyper + _H_ADAMAX_EPSILON)
             w = w - _div(lr * m, denominator * (v + epsilon))
         else:
-            v = v + (g * g - v) * tl.load(hyper + _H_BETA_2)
+            v = v + (g * g - v) * tl.load(hyper + _H_ADAM_ONE_MINUS_BETA_2)
             root = v
             if _AMSGRAD & FEATURES:
                 vhat_pointers = _pointer(table, t, _VHAT, hyper, ALIGNED) + offsets
@@ -475,7 +479,8 @@ if triton is not None:
                 h = tl.where((v > h) | (v != v), v, h)  # np.maximum(h, v), NaN propagating
                 tl.store(vhat_pointers, h, mask=mask)
                 root = h
-            w = w - _div(m * tl.load(hyper + _H_LR), _sqrt(root) + epsilon)
+            epsilon = tl.load(hyper + _H_ADAM_EPSILON)
+            w = w - _div(m * tl.load(hyper + _H_ADAM_ALPHA), _sqrt(root) + epsilon)
         tl.store(m_pointers, m, mask=mask)
         tl.store(v_pointers, v, mask=mask)
         w = _average(table, t, offsets, mask, w, hyper, FEATURES, ALIGNED)

@@ -34,7 +34,7 @@ import numpy as np
 
 from kerasopt.backend import is_torch
 from kerasopt.kernels import layout
-from kerasopt.kernels.scalars import algorithm_scalars, step_scalars
+from kerasopt.kernels.scalars import algorithm_scalars, kernel_scalars_of, step_scalars
 
 try:  # numba is the optional ``fast`` extra
     from kerasopt.kernels import _numba as _k
@@ -135,7 +135,8 @@ def fused_step(
     the ``algorithm``'s update; the EMA of the weights and its overwrite.
 
     Args:
-        algorithm: ``"adam"`` or ``"adamax"``.
+        algorithm: The algorithm's :class:`~kerasopt.specs.AlgorithmSpec`, or the name of
+            a kernel body (``"adam"``, ``"adamax"``: see ``layout.KERNEL_BODIES``).
         params: The weights (updated in place): NumPy arrays, or CPU torch tensors. All of
             one library and one dtype, float32 or float64, C-contiguous.
         grads: One dense gradient per weight, same library, dtype and number of elements.
@@ -174,7 +175,8 @@ def fused_step(
     if _k is None:
         raise NotFusable("numba is not installed (kerasopt's \"fast\" extra installs it).")
     roles, amsgrad = layout.step_roles(
-        algorithm, params, grads, slots, clip_options=(clipnorm, global_clipnorm, clipvalue),
+        kernel_scalars_of(algorithm)[0], params, grads, slots,
+        clip_options=(clipnorm, global_clipnorm, clipvalue),
         accumulators=accumulators, accumulation_phase=accumulation_phase,
         ema_averages=ema_averages,
     )
@@ -286,7 +288,8 @@ def _run(algorithm, table, chunks, marker, like, n, elements, micro, amsgrad, pa
         _bump_versions(params if options.get("ema_overwrite") else (), is_torch_step)
         return
     _sized(_k.update_step, elements)(table, chunks, marker, s.features, s.hyper, s.clip_c,
-                                     s.clip_d, s.decay_mask, algorithm == "adamax")
+                                     s.clip_d, s.decay_mask,
+                                     kernel_scalars_of(algorithm)[0] == "adamax")
     _bump_versions(params, is_torch_step)
 
 
@@ -325,7 +328,8 @@ def fused_rows_step(
     ``slots`` move, in one pass over those rows (no gather / scatter copies).
 
     Args:
-        algorithm: ``"adam"`` or ``"adamax"``.
+        algorithm: The algorithm's :class:`~kerasopt.specs.AlgorithmSpec`, or the name of
+            a kernel body (``"adam"``, ``"adamax"``: see ``layout.KERNEL_BODIES``).
         param: The weight, shape ``(R, ...)``: a C-contiguous float32/float64 NumPy array or
             CPU torch tensor.
         rows: Integer array of *distinct* row numbers in ``[0, R)`` (e.g. the ``indices`` of
@@ -343,8 +347,7 @@ def fused_rows_step(
     """
     if _k is None:
         raise NotFusable("numba is not installed (kerasopt's \"fast\" extra installs it).")
-    if algorithm not in ("adam", "adamax"):
-        raise ValueError(f"algorithm must be 'adam' or 'adamax'; received {algorithm!r}.")
+    kernel, _ = kernel_scalars_of(algorithm)
     torch_step = is_torch(param)
     arrays = [param, values, *slots]
     if torch_step:
@@ -377,14 +380,15 @@ def fused_rows_step(
     rows = rows.astype(np.int64, copy=False)
     if rows.size and (rows.min() < 0 or rows.max() >= shape[0]):
         raise NotFusable("rows out of range.")
-    expected_slots = {"adam": (2, 3), "adamax": (2,)}[algorithm]
+    expected_slots = layout.KERNEL_BODIES[kernel]["slots"]
     if len(slots) not in expected_slots:
-        raise ValueError(f"{algorithm} takes {expected_slots} slots; got {len(slots)}.")
+        raise ValueError(f"{kernel} takes {expected_slots} slots; got {len(slots)}.")
     flat = [v.reshape(v.shape[0], -1) for v in views]
     hyper = np.zeros(layout.HYPER, dtype)
-    algorithm_scalars(hyper, algorithm, like, learning_rate, beta_1, beta_2, epsilon, step)
+    algorithm_scalars(hyper, algorithm, like, learning_rate, step, beta_1=beta_1,
+                      beta_2=beta_2, epsilon=epsilon)
     w, g, *state = flat
-    if algorithm == "adam":
+    if kernel == "adam":
         vhat = state[2] if len(state) == 3 else state[1]
         _sized(_k.adam_rows, g.size)(w, state[0], state[1], vhat, rows, g, hyper,
                                      len(state) == 3)

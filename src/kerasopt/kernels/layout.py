@@ -26,7 +26,9 @@ AVERAGE = 64
 OVERWRITE = 128
 AMSGRAD = 256
 
-# Slots of the ``hyper`` array (scalars already in the variables' dtype).
+# Slots of the ``hyper`` array (scalars already in the variables' dtype). The first ones
+# belong to the shared pipeline and to the first moment every kernel body shares; from
+# ``H_RULE`` on, each kernel body names its own (see ``KERNEL_BODIES``).
 (
     H_SCALE,  # loss_scale_factor
     H_STEPS,  # gradient_accumulation_steps
@@ -34,15 +36,29 @@ AMSGRAD = 256
     H_CLIP_HIGH,  # clipvalue
     H_GLOBAL,  # global clip scale
     H_DECAY,  # 1 - weight_decay * lr
-    H_LR,  # Adam: alpha; Adamax: lr
-    H_ONE_MINUS_BETA_1,
-    H_BETA_2,  # Adam: 1 - beta_2; Adamax: beta_2
-    H_EPSILON,
-    H_DENOMINATOR,  # Adamax: 1 - beta_1 ** t
     H_EMA,  # EMA momentum
     H_ONE_MINUS_EMA,
-) = range(13)
+    H_ONE_MINUS_BETA_1,  # the first moment's m += (g - m) * (1 - beta_1)
+) = range(9)
+H_RULE = 9
 HYPER = 13
+
+# The kernel bodies: their slot count (the optional last slot switches its flag on) and the
+# names of their scalars from ``H_RULE`` on, which an algorithm's ``kernel_scalars``
+# returns (with ``one_minus_beta_1``).
+KERNEL_BODIES: dict[str, dict[str, Any]] = {
+    "adam": {"slots": (2, 3), "scalars": ("alpha", "one_minus_beta_2", "epsilon")},
+    "adamax": {"slots": (2,), "scalars": ("learning_rate", "beta_2", "epsilon", "denominator")},
+}
+H_ADAM_ALPHA, H_ADAM_ONE_MINUS_BETA_2, H_ADAM_EPSILON = range(H_RULE, H_RULE + 3)
+H_ADAMAX_LR, H_ADAMAX_BETA_2, H_ADAMAX_EPSILON, H_ADAMAX_DENOMINATOR = range(H_RULE, H_RULE + 4)
+
+
+def rule_slots(kernel: str) -> dict[str, int]:
+    """Where each scalar of ``kernel``'s body goes in ``hyper``."""
+    names = KERNEL_BODIES[kernel]["scalars"]
+    return {"one_minus_beta_1": H_ONE_MINUS_BETA_1,
+            **{name: H_RULE + k for k, name in enumerate(names)}}
 
 
 def step_roles(
@@ -61,8 +77,11 @@ def step_roles(
     does not read them. Raises ValueError on an unknown ``algorithm`` or
     ``accumulation_phase``, several clips (``clip_options``: clipnorm, global_clipnorm,
     clipvalue), a wrong number of slot lists, or lists of different lengths."""
-    if algorithm not in ("adam", "adamax"):
-        raise ValueError(f"algorithm must be 'adam' or 'adamax'; received {algorithm!r}.")
+    if algorithm not in KERNEL_BODIES:
+        raise ValueError(
+            f"algorithm must name a kernel body ({', '.join(map(repr, KERNEL_BODIES))}); "
+            f"received {algorithm!r}."
+        )
     if accumulation_phase not in (None, "micro", "update"):
         raise ValueError(
             "accumulation_phase must be None, 'micro' or 'update'; received "
@@ -71,12 +90,12 @@ def step_roles(
     if sum(x is not None for x in clip_options) > 1:
         raise ValueError("At most one of clipnorm, global_clipnorm and clipvalue can be set.")
     slots = [list(s) for s in slots]
-    expected_slots = {"adam": (2, 3), "adamax": (2,)}[algorithm]
+    expected_slots = KERNEL_BODIES[algorithm]["slots"]
     if len(slots) not in expected_slots:
         raise ValueError(f"{algorithm} takes {expected_slots} slot lists; got {len(slots)}.")
     if accumulation_phase is not None and accumulators is None:
         raise ValueError("accumulation_phase needs accumulators.")
-    amsgrad = len(slots) == 3
+    amsgrad = len(slots) == max(expected_slots) > min(expected_slots)
     roles = [(W, list(params)), (G, list(grads))]
     if accumulation_phase != "micro":
         roles += list(zip((M, V, VHAT), slots))

@@ -124,7 +124,8 @@ def step_scalars(
         put(layout.H_DECAY, pipeline.decay(one, weight_decay, learning_rate))
     if amsgrad:
         features |= layout.AMSGRAD
-    algorithm_scalars(hyper, algorithm, like, learning_rate, beta_1, beta_2, epsilon, step)
+    algorithm_scalars(hyper, algorithm, like, learning_rate, step, beta_1=beta_1,
+                      beta_2=beta_2, epsilon=epsilon)
     scalars.features = features
     return scalars
 
@@ -140,29 +141,52 @@ def clip_norm_factors(l2sums: np.ndarray, clipnorm: Any) -> tuple[np.ndarray, np
     return np.full_like(l2sums, clipnorm), d
 
 
-def algorithm_scalars(hyper, algorithm, like, learning_rate, beta_1, beta_2, epsilon, step):
-    """The update rule's scalars into ``hyper``, rounded exactly as the reference's
-    expressions on 0-d arrays of ``like``'s library and dtype round: the powers and the
-    square root by that library (their rounding is its own), the subtractions, products and
-    quotients as NumPy scalars of the dtype (IEEE-rounded in every library, and a few
-    microseconds cheaper each than a 0-d torch op)."""
-    dtype = hyper.dtype.type
-    t = cast_scalar(step, like)
-    one = dtype(1)
-    beta_1_power = dtype(float(cast_scalar(beta_1, like) ** t))
-    hyper[layout.H_ONE_MINUS_BETA_1] = cast(1 - beta_1, like, hyper.dtype)
-    hyper[layout.H_EPSILON] = cast(epsilon, like, hyper.dtype)
-    lr = cast(learning_rate, like, hyper.dtype)
+class ScalarMath:
+    """Scalar arithmetic rounded as the reference rounds it on 0-d arrays of ``like``'s
+    library and dtype (an algorithm's ``kernel_scalars`` computes with it): powers and
+    square roots by that library (their rounding is its own), casts as Keras's
+    ``ops.cast``; the results are NumPy scalars of the dtype, whose subtractions, products
+    and quotients are IEEE-rounded exactly as every library's are (and a few microseconds
+    cheaper each than a 0-d torch op)."""
+
+    def __init__(self, like: Any, dtype: np.dtype) -> None:
+        self.like, self.dtype = like, np.dtype(dtype)
+        self.one = self.dtype.type(1)
+
+    def cast(self, value: Any) -> Any:
+        return cast(value, self.like, self.dtype)
+
+    def power(self, base: Any, exponent: Any) -> Any:
+        """``base ** exponent``, both cast to the dtype first."""
+        like = self.like
+        return self.dtype.type(float(cast_scalar(base, like) ** cast_scalar(exponent, like)))
+
+    def sqrt(self, x: Any) -> Any:
+        return self.dtype.type(float(namespace(self.like).sqrt(cast_scalar(x, self.like))))
+
+
+def kernel_scalars_of(algorithm: Any) -> tuple[str, Callable[..., dict[str, Any]]]:
+    """``(kernel body, kernel_scalars)`` of ``algorithm``: an AlgorithmSpec, or a kernel
+    body's name (the scalars of the registered algorithm that names it)."""
+    from kerasopt import algorithms, specs
+
+    if isinstance(algorithm, specs.AlgorithmSpec):
+        return algorithm.kernel, algorithm.kernel_scalars
+    for spec in algorithms.registered():
+        if spec.kernel == algorithm:
+            return algorithm, spec.kernel_scalars
+    raise ValueError(f"No registered algorithm runs on the kernel body {algorithm!r}.")
+
+
+def algorithm_scalars(hyper: np.ndarray, algorithm: Any, like: Any, learning_rate: Any,
+                      step: Any, **hyperparameters: Any) -> None:
+    """The update rule's scalars into ``hyper``, as ``algorithm``'s ``kernel_scalars``
+    computes them, at the slots its kernel body reads."""
+    kernel, compute = kernel_scalars_of(algorithm)
     with np.errstate(all="ignore"):  # an overflow or 0 / 0 rounds as in IEEE, silently
-        if algorithm == "adam":
-            beta_2_power = cast_scalar(beta_2, like) ** t
-            root = dtype(float(namespace(like).sqrt(1 - beta_2_power)))
-            hyper[layout.H_LR] = lr * root / (one - beta_1_power)
-            hyper[layout.H_BETA_2] = cast(1 - beta_2, like, hyper.dtype)
-        else:
-            hyper[layout.H_LR] = lr
-            hyper[layout.H_BETA_2] = cast(beta_2, like, hyper.dtype)
-            hyper[layout.H_DENOMINATOR] = one - beta_1_power
+        values = compute(ScalarMath(like, hyper.dtype), learning_rate, step, **hyperparameters)
+    for name, slot in layout.rule_slots(kernel).items():
+        hyper[slot] = values[name]
 
 
 def cast(value: Any, like: Any, dtype: np.dtype) -> Any:
