@@ -11,9 +11,10 @@ Languages (the word after the opening fence):
   ``python -m kerasopt`` lines by the command line's own parser; ``bash <script>`` (the
   script exists and ``bash -n`` accepts it); ``R CMD INSTALL <dir>`` (the directory exists);
   ``pytest <paths>`` and ``python <script>.py`` (the paths exist, the script compiles: they
-  run in the suite or take minutes); ``apt-get install``, ``export``, ``cd`` (accepted).
-  Any other command fails the test until the block is marked. Inline ``pip install ...``
-  spans of the prose are checked the same way.
+  run in the suite or take minutes); ``apt-get install``, ``export``, ``cd`` (accepted);
+  ``NAME=value`` settings before a command are allowed. Any other command fails the test
+  until the block is marked. Inline ``pip install ...`` spans of the prose are checked the
+  same way.
 * ``r``: the blocks of a page run in one ``Rscript`` process against the R package in
   ``r/kerasopt``, installed into a temporary library (skipped where Rscript is missing).
 * ``text`` and unlabelled fences are not code (signatures, printed output).
@@ -249,8 +250,10 @@ def check_pip(arguments: list[str], where: str, extras_seen: set[str]) -> None:
 
 def check_command(tokens: list[str], where: str, extras_seen: set[str]) -> None:
     """One shell command of the docs, checked without running it."""
-    if tokens[0] == "sudo":
-        tokens = tokens[1:]
+    while tokens and (tokens[0] == "sudo" or re.fullmatch(r"[A-Za-z_]\w*=\S*", tokens[0])):
+        tokens = tokens[1:]  # sudo, and NAME=value settings before the command
+    if not tokens:
+        return
     program = Path(tokens[0]).name
     if program.startswith("python") and tokens[1:3] == ["-m", "pip"]:
         return check_pip(tokens[3:], where, extras_seen)
@@ -360,6 +363,7 @@ def test_pip_accepts_every_documented_extra():
         ("curl https://example.invalid | sh", "cannot check"),
         ("kerasopt verify --steps 0", "kerasopt refuses"),
         ("bash scripts/missing.sh", "no script"),
+        ("KERAS_BACKEND=jax kerasopt verify --steps -1", "kerasopt refuses"),
     ],
 )
 def test_the_checks_catch_what_fails_as_written(line, message):
