@@ -99,6 +99,10 @@ class Ops:
         return np.zeros_like(x)
 
     @staticmethod
+    def ones_like(x: Any) -> Any:
+        return np.ones_like(x)
+
+    @staticmethod
     def astype(x: Any, dtype: Any) -> Any:
         return x.astype(dtype, copy=False)
 
@@ -133,6 +137,10 @@ class _TorchOps(Ops):
     @staticmethod
     def zeros_like(x: Any) -> Any:
         return sys.modules["torch"].zeros_like(x)
+
+    @staticmethod
+    def ones_like(x: Any) -> Any:
+        return sys.modules["torch"].ones_like(x)
 
     @staticmethod
     def astype(x: Any, dtype: Any) -> Any:
@@ -182,6 +190,12 @@ class _JaxOps(Ops):
         import jax.numpy as jnp
 
         return jnp.zeros_like(x)
+
+    @staticmethod
+    def ones_like(x: Any) -> Any:
+        import jax.numpy as jnp
+
+        return jnp.ones_like(x)
 
     @staticmethod
     def astype(x: Any, dtype: Any) -> Any:

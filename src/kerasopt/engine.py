@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from kerasopt import config, pipeline
-from kerasopt.backend import Ops
+from kerasopt.backend import Ops, cast_scalar, namespace
 from kerasopt.sparse import IndexedSlices, map_values, values_of, with_values
 from kerasopt.specs import AlgorithmSpec
 
@@ -141,6 +141,14 @@ class Result(NamedTuple):
     """Whether ``skip_nonfinite`` skipped the step (a bool, or a traced one)."""
 
 
+class Layout(NamedTuple):
+    """How the variables map onto groups, decay and packed tensors (see :func:`apply`)."""
+
+    group_of: list[int]
+    decay_mask: list[Any]
+    segments: list[Any]
+
+
 @dataclass(frozen=True)
 class Step:
     """The optimizer-wide inputs of a step."""
@@ -176,6 +184,7 @@ def apply(
     decay_mask: Sequence[bool] | None = None,
     ops: Ops,
     rows_rule: RowsRule | None = None,
+    segments: Sequence[Any] | None = None,
 ) -> Result:
     """One Keras ``apply()`` over ``arrays`` (see the module docstring for the order).
 
@@ -196,6 +205,11 @@ def apply(
         ops: The array library's :class:`~kerasopt.backend.Ops`.
         rows_rule: The lazy update by a sparse gradient (default: :func:`lazy_rows` of
             ``rule``).
+        segments: For a variable that packs several tensors end to end (one flat buffer
+            per dtype, :mod:`kerasopt.optax`'s ``packed=True``), its tensors'
+            ``(start, stop, shape)``: ``clipnorm`` clips each and the global norm sums each
+            as the unpacked tensors would be; its ``decay_mask`` entry is then an array, one
+            flag per element. None for an ordinary variable.
 
     Returns:
         The new arrays (NumPy and torch may have updated rows of the given ones in place),
@@ -204,8 +218,10 @@ def apply(
     n = len(arrays.weights)
     group_of = list(group_of) if group_of is not None else [0] * n
     decay_mask = list(decay_mask) if decay_mask is not None else [True] * n
+    segments = list(segments) if segments is not None else [None] * n
     grads = list(grads)
     rows_rule = rows_rule or lazy_rows(rule, ops)
+    layout = Layout(group_of, decay_mask, segments)
     if step.sparse_updates == "dense":
         grads = [(i, densify(g, ops)) for i, g in grads]
 
@@ -215,11 +231,10 @@ def apply(
             factor = step.loss_scale_factor
             gs = [(i, map_values(lambda v: pipeline.unscale(v, factor), g)) for i, g in gs]
         if step.accumulation_steps:
-            arrays = accumulate_and_update(rule, rows_rule, arrays, gs, step, groups,
-                                           group_of, decay_mask, ops)
+            arrays = accumulate_and_update(rule, rows_rule, arrays, gs, step, groups, layout,
+                                           ops)
         else:
-            arrays = update(rule, rows_rule, arrays, gs, step, groups, group_of, decay_mask,
-                            ops)
+            arrays = update(rule, rows_rule, arrays, gs, step, groups, layout, ops)
         return average(arrays, step.iterations, groups, group_of, ops)
 
     if not step.skip_nonfinite:
@@ -240,8 +255,7 @@ def densify(g: Any, ops: Ops) -> Any:
 
 def accumulate_and_update(rule: Rule, rows_rule: RowsRule, arrays: Arrays,
                           grads: list[tuple[int, Any]], step: Step,
-                          groups: Sequence[Group], group_of: list[int],
-                          decay_mask: list[bool], ops: Ops) -> Arrays:
+                          groups: Sequence[Group], layout: Layout, ops: Ops) -> Arrays:
     """Step 3 around 4-6: a micro-step adds into the accumulators; the update step takes
     the mean of the cycle, runs :func:`update` on it and resets every accumulator (a
     variable without a gradient now loses its partial sum, as in Keras)."""
@@ -253,7 +267,7 @@ def accumulate_and_update(rule: Rule, rows_rule: RowsRule, arrays: Arrays,
                                            [arrays.accumulators[i] for i, _ in dense], n)
         arrays = update(rule, rows_rule, arrays,
                         [(i, total) for (i, _), total in zip(dense, totals)],
-                        step, groups, group_of, decay_mask, ops)
+                        step, groups, layout, ops)
         return arrays._replace(accumulators=[ops.zeros_like(a) for a in arrays.accumulators])
 
     def on_micro_step(arrays: Arrays) -> Arrays:
@@ -269,17 +283,18 @@ def accumulate_and_update(rule: Rule, rows_rule: RowsRule, arrays: Arrays,
 
 
 def update(rule: Rule, rows_rule: RowsRule, arrays: Arrays, grads: list[tuple[int, Any]],
-           step: Step, groups: Sequence[Group], group_of: list[int], decay_mask: list[bool],
-           ops: Ops) -> Arrays:
+           step: Step, groups: Sequence[Group], layout: Layout, ops: Ops) -> Arrays:
     """Steps 4-6: clip, then decay and the rule, gradient by gradient."""
-    grads = clip(grads, groups, group_of, step.hooks, ops)
+    group_of, decay_mask = layout.group_of, layout.decay_mask
+    grads = clip(grads, groups, layout, step.hooks, ops)
     weights, slots = list(arrays.weights), list(arrays.slots)
     t = step.iterations + 1
     for i, g in grads:
         group = groups[group_of[i]]
         w = weights[i]
         decay = None
-        if decay_mask[i] and group.weight_decay is not None:
+        mask = decay_mask[i]
+        if group.weight_decay is not None and (config.is_array(mask) or mask):
             decay = (group.weight_decay, group.learning_rate)
         arguments = {"learning_rate": group.learning_rate, "step": t,
                      **group.hyperparameters}
@@ -287,14 +302,17 @@ def update(rule: Rule, rows_rule: RowsRule, arrays: Arrays, grads: list[tuple[in
             weights[i], slots[i] = rows_rule(i, w, g, slots[i], arguments, decay)
             continue
         w_c = ops.astype(w, compute_dtype(w, slots[i]))
-        if decay is not None:
+        if decay is not None and config.is_array(mask):  # per element: w * f, or w * 1
+            factor = cast_scalar(pipeline.decay_factor(*decay), w_c)
+            w_c = w_c * ops.where(mask, factor, ops.ones_like(factor))
+        elif decay is not None:
             w_c = pipeline.decay(w_c, *decay)
         new_w, slots[i] = rule(i, w_c, g, slots[i], arguments)
         weights[i] = ops.astype(new_w, w.dtype)  # the weight gets the rounded result
     return arrays._replace(weights=weights, slots=slots)
 
 
-def clip(grads: list[tuple[int, Any]], groups: Sequence[Group], group_of: list[int],
+def clip(grads: list[tuple[int, Any]], groups: Sequence[Group], layout: Layout,
          hooks: Hooks, ops: Ops) -> list[tuple[int, Any]]:
     """Step 4, Keras's ``_clip_gradients`` per group: ``clipnorm`` per tensor,
     ``global_clipnorm`` over every gradient whose group sets it, or ``clipvalue``. A
@@ -305,6 +323,7 @@ def clip(grads: list[tuple[int, Any]], groups: Sequence[Group], group_of: list[i
             return ops.where(threshold > 0, clipped, original)
         return clipped
 
+    group_of = layout.group_of
     out = list(grads)
     members = []
     for k, (i, g) in enumerate(grads):
@@ -312,7 +331,11 @@ def clip(grads: list[tuple[int, Any]], groups: Sequence[Group], group_of: list[i
         v = values_of(g)
         if config.clip_active(group.clipnorm):
             norm = hooks.tensor_norm(v, i) if hooks.tensor_norm is not None else None
-            if norm is None:
+            if layout.segments[i] is not None:
+                parts = [pipeline.clip_by_norm(part, group.clipnorm)
+                         for part in unpacked(v, layout.segments[i])]
+                clipped = namespace(v).concatenate([part.reshape(-1) for part in parts])
+            elif norm is None:
                 clipped = pipeline.clip_by_norm(v, group.clipnorm)
             else:
                 clipped = pipeline.clip_by_global_norm([v], group.clipnorm, norm)[0]
@@ -327,13 +350,22 @@ def clip(grads: list[tuple[int, Any]], groups: Sequence[Group], group_of: list[i
         if hooks.global_norm is not None:
             norm = hooks.global_norm(values, [grads[k][0] for k in members])
         else:
-            norm = pipeline.global_norm(values) if values else None
+            tensors = [part for k, v in zip(members, values)
+                       for part in unpacked(v, layout.segments[grads[k][0]])]
+            norm = pipeline.global_norm(tensors) if tensors else None
         for k, v in zip(members, values):
             i, g = grads[k]
             threshold = groups[group_of[i]].global_clipnorm
             clipped = pipeline.clip_by_global_norm([v], threshold, norm)[0]
             out[k] = (i, with_values(g, gated(threshold, clipped, v)))
     return out
+
+
+def unpacked(v: Any, segments: Any) -> list[Any]:
+    """The tensors packed in ``v`` (their ``(start, stop, shape)``); ``[v]`` when None."""
+    if segments is None:
+        return [v]
+    return [v[start:stop].reshape(shape) for start, stop, shape in segments]
 
 
 def average(arrays: Arrays, iterations: Any, groups: Sequence[Group], group_of: list[int],

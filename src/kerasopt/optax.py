@@ -162,8 +162,10 @@ def spec_of_state(state: Any) -> specs.AlgorithmSpec | None:
 
 # --------------------------------------------------------------------------- configuration
 
-OPTAX_ONLY = ("weight_decay_mask", "exclude_from_weight_decay", "names", "state_dtype")
-"""Keyword-only arguments of the factories beyond Keras's (and kerasopt's) own."""
+OPTAX_ONLY = {"weight_decay_mask": None, "exclude_from_weight_decay": None, "names": None,
+              "state_dtype": None, "packed": False}
+"""Keyword-only arguments of the factories beyond Keras's (and kerasopt's) own, with their
+defaults."""
 
 _OPTAX_SPELLINGS = {"mask": "weight_decay_mask", "learning_rate_fn": "learning_rate"}
 
@@ -342,6 +344,64 @@ def _leaf_names(params: Any, paths: list[str], names: Any, name: str) -> list[st
     return list(given)
 
 
+# --------------------------------------------------------------------------- packed state
+
+
+class Packed(NamedTuple):
+    """A state field kept as one flat buffer per kind of leaf (``packed=True``): the
+    leaves of the same parameter dtype and state dtype, raveled and laid end to end in
+    flattening order."""
+
+    buffers: tuple
+
+
+class _Packing(NamedTuple):
+    """Where each parameter leaf lives in the packed buffers."""
+
+    groups: list[tuple[Any, Any, list[int]]]
+    """Per buffer: the parameters' dtype, the state's dtype, the leaves it holds."""
+    segments: list[tuple[tuple[int, int, tuple[int, ...]], ...]]
+    """Per buffer, each leaf's ``(start, stop, shape)``."""
+
+
+def _packing(leaves: list[Any], state_dtype: Any) -> _Packing:
+    keys: dict[tuple[Any, Any], list[int]] = {}
+    for i, p in enumerate(leaves):
+        dtype = jnp.dtype(p.dtype)
+        keys.setdefault((dtype, state_dtype if state_dtype is not None else dtype), []).append(i)
+    groups, segments = [], []
+    for (dtype, compute), members in keys.items():
+        start, spans = 0, []
+        for i in members:
+            size = int(np.prod(leaves[i].shape, dtype=np.int64))
+            spans.append((start, start + size, tuple(leaves[i].shape)))
+            start += size
+        groups.append((dtype, compute, members))
+        segments.append(tuple(spans))
+    return _Packing(groups, segments)
+
+
+def _pack(leaves: list[Any], packing: _Packing, use_state_dtype: bool) -> tuple:
+    """One flat buffer per group (in the state's dtype, or the parameters')."""
+    return tuple(
+        jnp.concatenate([jnp.ravel(leaves[i]).astype(compute if use_state_dtype else dtype)
+                         for i in members])
+        for dtype, compute, members in packing.groups)
+
+
+def _unpack(buffers: tuple, packing: _Packing, n: int) -> list[Any]:
+    leaves: list[Any] = [None] * n
+    for buffer, (_, _, members), spans in zip(buffers, packing.groups, packing.segments):
+        for i, (start, stop, shape) in zip(members, spans):
+            leaves[i] = buffer[start:stop].reshape(shape)
+    return leaves
+
+
+def _is_sharded(leaf: Any) -> bool:
+    sharding = getattr(leaf, "sharding", None)
+    return sharding is not None and len(getattr(sharding, "device_set", ())) > 1
+
+
 # --------------------------------------------------------------------------- the transformation
 
 
@@ -363,7 +423,7 @@ def _transformation(spec: specs.AlgorithmSpec, options: dict[str, Any]
     def dtype_of(p: Any) -> Any:
         return state_dtype if state_dtype is not None else p.dtype
 
-    def zeros(params: Any) -> Any:
+    def per_leaf_zeros(params: Any) -> Any:
         return jax.tree_util.tree_map(lambda p: jnp.zeros_like(p, dtype=dtype_of(p)), params)
 
     def init_fn(params: Any) -> Any:
@@ -374,13 +434,26 @@ def _transformation(spec: specs.AlgorithmSpec, options: dict[str, Any]
                     f"{jnp.asarray(p).dtype}; only floating-point parameters can be optimized."
                 )
         params = jax.tree_util.tree_map(jnp.asarray, params)
+        leaves = jax.tree_util.tree_leaves(params)
+        if options["packed"] and not any(map(_is_sharded, leaves)):
+            packing = _packing(leaves, state_dtype)
+
+            def zeros(_: Any) -> Packed:
+                return Packed(tuple(jnp.zeros_like(b) for b in _pack(leaves, packing, True)))
+
+            def averages(_: Any) -> Packed:
+                return Packed(_pack(leaves, packing, True))
+        else:  # a sharded tree keeps its per-leaf layout
+            zeros = per_leaf_zeros
+
+            def averages(params: Any) -> Any:
+                return jax.tree_util.tree_map(lambda p: p.astype(dtype_of(p)), params)
         fields = dict.fromkeys(state_cls._fields)
         fields.update({slot: zeros(params) for slot in slot_names})
         fields.update(
             count=jnp.zeros([], _counter_dtype()),
             accumulator=zeros(params) if n_steps is not None else None,
-            average=(jax.tree_util.tree_map(lambda p: p.astype(dtype_of(p)), params)
-                     if options["use_ema"] else None),
+            average=averages(params) if options["use_ema"] else None,
             loss_scale_factor=(jnp.asarray(options["loss_scale_factor"], jnp.float32)
                                if options["loss_scale_factor"] is not None else None),
         )
@@ -455,13 +528,6 @@ def _transformation(spec: specs.AlgorithmSpec, options: dict[str, Any]
             else:
                 g = jnp.asarray(g).astype(c)
             pairs.append((i, g))
-        slot_trees = [flat(getattr(state, slot)) for slot in slot_names]
-        arrays = engine.Arrays(
-            weights=leaves,
-            slots=[tuple(tree[i] for tree in slot_trees) for i in range(len(leaves))],
-            accumulators=flat(state.accumulator) if n_steps is not None else None,
-            averages=flat(state.average) if options["use_ema"] else None,
-        )
         count = state.count
         group = engine.Group(
             learning_rate=_current_learning_rate(options["learning_rate"], count),
@@ -473,19 +539,69 @@ def _transformation(spec: specs.AlgorithmSpec, options: dict[str, Any]
         step = engine.Step(raw=count, loss_scale_factor=options["loss_scale_factor"],
                            accumulation_steps=n_steps,
                            sparse_updates=options["sparse_updates"])
-        ops = ops_for(leaves[0])
-        new = engine.apply(engine.spec_rule(spec), arrays, pairs, step=step, groups=[group],
-                           decay_mask=decays, ops=ops).arrays
-        unflatten = treedef.unflatten
-        deltas = [w - p for w, p in zip(new.weights, leaves)]
-        new_state = state._replace(
-            count=count + 1,
-            **{slot: unflatten([slots[k] for slots in new.slots])
-               for k, slot in enumerate(slot_names)},
-            accumulator=unflatten(new.accumulators) if n_steps is not None else None,
-            average=unflatten(new.averages) if options["use_ema"] else None,
-        )
-        return unflatten(deltas), new_state
+        fields = [*slot_names, *(["accumulator"] if n_steps is not None else []),
+                  *(["average"] if options["use_ema"] else [])]
+        packed = isinstance(getattr(state, slot_names[0]), Packed)
+        packing = _packing(leaves, state_dtype) if packed else None
+
+        def per_leaf(field: str) -> list[Any]:
+            value = getattr(state, field)
+            if packed:
+                return _unpack(value.buffers, packing, len(leaves))
+            return treedef.flatten_up_to(value)
+
+        dense = len(pairs) == len(leaves) and not any(
+            isinstance(g, IndexedSlices) for _, g in pairs)
+        if packed and dense:  # the step on one buffer per kind of leaf
+            buffers = {f: getattr(state, f).buffers for f in fields}
+            flat_grads = _pack([g for _, g in pairs], packing, True)
+            masks = [jnp.asarray(np.concatenate(
+                [np.full(stop - start, decays[i]) for i, (start, stop, _) in
+                 zip(members, spans)])) for (_, _, members), spans in
+                zip(packing.groups, packing.segments)]
+            arrays = engine.Arrays(
+                weights=list(_pack(leaves, packing, False)),
+                slots=[tuple(buffers[f][k] for f in slot_names)
+                       for k in range(len(packing.groups))],
+                accumulators=list(buffers["accumulator"]) if n_steps is not None else None,
+                averages=list(buffers["average"]) if options["use_ema"] else None,
+            )
+            new = engine.apply(engine.spec_rule(spec), arrays, list(enumerate(flat_grads)),
+                               step=step, groups=[group], decay_mask=masks,
+                               ops=ops_for(leaves[0]), segments=packing.segments).arrays
+            weights = _unpack(tuple(new.weights), packing, len(leaves))
+            new_fields = {slot: Packed(tuple(s[k] for s in new.slots))
+                          for k, slot in enumerate(slot_names)}
+            if n_steps is not None:
+                new_fields["accumulator"] = Packed(tuple(new.accumulators))
+            if options["use_ema"]:
+                new_fields["average"] = Packed(tuple(new.averages))
+        else:  # per leaf (also a packed state, for a step with None or sparse gradients)
+            slot_leaves = [per_leaf(slot) for slot in slot_names]
+            arrays = engine.Arrays(
+                weights=leaves,
+                slots=[tuple(tree[i] for tree in slot_leaves) for i in range(len(leaves))],
+                accumulators=per_leaf("accumulator") if n_steps is not None else None,
+                averages=per_leaf("average") if options["use_ema"] else None,
+            )
+            new = engine.apply(engine.spec_rule(spec), arrays, pairs, step=step,
+                               groups=[group], decay_mask=decays,
+                               ops=ops_for(leaves[0])).arrays
+            weights = new.weights
+
+            def stored(values: list[Any]) -> Any:
+                if packed:
+                    return Packed(_pack(values, packing, True))
+                return treedef.unflatten(values)
+
+            new_fields = {slot: stored([s[k] for s in new.slots])
+                          for k, slot in enumerate(slot_names)}
+            if n_steps is not None:
+                new_fields["accumulator"] = stored(new.accumulators)
+            if options["use_ema"]:
+                new_fields["average"] = stored(new.averages)
+        deltas = [w - p for w, p in zip(weights, leaves)]
+        return treedef.unflatten(deltas), state._replace(count=count + 1, **new_fields)
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
@@ -503,6 +619,11 @@ _OPTAX_DOC = {
     "names": "The leaves' names for ``exclude_from_weight_decay``: a pytree of strings shaped "
              "like the params, or one string per leaf (e.g. Keras's variable names when the "
              "params are a list).",
+    "packed": "Keep each state field as one flat buffer per kind of leaf (parameter dtype "
+              "and state dtype) and run the step on those buffers: one XLA loop per field "
+              "instead of one per leaf, for trees with many small leaves. The same results "
+              "as the per-leaf state, bit for bit. A sharded tree keeps the per-leaf layout. "
+              "Read the averages with ``ema_params(state, params)``.",
     "state_dtype": "None (state in the parameter's dtype, as Keras) or a float dtype, e.g. "
                    "``\"float32\"`` to keep the state and compute the step in float32 for "
                    "bfloat16 / float16 parameters.",
@@ -520,8 +641,8 @@ def _signature(spec: specs.AlgorithmSpec) -> inspect.Signature:
              ("skip_nonfinite", "sparse_updates")]
     parameters = [inspect.Parameter(n, inspect.Parameter.POSITIONAL_OR_KEYWORD,
                                     default=defaults[n]) for n in keras]
-    parameters += [inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, default=None)
-                   for n in OPTAX_ONLY]
+    parameters += [inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, default=default)
+                   for n, default in OPTAX_ONLY.items()]
     parameters += [inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, default=defaults[n])
                    for n in ("skip_nonfinite", "sparse_updates")]
     parameters.append(inspect.Parameter("kwargs", inspect.Parameter.VAR_KEYWORD))
@@ -540,7 +661,7 @@ def factory(spec: specs.AlgorithmSpec) -> Callable[..., optax.GradientTransforma
         values.update(values.pop("kwargs"))
         owner = f"kerasopt.optax.{spec.name}"
         options = config.checked_options(spec, values, owner=owner, arrays_ok=True,
-                                         extra=OPTAX_ONLY, spellings=_OPTAX_SPELLINGS)
+                                         extra=tuple(OPTAX_ONLY), spellings=_OPTAX_SPELLINGS)
         for key in ("ema_overwrite_frequency", "gradient_accumulation_steps"):
             _counter_limit(key, options[key])
         for key in ("weight_decay", "clipnorm", "clipvalue", "global_clipnorm",
@@ -550,6 +671,7 @@ def factory(spec: specs.AlgorithmSpec) -> Callable[..., optax.GradientTransforma
                 # A Python float, so that a large integer (2**31) is not traced as an int32.
                 options[key] = float(value)
         options["state_dtype"] = _state_dtype(options["state_dtype"])
+        options["packed"] = validation.boolean("packed", options["packed"])
         tx = _transformation(spec, options)
         if options["skip_nonfinite"]:
             tx = _skip_nonfinite(tx, spec.name)
@@ -588,15 +710,36 @@ def iterations(state: Any, gradient_accumulation_steps: int | None = None) -> ja
     return count
 
 
-def ema_params(state: Any) -> Any:
+def ema_params(state: Any, params: Any = None) -> Any:
     """The EMA of the parameters (a pytree like the params, in the state's dtype), for
-    evaluation. Needs ``use_ema=True``."""
+    evaluation. Needs ``use_ema=True``; with ``packed=True`` also ``params`` (for the
+    tree's structure and the leaves' shapes)."""
     found = _find_state(state, "ema_params")
     if found.average is None:
         raise ValueError(
             "ema_params: this optimizer keeps no moving averages; create it with use_ema=True."
         )
-    return found.average
+    return _per_leaf_tree(found, "average", params, "ema_params")
+
+
+def _per_leaf_tree(state: Any, field: str, params: Any, what: str) -> Any:
+    """A state field as a pytree like the params (unpacking a packed one)."""
+    value = getattr(state, field)
+    if not isinstance(value, Packed):
+        return value
+    if params is None:
+        raise ValueError(
+            f"{what}: this state is packed (packed=True); pass the params too, e.g. "
+            f"{what}(state, params), to give the averages the params' structure."
+        )
+    leaves, treedef = jax.tree_util.tree_flatten(params)
+    leaves = [jnp.asarray(p) for p in leaves]
+    state_dtypes = {jnp.dtype(b.dtype) for b in value.buffers}
+    state_dtype = next(iter(state_dtypes)) if len(state_dtypes) == 1 else None
+    packing = _packing(leaves, state_dtype)
+    if len(packing.groups) != len(value.buffers):
+        packing = _packing(leaves, None)
+    return treedef.unflatten(_unpack(value.buffers, packing, len(leaves)))
 
 
 def finalize_params(params: Any, state: Any) -> Any:
@@ -606,7 +749,7 @@ def finalize_params(params: Any, state: Any) -> Any:
     if found.average is None:
         return params
     return jax.tree_util.tree_map(lambda p, a: a.astype(jnp.asarray(p).dtype), params,
-                                  found.average)
+                                  _per_leaf_tree(found, "average", params, "finalize_params"))
 
 
 def scale_loss(loss: Any, state: Any) -> Any:
@@ -827,6 +970,7 @@ def loss_scale(
 __all__ = [
     "FACTORIES",
     "LossScaleState",
+    "Packed",
     "STATES",
     "SkipNonFiniteState",
     "ema_params",

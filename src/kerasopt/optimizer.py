@@ -526,8 +526,9 @@ class Optimizer:
     def _clip_gradients(self, grads: Sequence[Any]) -> list[Any]:
         """Keras's ``_clip_gradients``: this optimizer's clip (the engine's step 4)."""
         grads = list(grads)
-        clipped = engine.clip(list(enumerate(grads)), [self._group()], [0] * len(grads),
-                              engine.Hooks(), ops_for(values_of(grads[0])))
+        layout = engine.Layout([0] * len(grads), [True] * len(grads), [None] * len(grads))
+        clipped = engine.clip(list(enumerate(grads)), [self._group()], layout, engine.Hooks(),
+                              ops_for(values_of(grads[0])))
         return [g for _, g in clipped]
 
     def _fused_step(self, grads: list[Any], variables: list[Variable]) -> bool:

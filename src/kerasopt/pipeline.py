@@ -92,19 +92,20 @@ def clip_by_value(g: Any, clipvalue: float) -> Any:
     return xp.clip(g, -clipvalue, clipvalue)
 
 
-def decay(w: Any, weight_decay: float, learning_rate: Any) -> Any:
-    """Decoupled weight decay: ``w * (1 - weight_decay * lr)``, i.e. ``w -= w * wd * lr``.
-
-    The factor is computed as Keras's torch backend computes it: in float32 when the
-    learning rate is a float32 value (the optimizer's learning-rate variable, a schedule's
-    value), in double precision when it is a Python float (what a callable learning rate
-    returns); then applied in ``w``'s dtype.
-    """
+def decay_factor(weight_decay: float, learning_rate: Any) -> Any:
+    """``1 - weight_decay * lr``, computed as Keras's torch backend computes it: in float32
+    when the learning rate is a float32 value (the optimizer's learning-rate variable, a
+    schedule's value), in double precision when it is a Python float (what a callable
+    learning rate returns)."""
     if isinstance(learning_rate, float) and isinstance(weight_decay, (float, int)):
-        factor = 1 - weight_decay * learning_rate
-    else:
-        factor = 1 - float32_scalar(weight_decay) * float32_scalar(learning_rate)
-    return w * cast_scalar(factor, w)
+        return 1 - weight_decay * learning_rate
+    return 1 - float32_scalar(weight_decay) * float32_scalar(learning_rate)
+
+
+def decay(w: Any, weight_decay: float, learning_rate: Any) -> Any:
+    """Decoupled weight decay: ``w * (1 - weight_decay * lr)``, i.e. ``w -= w * wd * lr``,
+    the factor (:func:`decay_factor`) applied in ``w``'s dtype."""
+    return w * cast_scalar(decay_factor(weight_decay, learning_rate), w)
 
 
 def ema_momentum_at(iterations: Any, ema_momentum: float) -> Any:
