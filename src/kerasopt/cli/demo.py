@@ -31,6 +31,7 @@ import math
 import os
 import re
 import sys
+import textwrap
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -128,8 +129,11 @@ excludes the biases, EMA with overwrite, and gradient accumulation. Per algorith
   keras-*     Keras 3 on its torch backend, keras.optimizers.Adamax / Adam
   kerasopt-*  plain PyTorch with kerasopt.torch.Adamax / Adam, the same arguments
   torch-*     plain PyTorch with torch.optim, configured as a careful user would:
-              Adamax: {torch_optim_recipe("adamax")}.
-              Adam: torch.optim.AdamW(amsgrad=True, eps=1e-7), the rest as for Adamax.
+{textwrap.fill("Adamax: " + torch_optim_recipe("adamax") + ".", 88,
+                initial_indent=" " * 14, subsequent_indent=" " * 22,
+                break_long_words=False, break_on_hyphens=False)}
+{textwrap.fill("Adam: torch.optim.AdamW(amsgrad=True, eps=1e-7), the rest as for Adamax.",
+                88, initial_indent=" " * 14, subsequent_indent=" " * 20)}
 
 Prints a progress bar per run, then a table (final training loss and test accuracy with
 the EMA weights, the largest weight difference from the Keras run, the optimizer's time
