@@ -26,7 +26,7 @@ def test_interop_extra_is_in_all_and_demo_has_keras():
     assert any(r.startswith("h5py") for r in EXTRAS["interop"])
     (everything,) = EXTRAS["all"]
     included = re.fullmatch(r"kerasopt\[([\w,]+)\]", everything)[1].split(",")
-    assert {"torch", "jax", "fast", "interop"} <= set(included)
+    assert {"torch", "jax", "fast", "interop", "demo", "bench"} <= set(included)
     assert set(included) <= set(EXTRAS)
     assert "keras==3.15.1" in EXTRAS["demo"]
 

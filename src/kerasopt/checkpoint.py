@@ -21,10 +21,13 @@ never unpickles or imports anything. The header's ``__metadata__`` holds the for
 kerasopt's own metadata (JSON: the optimizer class and config, shapes, dtypes) and a SHA-256
 of the header and the whole payload.
 
-Writes are atomic: the file is written to a temporary file in the same directory, flushed
-and fsync'ed, renamed over ``path`` with ``os.replace``, and the directory is fsync'ed. A
-process killed at any point leaves either the previous complete checkpoint or the new one.
-(A killed writer can leave a ``.<name>.*.tmp`` file behind; it is never read.)
+Writes are atomic (:func:`kerasopt.files.atomic_write`): the file is written to a temporary
+file in the same directory, flushed and fsync'ed, renamed over ``path`` with ``os.replace``,
+and the directory is fsync'ed. A process killed at any point leaves either the previous
+complete checkpoint or the new one. (A killed writer can leave a ``.<name>.*.tmp`` file
+behind; it is never read.) A new checkpoint gets the mode the umask gives; an existing one
+keeps its mode. ``load`` reads regular files only (a FIFO or ``/dev/zero`` is refused at
+once) and never more than the file's size.
 
 ``load`` reads and checks everything first -- format, integrity hash, optimizer class, the
 number, shapes and dtypes of the arrays -- and raises :class:`CheckpointError` (a
@@ -33,15 +36,17 @@ number, shapes and dtypes of the arrays -- and raises :class:`CheckpointError` (
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
+import math
 import os
 import struct
-import tempfile
+import sys
 from typing import Any
 
 import numpy as np
+
+from kerasopt import files
 
 __all__ = ["CheckpointError", "load", "save"]
 
@@ -78,7 +83,7 @@ def save(path: str | os.PathLike, optimizer: Any, *, include_weights: bool = Tru
     else:
         arrays, meta = _pytree_payload(optimizer)
     meta.update({"format": FORMAT, "version": VERSION, "kind": kind})
-    _atomic_write(path, _encode(arrays, meta))
+    files.atomic_write(path, _encode(arrays, meta))
 
 
 def load(path: str | os.PathLike, optimizer: Any) -> Any:
@@ -129,8 +134,7 @@ def _canonical(header: dict) -> bytes:
 def _decode(path: str | os.PathLike) -> tuple[dict, dict[str, tuple[str, tuple, bytes]]]:
     path = os.fspath(path)
     try:
-        with open(path, "rb") as f:
-            raw = f.read()
+        raw = files.read_regular(path)
     except OSError as error:
         raise CheckpointError(f"cannot read checkpoint {path}: {error}") from error
     where = f"{path} ({len(raw)} bytes)"
@@ -178,16 +182,8 @@ def _decode(path: str | os.PathLike) -> tuple[dict, dict[str, tuple[str, tuple, 
     for name, info in header.items():
         if name == "__metadata__":
             continue
-        try:
-            code = info["dtype"]
-            shape = tuple(int(d) for d in info["shape"])
-            begin, stop = (int(x) for x in info["data_offsets"])
-            size = _ITEMSIZE[code] * int(np.prod(shape, dtype=np.int64))
-        except (KeyError, TypeError, ValueError) as error:
-            raise CheckpointError(f"{where}: bad entry for array {name!r} ({error}).") from None
-        if min(shape, default=0) < 0 or stop - begin != size or not 0 <= begin <= stop:
-            raise CheckpointError(f"{where}: array {name!r} has inconsistent size or offsets.")
-        arrays[name] = (_DTYPE_NAMES[code], shape, payload[begin:stop])
+        dtype, shape, begin, stop = _entry(where, name, info, len(payload))
+        arrays[name] = (dtype, shape, payload[begin:stop])
         end = max(end, stop)
     if end != len(payload):
         raise CheckpointError(
@@ -196,30 +192,44 @@ def _decode(path: str | os.PathLike) -> tuple[dict, dict[str, tuple[str, tuple, 
     return meta, arrays
 
 
-def _atomic_write(path: str | os.PathLike, blob: bytes) -> None:
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(
-        dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp"
-    )
-    try:
-        with os.fdopen(fd, "wb") as f:
-            with contextlib.suppress(AttributeError, OSError):
-                os.fchmod(f.fileno(), 0o644)
-            f.write(blob)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    with contextlib.suppress(OSError, AttributeError):  # not possible on every platform
-        dir_fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+def _natural(value: Any) -> bool:
+    """A JSON integer in [0, 2**63) (not a bool, a float, an infinity or a string)."""
+    return type(value) is int and 0 <= value < 2**63
+
+
+def _entry(where: str, name: str, info: Any, payload: int) -> tuple[str, tuple, int, int]:
+    """``(dtype name, shape, begin, stop)`` of one array of the header, every field checked
+    with Python integers (a shape of ``[10**30]`` or ``[Infinity]`` is refused, never
+    overflowing)."""
+    if not isinstance(info, dict) or set(info) != {"dtype", "shape", "data_offsets"}:
+        raise CheckpointError(
+            f"{where}: bad header entry for array {name!r}: expected dtype, shape and "
+            f"data_offsets; got {str(info)[:200]}."
+        )
+    code, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
+    if not isinstance(code, str) or code not in _ITEMSIZE:
+        raise CheckpointError(
+            f"{where}: array {name!r} has dtype {str(code)[:50]!r}; the format's dtypes are "
+            f"{sorted(_ITEMSIZE)}."
+        )
+    if not isinstance(shape, list) or not all(_natural(d) for d in shape) or len(shape) > 64:
+        raise CheckpointError(
+            f"{where}: array {name!r} has shape {str(shape)[:200]}; expected a list of at "
+            "most 64 integers >= 0."
+        )
+    if not (isinstance(offsets, list) and len(offsets) == 2 and all(map(_natural, offsets))
+            and offsets[0] <= offsets[1] <= payload):
+        raise CheckpointError(
+            f"{where}: array {name!r} has data_offsets {str(offsets)[:200]}; expected two "
+            f"integers 0 <= begin <= end <= {payload} (the data section's size)."
+        )
+    size = _ITEMSIZE[code] * math.prod(shape)  # Python integers: no overflow
+    if offsets[1] - offsets[0] != size:
+        raise CheckpointError(
+            f"{where}: array {name!r} of dtype {code} and shape {shape} needs {size} bytes; "
+            f"its data_offsets {offsets} hold {offsets[1] - offsets[0]}."
+        )
+    return _DTYPE_NAMES[code], tuple(shape), offsets[0], offsets[1]
 
 
 # --------------------------------------------------------------------------- arrays
@@ -292,6 +302,16 @@ def _expect(path: Any, arrays: dict, key: str, shape: tuple, dtype: str, what: s
     return arrays[key]
 
 
+def _only(path: Any, arrays: dict, names: list[str]) -> None:
+    """Refuse arrays the optimizer has no place for (a crafted file's extra entries)."""
+    extra = sorted(set(arrays) - set(names))
+    if extra:
+        raise CheckpointError(
+            f"{os.fspath(path)}: unexpected arrays in the checkpoint: {extra[:5]}"
+            + (f" and {len(extra) - 5} more" if len(extra) > 5 else "") + "."
+        )
+
+
 def _count(arrays: dict, prefix: str) -> int:
     return sum(1 for k in arrays if k.startswith(prefix))
 
@@ -304,7 +324,7 @@ def _kind(optimizer: Any) -> str:
 
     if isinstance(optimizer, Optimizer):
         return "numpy"
-    if type(optimizer).__module__ == "kerasopt.torch":
+    if _is_torch_optimizer(optimizer):
         return "torch"
     if isinstance(optimizer, (str, bytes, int, float, bool)) or optimizer is None:
         raise TypeError(
@@ -312,6 +332,36 @@ def _kind(optimizer: Any) -> str:
             f"pytree of arrays (an optax state); received {optimizer!r}."
         )
     return "jax"
+
+
+def _is_torch_optimizer(optimizer: Any) -> bool:
+    """An instance of a kerasopt.torch optimizer class or of a subclass of one (only
+    possible once kerasopt.torch is imported)."""
+    kt = sys.modules.get("kerasopt.torch")
+    return kt is not None and isinstance(optimizer, (kt.KerasOptimizer, kt.LossScaleOptimizer))
+
+
+def algorithm_of(optimizer: Any) -> str:
+    """What a checkpoint records as an optimizer's class: the Keras class name of the
+    algorithm it runs (``"Adam"``, ``"Adamax"``, ``"AdamW"``...), found through its class
+    hierarchy -- so that a user's subclass (``class MyAdam(kerasopt.torch.Adam): pass``)
+    saves and loads like its base -- or ``"LossScaleOptimizer"``.
+
+    The one place checkpoints and :mod:`kerasopt.interop` identify an algorithm: the NumPy
+    classes carry their :class:`kerasopt.specs.AlgorithmSpec`; a kerasopt.torch class names
+    its NumPy twin (``_core_class``)."""
+    from kerasopt.loss_scale import LossScaleOptimizer
+
+    kt = sys.modules.get("kerasopt.torch")
+    if isinstance(optimizer, LossScaleOptimizer) or (
+        kt is not None and isinstance(optimizer, kt.LossScaleOptimizer)
+    ):
+        return "LossScaleOptimizer"
+    cls = type(optimizer)
+    spec = getattr(cls, "spec", None) or getattr(getattr(cls, "_core_class", None), "spec", None)
+    if spec is not None:
+        return spec.keras_name
+    return cls.__name__
 
 
 def _config_of(optimizer: Any) -> Any:
@@ -341,8 +391,7 @@ def _numpy_payload(optimizer: Any, include_weights: bool):
         arrays.append((f"weights/{i}", dtype, shape, data))
     inner = getattr(optimizer, "inner_optimizer", None)
     meta = {
-        "class": type(optimizer).__name__,
-        "inner_class": type(inner).__name__ if inner is not None else None,
+        **_classes(optimizer),
         "config": _config_of(optimizer),
         "state_names": state,
         "weight_names": [v.name for v in weights],
@@ -352,15 +401,29 @@ def _numpy_payload(optimizer: Any, include_weights: bool):
     return arrays, meta
 
 
+def _classes(optimizer: Any) -> dict[str, Any]:
+    """The metadata naming what saved a checkpoint (see :func:`algorithm_of`)."""
+    inner = getattr(optimizer, "inner_optimizer", None)
+    name = lambda o: f"{type(o).__module__}.{type(o).__qualname__}"  # noqa: E731
+    return {
+        "class": algorithm_of(optimizer),
+        "inner_class": algorithm_of(inner) if inner is not None else None,
+        "python_class": name(optimizer),
+        "python_inner_class": name(inner) if inner is not None else None,
+    }
+
+
 def _check_class(path: Any, optimizer: Any, meta: dict) -> None:
     inner = getattr(optimizer, "inner_optimizer", None)
-    here = (type(optimizer).__name__, type(inner).__name__ if inner is not None else None)
+    here = (algorithm_of(optimizer), algorithm_of(inner) if inner is not None else None)
     saved = (meta.get("class"), meta.get("inner_class"))
-    if here != saved:
+    # Before algorithm_of, a checkpoint named its exact class: a subclass's file names it.
+    exact = (type(optimizer).__name__, type(inner).__name__ if inner is not None else None)
+    if saved not in (here, exact):
         describe = lambda c: f"{c[0]}" + (f"({c[1]})" if c[1] else "")  # noqa: E731
         raise CheckpointError(
-            f"{os.fspath(path)} holds the state of a {describe(saved)}; this optimizer is a "
-            f"{describe(here)}. Load it into the same optimizer class."
+            f"{os.fspath(path)} holds the state of a {str(describe(saved))[:200]}; this "
+            f"optimizer is a {describe(here)}. Load it into an optimizer of the same algorithm."
         )
 
 
@@ -395,11 +458,24 @@ def _load_numpy(path: Any, optimizer: Any, meta: dict, arrays: dict) -> Any:
                           f"weight {i} ('{v.name}')"))
         for i, v in enumerate(trainable[:n_weights])
     ]
-    skipped = meta.get("skipped_steps", [0])
-    if not isinstance(skipped, list) or not all(
-        type(s) is int and s >= 0 for s in skipped
-    ):
-        raise CheckpointError(f"{os.fspath(path)}: bad skipped_steps {skipped!r}.")
+    _only(path, arrays, [f"state/{i}" for i in range(len(own))]
+          + [f"weights/{i}" for i in range(n_weights)])
+    for value, variable in zip(state, own):
+        if value.dtype.kind in "iu" and value.size and value.min() < 0:
+            raise CheckpointError(
+                f"{os.fspath(path)}: the counter '{variable.name}' is {value.min()} in the "
+                "checkpoint; a counter is >= 0."
+            )
+    inner = getattr(optimizer, "inner_optimizer", None)
+    skipped = meta.get("skipped_steps")
+    expected = 1 if inner is None else 2
+    if not (isinstance(skipped, list) and len(skipped) == expected
+            and all(_natural(s) for s in skipped)):
+        raise CheckpointError(
+            f"{os.fspath(path)}: skipped_steps is {str(skipped)[:200]} in the checkpoint; "
+            f"expected a list of {expected} integer(s) >= 0 (the optimizer's"
+            + (" and its inner optimizer's)." if inner is not None else ").")
+        )
     # Everything checked: now change the optimizer (set_weights converts to each backend).
     optimizer.set_weights(state)
     from kerasopt.optimizer import _like
@@ -407,8 +483,7 @@ def _load_numpy(path: Any, optimizer: Any, meta: dict, arrays: dict) -> Any:
     for variable, value in zip(trainable, weights):
         variable.assign(_like(value, variable.value))
     optimizer.skipped_steps = skipped[0]
-    inner = getattr(optimizer, "inner_optimizer", None)
-    if inner is not None and len(skipped) > 1:
+    if inner is not None:
         inner.skipped_steps = skipped[1]
     return optimizer
 
@@ -455,13 +530,93 @@ def _torch_payload(optimizer: Any, include_weights: bool):
                 dtype, shape, data = _raw(p)
                 arrays.append((f"weights/{g}/{i}", dtype, shape, data))
     meta = {
-        "class": type(optimizer).__name__,
-        "inner_class": type(inner).__name__ if inner is not None else None,
+        **_classes(optimizer),
         "param_groups": groups,
         "state_index": state_index,
         "loss_scale": state_dict.get("loss_scale"),
     }
     return arrays, meta
+
+
+# Param-group entries that are not hyperparameters, and what each may hold in a file.
+_COUNTERS = ("iterations", "skipped_steps")
+_RATES = ("reported_lr", "initial_lr")
+# Held as objects (a schedule, a callable, a torch.dtype) or None: never a plain number.
+_OBJECT_OR_NONE = ("learning_rate", "state_dtype")
+
+
+def _torch_group(path: Any, core: Any, index: int, saved: Any, current: dict,
+                 markers: set) -> dict:
+    """A param group of the file, checked entry by entry, as ``load_state_dict`` takes it
+    (``_KEPT`` entries replaced by the loader's own values)."""
+    import kerasopt.torch as kt
+
+    where = f"{os.fspath(path)}: param group {index}"
+    if not isinstance(saved, dict) or not isinstance(saved.get("params"), list):
+        raise CheckpointError(f"{where} is malformed.")
+    if len(saved["params"]) != len(current["params"]):
+        raise CheckpointError(
+            f"{where} has {len(saved['params'])} parameters in the checkpoint and "
+            f"{len(current['params'])} here."
+        )
+    if not all(_natural(pid) for pid in saved["params"]):
+        raise CheckpointError(f"{where} lists parameter ids {str(saved['params'])[:200]}.")
+    allowed = {*core.defaults, *kt._BOOKKEEPING_KEYS}
+    group = {}
+    for key, value in saved.items():
+        entry = f"{where} has {str(key)[:50]}={str(value)[:100]}"
+        if key not in allowed:
+            raise CheckpointError(
+                f"{where} has an unknown entry {str(key)[:50]!r}; a "
+                f"{type(core).__name__} param group holds {sorted(allowed)}."
+            )
+        if isinstance(value, dict) and _KEPT in value:
+            if key in current:
+                group[key] = current[key]
+            continue
+        if key in _OBJECT_OR_NONE and value is not None:
+            raise CheckpointError(
+                f"{entry}; a checkpoint stores {key} only as None (a schedule, callable or "
+                "torch.dtype is not stored: the optimizer you load into keeps its own)."
+            )
+        if key in _COUNTERS and not _natural(value):
+            raise CheckpointError(f"{entry}; expected an integer >= 0.")
+        if key in _RATES and value is not None and not (
+            type(value) in (int, float) and math.isfinite(value)
+        ):
+            raise CheckpointError(f"{entry}; expected a finite number or None.")
+        if key == "param_names" and not (
+            isinstance(value, list) and len(value) == len(saved["params"])
+            and all(isinstance(n, str) for n in value)
+        ):
+            raise CheckpointError(f"{entry}; expected one name (a string) per parameter.")
+        if key == kt.MARKER and value not in markers:
+            raise CheckpointError(
+                f"{entry}; expected the class that saved the file ({sorted(map(str, markers))})."
+            )
+        group[key] = value
+    merged = {**current, **group}
+    try:  # the hyperparameters pass the constructor's checks, a stored rate `lr` included
+        core._core_optimizer(merged)
+        if "lr" in saved and not isinstance(saved["lr"], dict):
+            core._core_optimizer({**merged, "learning_rate": None})
+        core._validate_state_dtype(merged.get("state_dtype"))
+    except (ValueError, TypeError) as error:
+        raise CheckpointError(f"{where} holds invalid hyperparameters ({error}).") from None
+    return group
+
+
+def _torch_slots(core: Any, group: dict, p: Any) -> tuple[set[str], str]:
+    """The state names a parameter of ``group`` may have, and their dtype."""
+    import kerasopt.torch as kt
+
+    names = set(core._slot_names(group))
+    if core.gradient_accumulation_steps:
+        names.add(kt.ACCUMULATOR)
+    if group.get("use_ema"):
+        names.add(kt.AVERAGE)
+    dtype = group.get("state_dtype") or p.dtype
+    return names, str(dtype).replace("torch.", "")
 
 
 def _load_torch(path: Any, optimizer: Any, meta: dict, arrays: dict) -> Any:
@@ -477,60 +632,48 @@ def _load_torch(path: Any, optimizer: Any, meta: dict, arrays: dict) -> Any:
             f"{os.fspath(path)} has {len(saved_groups)} param groups; this optimizer has "
             f"{len(core.param_groups)}."
         )
+    import kerasopt.torch as kt
+
+    # Each group names the class that saved it (kerasopt.torch's state_dict marker): the
+    # algorithm, or the user's subclass of it.
+    saver = meta.get("inner_class") if inner is not None else meta.get("class")
+    python = meta.get("python_inner_class") if inner is not None else meta.get("python_class")
+    markers = {saver, python.rsplit(".", 1)[-1] if isinstance(python, str) else saver}
     groups = []
-    params_by_id = {}
+    params_by_id: dict[str, tuple[Any, dict, int]] = {}
     for index, (saved, current) in enumerate(zip(saved_groups, core.param_groups)):
-        if not isinstance(saved, dict) or not isinstance(saved.get("params"), list):
-            raise CheckpointError(f"{os.fspath(path)}: param group {index} is malformed.")
-        if len(saved["params"]) != len(current["params"]):
-            raise CheckpointError(
-                f"{os.fspath(path)}: param group {index} has {len(saved['params'])} parameters "
-                f"in the checkpoint and {len(current['params'])} here."
-            )
-        group = {}
-        for key, value in saved.items():
-            if isinstance(value, dict) and _KEPT in value:
-                if key in current:
-                    group[key] = current[key]
-            else:
-                group[key] = value
-        for key in ("iterations", "skipped_steps"):
-            if key in group and (type(group[key]) is not int or group[key] < 0):
-                raise CheckpointError(
-                    f"{os.fspath(path)}: param group {index} has {key}={group[key]!r}; "
-                    "expected an integer >= 0."
-                )
-        try:  # the hyperparameters are checked like the constructor's
-            core._core_optimizer({**current, **group})
-        except (ValueError, TypeError) as error:
-            raise CheckpointError(
-                f"{os.fspath(path)}: param group {index} holds invalid hyperparameters "
-                f"({error})."
-            ) from None
+        group = _torch_group(path, core, index, saved, current, markers)
         groups.append(group)
         for pid, p in zip(saved["params"], current["params"]):
-            params_by_id[str(pid)] = p
+            if str(pid) in params_by_id:
+                raise CheckpointError(
+                    f"{os.fspath(path)}: parameter id {pid} is listed twice in the param groups."
+                )
+            params_by_id[str(pid)] = (p, {**current, **group}, index)
     state: dict[Any, dict[str, Any]] = {}
+    names = []
     for pid, slots in state_index.items():
         if pid not in params_by_id or not isinstance(slots, list):
             raise CheckpointError(
-                f"{os.fspath(path)}: state for parameter {pid!r}, which no param group lists."
+                f"{os.fspath(path)}: state for parameter {str(pid)[:50]!r}, which no param "
+                "group lists."
             )
-        p = params_by_id[pid]
+        p, merged, index = params_by_id[pid]
+        allowed, dtype = _torch_slots(core, merged, p)
         tensors = {}
         for slot in slots:
-            key = f"state/{pid}/{slot}"
-            if key not in arrays:
-                raise CheckpointError(f"{os.fspath(path)}: missing array {key!r}.")
-            if tuple(arrays[key][1]) != tuple(p.shape):
+            what = f"state {str(slot)[:50]!r} of parameter {pid} (param group {index})"
+            if slot not in allowed:
                 raise CheckpointError(
-                    f"{os.fspath(path)}: state '{slot}' has shape {list(arrays[key][1])} in "
-                    f"the checkpoint but its parameter has shape {list(p.shape)}."
+                    f"{os.fspath(path)}: {what} is not a state this optimizer keeps; with this "
+                    f"configuration it keeps {sorted(allowed)} (a different optimizer, or "
+                    "features such as amsgrad, EMA or accumulation that differ?)."
                 )
-            tensors[slot] = _to_torch(arrays[key])
-        state[int(pid) if pid.lstrip("-").isdigit() else pid] = tensors
-    if _count(arrays, "state/") != sum(len(s) for s in state.values()):
-        raise CheckpointError(f"{os.fspath(path)}: unexpected state arrays in the checkpoint.")
+            key = f"state/{pid}/{slot}"
+            entry = _expect(path, arrays, key, tuple(p.shape), dtype, what)
+            tensors[slot] = _to_torch(entry)
+            names.append(key)
+        state[int(pid)] = tensors
     weights = []
     if _count(arrays, "weights/"):
         n_params = sum(len(g["params"]) for g in core.param_groups)
@@ -544,6 +687,10 @@ def _load_torch(path: Any, optimizer: Any, meta: dict, arrays: dict) -> Any:
                 entry = _expect(path, arrays, f"weights/{g}/{i}", tuple(p.shape),
                                 _dtype_name(p), f"parameter {i} of param group {g}")
                 weights.append((p, _to_torch(entry)))
+                names.append(f"weights/{g}/{i}")
+    _only(path, arrays, names)
+    for group in groups:  # the file's class was checked against this one (algorithm_of)
+        group[kt.MARKER] = type(core).__name__
     state_dict = {"state": state, "param_groups": groups}
     if inner is not None:
         state_dict["loss_scale"] = meta.get("loss_scale")
@@ -570,32 +717,90 @@ def _load_torch(path: Any, optimizer: Any, meta: dict, arrays: dict) -> Any:
 # --------------------------------------------------------------------------- JAX pytrees
 
 
+# A Python scalar leaf is stored as a 0-d array of this dtype and restored as its type.
+_SCALARS = {"bool": (bool, "bool"), "int": (int, "int64"), "float": (float, "float64")}
+
+
 def _pytree_payload(tree: Any):
     import jax
 
-    leaves, treedef = jax.tree_util.tree_flatten(tree)
+    flat, treedef = jax.tree_util.tree_flatten_with_path(tree)
     arrays = []
-    for i, leaf in enumerate(leaves):
-        dtype, shape, data = _raw(jax.device_get(leaf))
+    scalars = {}
+    for i, (key, leaf) in enumerate(flat):
+        scalar = _scalar_kind(leaf)
+        if scalar == "int" and not -(2**63) <= leaf < 2**63:
+            raise TypeError(
+                f"kerasopt.save: the pytree leaf {_leaf_name(key)} is the integer {leaf}, "
+                "which does not fit in int64 (a checkpoint stores it as an int64)."
+            )
+        if scalar is not None:
+            value = np.asarray(leaf, _SCALARS[scalar][1])
+            scalars[str(i)] = scalar
+        elif hasattr(leaf, "dtype") and hasattr(leaf, "shape"):
+            value = jax.device_get(leaf)
+        else:
+            raise TypeError(
+                f"kerasopt.save: the pytree leaf {_leaf_name(key)} is a "
+                f"{type(leaf).__name__} ({str(leaf)[:80]!r}); a checkpoint stores arrays and "
+                "Python bool/int/float scalars only."
+            )
+        try:
+            dtype, shape, data = _raw(value)
+        except TypeError as error:
+            raise TypeError(f"kerasopt.save: the pytree leaf {_leaf_name(key)}: {error}") from None
         arrays.append((f"leaf/{i}", dtype, shape, data))
-    return arrays, {"class": "pytree", "treedef": str(treedef), "leaves": len(leaves)}
+    return arrays, {"class": "pytree", "treedef": str(treedef), "leaves": len(flat),
+                    "python_scalars": scalars}
+
+
+def _scalar_kind(leaf: Any) -> str | None:
+    """``"bool"``, ``"int"`` or ``"float"`` for a Python scalar leaf, else None."""
+    return {bool: "bool", int: "int", float: "float"}.get(type(leaf))
+
+
+def _leaf_name(key: Any) -> str:
+    import jax
+
+    return jax.tree_util.keystr(key) or "(the root)"
 
 
 def _load_pytree(path: Any, like: Any, meta: dict, arrays: dict) -> Any:
     import jax
     import jax.numpy as jnp
 
-    leaves, treedef = jax.tree_util.tree_flatten(like)
-    if _count(arrays, "leaf/") != len(leaves) or meta.get("treedef") != str(treedef):
+    flat, treedef = jax.tree_util.tree_flatten_with_path(like)
+    if _count(arrays, "leaf/") != len(flat) or meta.get("treedef") != str(treedef):
         raise CheckpointError(
             f"{os.fspath(path)} holds a pytree of {_count(arrays, 'leaf/')} arrays with "
-            f"structure {meta.get('treedef')}; the template has {len(leaves)} with structure "
-            f"{treedef} (a different optimizer configuration or params?)."
+            f"structure {str(meta.get('treedef'))[:500]}; the template has {len(flat)} with "
+            f"structure {treedef} (a different optimizer configuration or params?)."
         )
+    scalars = meta.get("python_scalars", {})
+    if not isinstance(scalars, dict):
+        raise CheckpointError(f"{os.fspath(path)}: python_scalars is malformed.")
+    _only(path, arrays, [f"leaf/{i}" for i in range(len(flat))])
     restored = []
-    for i, leaf in enumerate(leaves):
+    for i, (key, leaf) in enumerate(flat):
+        what = f"leaf {_leaf_name(key)} (array {i}) of the pytree"
+        kind = _scalar_kind(leaf)
+        if kind is not None or str(i) in scalars:
+            if kind is None or scalars.get(str(i)) != kind:
+                raise CheckpointError(
+                    f"{os.fspath(path)}: {what} is a {scalars.get(str(i), 'array')} in the "
+                    f"checkpoint and a {kind or type(leaf).__name__} in the template."
+                )
+            cast, dtype = _SCALARS[kind]
+            restored.append(cast(_to_numpy(_expect(path, arrays, f"leaf/{i}", (), dtype,
+                                                   what)).item()))
+            continue
+        if not (hasattr(leaf, "dtype") and hasattr(leaf, "shape")):
+            raise CheckpointError(
+                f"{os.fspath(path)}: the template's {what} is a {type(leaf).__name__}, not "
+                "an array; pass the pytree you saved (e.g. from tx.init(params))."
+            )
         entry = _expect(path, arrays, f"leaf/{i}", tuple(np.shape(leaf)),
-                        jnp.dtype(leaf.dtype).name, f"array {i} of the pytree")
+                        jnp.dtype(leaf.dtype).name, what)
         array = _to_numpy(entry)
         sharding = getattr(leaf, "sharding", None)
         restored.append(

@@ -91,7 +91,6 @@ from __future__ import annotations
 import inspect
 import json
 import os
-import tempfile
 import warnings
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -101,7 +100,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from kerasopt import algorithms, config, engine, pipeline, specs, validation
+from kerasopt import algorithms, config, engine, files, pipeline, specs, validation
 from kerasopt.backend import ops_for
 from kerasopt.schedules import LearningRateSchedule
 from kerasopt.sparse import IndexedSlices, canonical_fixed_size, values_of, with_values
@@ -774,7 +773,8 @@ def scale_loss(loss: Any, state: Any) -> Any:
 
 def save_state(path: str | os.PathLike, state: Any) -> None:
     """Write an optimizer state pytree (any optax state) to ``path`` (``.npz``), atomically
-    (a temporary file in the same directory, then a rename). Bit-exact, bfloat16 included:
+    (:func:`kerasopt.files.atomic_write`: a temporary file in the same directory, fsync,
+    rename, directory fsync; the umask's mode for a new file). Bit-exact, bfloat16 included:
     each leaf is stored as raw bytes with its dtype name and shape."""
     leaves = jax.tree_util.tree_leaves(state)
     arrays: dict[str, np.ndarray] = {}
@@ -784,17 +784,7 @@ def save_state(path: str | os.PathLike, state: Any) -> None:
         meta.append({"dtype": array.dtype.name, "shape": list(array.shape)})
         arrays[f"leaf_{i}"] = np.frombuffer(np.ascontiguousarray(array).tobytes(), np.uint8)
     arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), np.uint8)
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=directory, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    files.atomic_write(path, lambda f: np.savez(f, **arrays))
 
 
 def restore_state(path: str | os.PathLike, like: Any) -> Any:
@@ -802,7 +792,7 @@ def restore_state(path: str | os.PathLike, like: Any) -> Any:
     from ``tx.init(params)``). Checks the leaf count, dtypes and shapes, places each leaf
     with ``like``'s sharding, and never unpickles (data only)."""
     leaves, treedef = jax.tree_util.tree_flatten(like)
-    with np.load(os.fspath(path), allow_pickle=False) as data:
+    with files.open_regular(path) as f, np.load(f, allow_pickle=False) as data:
         meta = json.loads(bytes(data["meta"]).decode())
         if len(meta) != len(leaves):
             raise ValueError(

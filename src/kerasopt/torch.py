@@ -20,12 +20,15 @@ torch tensors, in Keras 3's order, and copies their results into the parameters 
 
 Param groups
     Each group carries Keras's hyperparameters under Keras's names (``beta_1``,
-    ``epsilon``, ``weight_decay``, ``clipnorm``, ``use_ema``...). A float learning rate lives
-    under torch's key ``"lr"`` (so ``torch.optim.lr_scheduler`` works); a
-    ``kerasopt.schedules`` schedule or a zero-argument callable lives under
+    ``epsilon``, ``weight_decay``, ``clipnorm``, ``use_ema``...). A float (or 1-element
+    tensor) learning rate lives under torch's key ``"lr"`` (so ``torch.optim.lr_scheduler``
+    works); a ``kerasopt.schedules`` schedule or a zero-argument callable lives under
     ``"learning_rate"`` and then decides the rate (``"lr"`` then reports the last rate used;
-    a value someone else writes into ``"lr"`` applies to the next step only, as when
-    ``torch.distributed.checkpoint`` sets it to 0 for the step that creates the state).
+    a 0 written into ``"lr"`` applies to the next step only, as when
+    ``torch.distributed.checkpoint`` sets it for the step that creates the state; a torch
+    scheduler on such a group, or another rate written into ``"lr"``, is refused).
+    torch's ``"betas"`` pair mirrors ``beta_1`` and ``beta_2`` for the schedulers that cycle
+    it (OneCycleLR, CyclicLR): whichever spelling was written since the last step applies.
     ``"iterations"`` holds the optimizer's raw step count (Keras's ``iterations`` variable;
     the same in every group), so it travels with every ``state_dict`` format, including
     ``torch.distributed.checkpoint``'s.
@@ -46,21 +49,29 @@ Distributed
     DDP, FSDP2 (``fully_shard``; ``global_clipnorm`` and ``clipnorm`` all-reduce the squared
     norms of the local shards) and ``ZeroRedundancyOptimizer`` work. Under ZeRO each rank
     holds only part of the parameters: pass ``norm_process_group=torch.distributed.group.WORLD``
-    so that ``global_clipnorm`` sums the squared norms of all partitions.
+    so that ``global_clipnorm`` sums the squared norms of all partitions. The NaN/inf verdict
+    of ``skip_nonfinite`` and :class:`LossScaleOptimizer` is agreed across the same ranks
+    (one all-reduce of a flag), so every rank skips, or applies, together.
+    torch.distributed.checkpoint's state-creating ``step()`` (zero gradients, lr 0, no state
+    yet) only creates the state: it counts no iteration and moves no EMA or accumulator.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
+import math
 import re
+import threading
 import warnings
 from collections.abc import Callable, Iterable, Iterator
+from operator import is_, itemgetter
 from typing import Any
 
 import numpy as np
 import torch
 
-from kerasopt import kernels, pipeline, validation
+from kerasopt import algorithms, config, kernels, pipeline, validation
 from kerasopt._torch_plan import GroupPlan, StateSnapshot, state_columns
 from kerasopt.adam import Adam as _CoreAdam
 from kerasopt.adamax import Adamax as _CoreAdamax
@@ -89,6 +100,7 @@ _BASE_GROUP_KEYS = (
     "ema_momentum",
     "ema_overwrite_frequency",
     "state_dtype",
+    "sparse_updates",
 )
 # Keys torch or this module put into groups that are not hyperparameters. The optimizer-wide
 # arguments are tolerated (and ignored) in groups: ZeroRedundancyOptimizer copies every
@@ -99,6 +111,7 @@ _BOOKKEEPING_KEYS = (
     "initial_lr",
     "iterations",
     "reported_lr",
+    "synced_betas",
     MARKER,
     "loss_scale_factor",
     "gradient_accumulation_steps",
@@ -134,10 +147,110 @@ def _describe_param(p: torch.Tensor, name: str | None) -> str:
     return f"{label} of shape {tuple(p.shape)}"
 
 
+_RATE_ALLOWED = (
+    "a finite float >= 0 (stored as float32), a 1-element floating tensor, a "
+    "LearningRateSchedule, or a zero-argument callable"
+)
+
+
+def _float_rate(name: str, value: Any, allowed: str = _RATE_ALLOWED) -> float:
+    """A float learning rate (a real number, or a 1-element floating tensor as torch.optim
+    takes) checked as the constructor checks it (:func:`kerasopt.config.check_learning_rate`:
+    finite, >= 0, finite in float32, a float). Returns its value as a Python float."""
+    if not isinstance(value, torch.Tensor):
+        if callable(value):
+            raise TypeError(
+                f"`{name}` in a param group is a number (a float, or a 1-element tensor); "
+                f"received {name}={validation.short_repr(value)}. A schedule or callable goes "
+                "in group['learning_rate']."
+            )
+        return float(config.check_learning_rate(name, value))
+    if value.numel() != 1 or not value.is_floating_point():
+        raise (ValueError if value.is_floating_point() else TypeError)(
+            f"Argument `{name}` must be {allowed}; received a tensor of dtype {value.dtype} "
+            f"and shape {tuple(value.shape)}: {name}={validation.short_repr(value)}."
+        )
+    number = float(value.detach())
+    with np.errstate(over="ignore"):
+        in_float32 = float(np.float32(number)) if math.isfinite(number) else number
+    if not math.isfinite(in_float32) or number < 0:
+        raise ValueError(
+            f"Argument `{name}` must be {allowed}; received {name}={validation.short_repr(value)}"
+            + (" (it overflows float32)." if math.isfinite(number) and number >= 0 else ".")
+        )
+    return number
+
+
+def _is_rate_function(value: Any) -> bool:
+    """A kerasopt schedule or a zero-argument callable (not a tensor, which is callable-less
+    but a value)."""
+    return isinstance(value, LearningRateSchedule) or (
+        callable(value) and not isinstance(value, torch.Tensor)
+    )
+
+
+def _betas_pair(name: str, value: Any) -> tuple[Any, Any]:
+    """torch.optim's ``betas``: a pair ``(beta_1, beta_2)``."""
+    if not isinstance(value, (tuple, list)) or len(value) != 2:
+        raise ValueError(
+            f"Argument `{name}` must be a pair (beta_1, beta_2), as torch.optim's `betas`; "
+            f"received {name}={validation.short_repr(value)}."
+        )
+    return tuple(value)
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Whether two hyperparameter values are the same (identical, or equal real numbers;
+    tuples elementwise). Never compares tensors by value."""
+    if a is b:
+        return True
+    if isinstance(a, tuple) and isinstance(b, tuple):
+        return len(a) == len(b) and all(map(_same, a, b))
+    return validation.is_real(a) and validation.is_real(b) and a == b
+
+
+def _group_learning_rate(name: str, value: Any) -> Any:
+    if value is not None and not _is_rate_function(value):
+        raise TypeError(
+            f"`{name}` in a param group holds a kerasopt schedule or a zero-argument callable "
+            f"(or None); received {name}={validation.short_repr(value)}. A float rate goes in "
+            "group['lr']."
+        )
+    return value
+
+
+def _state_dtype_rule(name: str, value: Any) -> Any:
+    KerasOptimizer._validate_state_dtype(value)
+    return value
+
+
+def _group_rules(spec: Any) -> dict[str, Callable[[str, Any], Any]]:
+    """The constructor's check of each hyperparameter a param group holds (the shared
+    options' from :mod:`kerasopt.config`, the algorithm's from its registered spec), applied
+    to a value written into the group between steps: ``rule(name, value)`` raises
+    TypeError/ValueError naming it. (The float ``lr`` is checked by the step; "only one clip
+    option" spans three keys.)"""
+    rules: dict[str, Callable[[str, Any], Any]] = {
+        name: config.option(name).check
+        for name in ("weight_decay", "clipnorm", "clipvalue", "global_clipnorm", "use_ema",
+                     "ema_momentum", "ema_overwrite_frequency", "sparse_updates")
+    }
+    for h in spec.hyperparameters:
+        rules[h.name] = lambda _, value, h=h: h.validated(value)
+    rules.update(learning_rate=_group_learning_rate, state_dtype=_state_dtype_rule,
+                 betas=_betas_pair)
+    return rules
+
+
+_CLIP_KEYS = frozenset(config.CLIPS)
+
+
+
 class KerasOptimizer(torch.optim.Optimizer):
     """Base class of :class:`Adam` and :class:`Adamax` (the pipeline around the rule)."""
 
     _core_class: type = _CoreAdam
+    _spec: Any = algorithms.get("adam")  # the registered algorithm (kerasopt.specs)
     _slots: tuple[str, ...] = ()
     _algorithm_keys: tuple[str, ...] = ()
     _fused_algorithm: str | None = None  # the kernel of kerasopt.kernels for this rule
@@ -154,31 +267,63 @@ class KerasOptimizer(torch.optim.Optimizer):
         skip_nonfinite: bool = False,
         **kwargs: Any,
     ) -> None:
-        validation.unknown_keywords(type(self).__name__, kwargs)
+        name = type(self).__name__
+        validation.unknown_keywords(name, kwargs)
         self.skip_nonfinite = validation.boolean("skip_nonfinite", skip_nonfinite)
         learning_rate = defaults.pop("learning_rate")
-        if isinstance(learning_rate, LearningRateSchedule) or callable(learning_rate):
+        if _is_rate_function(learning_rate):
             defaults["learning_rate"] = learning_rate
             defaults["lr"] = 0.0
         else:
+            if isinstance(learning_rate, torch.Tensor):  # torch.optim takes a tensor rate
+                _float_rate("learning_rate", learning_rate)
             defaults["learning_rate"] = None
             defaults["lr"] = learning_rate
+        if "beta_1" in self._algorithm_keys:  # torch.optim's spelling, for its schedulers
+            defaults["betas"] = (defaults["beta_1"], defaults["beta_2"])
         self.loss_scale_factor = loss_scale_factor
         self.gradient_accumulation_steps = gradient_accumulation_steps
         self.norm_process_group = norm_process_group
+        self._excluded_params: list[torch.Tensor] = []
+        self._checked_groups: list | None = None
+        self._step_lock = threading.RLock()
         self._excluded_ids: set[int] = set()
         self._excluded_pattern: re.Pattern[str] | None = None
         self._validate_state_dtype(defaults["state_dtype"])
+        config.option("sparse_updates").check("sparse_updates", defaults["sparse_updates"])
         # The core optimizer's constructor is the one place where Keras's arguments are
         # checked, so errors name the argument and value exactly as kerasopt.Adam does.
         self._core_optimizer(defaults)
         if isinstance(params, torch.Tensor):
             raise TypeError(
-                f"{type(self).__name__}: `params` must be an iterable of tensors, of "
-                "(name, tensor) pairs or of param-group dicts; received a single tensor "
-                f"of shape {tuple(params.shape)}. Pass [tensor] or model.parameters()."
+                f"{name}: params argument given to the optimizer should be an iterable of "
+                f"Tensors or dicts, but got {torch.typename(params)} (a single tensor of shape "
+                f"{tuple(params.shape)}); pass [tensor] or model.parameters()."
+            )
+        given = params
+        params = list(params)
+        if not params:
+            raise ValueError(
+                f"{name}: optimizer got an empty parameter list (params="
+                f"{validation.short_repr(given)}); an iterator such as model.parameters() "
+                "can be consumed once only."
             )
         super().__init__(params, defaults)
+        if self.skip_nonfinite or any(g["global_clipnorm"] for g in self.param_groups):
+            self._check_rank_has_parameters("skip_nonfinite / global_clipnorm")
+
+    def _check_rank_has_parameters(self, what: str) -> None:
+        """Under ``norm_process_group`` every rank must take part in the collectives of
+        each step; a rank that holds no parameter (ZeroRedundancyOptimizer with more ranks
+        than parameter tensors) would return without them and the others would wait."""
+        if self.norm_process_group is not None and not any(
+                g["params"] for g in self.param_groups):
+            raise ValueError(
+                f"{type(self).__name__}: norm_process_group is set and {what} needs every "
+                "rank of it in each step, but this rank holds no parameter "
+                "(ZeroRedundancyOptimizer gave it an empty partition); use fewer ranks than "
+                "parameter tensors."
+            )
 
     # ----------------------------------------------------------------- validation
 
@@ -197,6 +342,8 @@ class KerasOptimizer(torch.optim.Optimizer):
         learning_rate = group.get("learning_rate")
         if learning_rate is None:
             learning_rate = group["lr"]
+            if isinstance(learning_rate, torch.Tensor):
+                learning_rate = _float_rate("lr", learning_rate)
         keras_args = {k: group[k] for k in self._core_keys() if k in group}
         return self._core_class(
             learning_rate=learning_rate,
@@ -219,71 +366,257 @@ class KerasOptimizer(torch.optim.Optimizer):
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """Add a group; its hyperparameters (Keras names; ``lr`` or ``learning_rate`` for the
-        rate) default to the optimizer's and are checked like the constructor's."""
+        rate; torch's ``betas`` for ``beta_1`` and ``beta_2``) default to the optimizer's and
+        are checked like the constructor's. Errors read like torch.optim's and name the
+        parameter and its position."""
+        name = type(self).__name__
+        index = len(self.param_groups)
         if not isinstance(param_group, dict):
             raise TypeError(
-                f"{type(self).__name__}: a param group must be a dict; received "
-                f"{type(param_group).__name__}."
+                f"{name}: param_group must be a dict, but got {type(param_group).__name__}: "
+                f"{validation.short_repr(param_group)}."
             )
         group = dict(param_group)
         allowed = {*_BASE_GROUP_KEYS, *self._algorithm_keys, *_BOOKKEEPING_KEYS}
+        if "betas" in self.defaults:
+            allowed.add("betas")
         unknown = sorted(str(k) for k in group if k not in allowed)
         if unknown:
             raise TypeError(
-                f"{type(self).__name__}: param group got unknown key(s) {unknown}; the "
+                f"{name}: param group got unknown key(s) {unknown}; the "
                 f"hyperparameters are {sorted(allowed - set(_BOOKKEEPING_KEYS))}."
             )
         if "learning_rate" in group and "lr" in group and group["learning_rate"] is not None:
             raise ValueError(
-                f"{type(self).__name__}: a param group sets both `lr`={group['lr']!r} and "
+                f"{name}: a param group sets both `lr`={group['lr']!r} and "
                 f"`learning_rate`={group['learning_rate']!r}; set one of them."
             )
         if "learning_rate" in group:
             rate = group.pop("learning_rate")
-            if isinstance(rate, LearningRateSchedule) or callable(rate):
+            if _is_rate_function(rate):
                 group["learning_rate"], group["lr"] = rate, 0.0
             elif rate is not None:
                 group["learning_rate"], group["lr"] = None, rate
         elif "lr" in group:
             group["learning_rate"] = None
+        if "betas" in group:
+            betas = _betas_pair("betas", group["betas"])
+            for key, value in zip(("beta_1", "beta_2"), betas):
+                if key in group and not _same(group[key], value):
+                    raise ValueError(
+                        f"{name}: a param group sets both `betas`={betas!r} and "
+                        f"`{key}`={group[key]!r}; set one of them."
+                    )
+            group["beta_1"], group["beta_2"] = betas
         if "params" not in group:
-            raise ValueError(f"{type(self).__name__}: a param group needs a 'params' entry.")
+            raise ValueError(f"{name}: a param group needs a 'params' entry.")
         merged = {**self.defaults, **group}
         self._validate_state_dtype(merged["state_dtype"])
+        config.option("sparse_updates").check("sparse_updates", merged["sparse_updates"])
         self._core_optimizer(merged)
+        if "betas" in self.defaults:
+            group["betas"] = group["synced_betas"] = (merged["beta_1"], merged["beta_2"])
         params = group["params"]
+        if isinstance(params, set):
+            raise TypeError(
+                f"{name}: optimizer parameters need to be organized in ordered collections, "
+                "but the ordering of tensors in sets will change between runs. Please use a "
+                f"list instead (param group {index} has a set of {len(params)} tensors)."
+            )
         params = [params] if isinstance(params, torch.Tensor) else list(params)
+        named = [isinstance(p, tuple) for p in params]
+        for i, p in enumerate(params):
+            if isinstance(p, tuple) and (len(p) != 2 or not isinstance(p[0], str)):
+                raise TypeError(
+                    f"{name}: a named parameter must be a (name, tensor) pair; received "
+                    f"{validation.short_repr(p)} at position {i} of param group {index}."
+                )
+            if named[i] != named[0]:
+                raise ValueError(
+                    f"{name}: all optimizer params should be with/without names. Some param "
+                    f"names are missing (position 0 of param group {index} has "
+                    f"{'a' if named[0] else 'no'} name, position {i} "
+                    f"{'has' if named[i] else 'has not'})."
+                )
         tensors = [p[1] if isinstance(p, tuple) else p for p in params]
         names = [p[0] if isinstance(p, tuple) else None for p in params]
         seen: dict[int, int] = {}
         for i, p in enumerate(tensors):
+            where = f"position {i} of param group {index}"
             if not isinstance(p, torch.Tensor):
                 raise TypeError(
-                    f"{type(self).__name__}: optimizer parameters must be torch tensors; "
-                    f"received {type(p).__name__} at position {i}."
+                    f"{name}: optimizer can only optimize Tensors, but one of the params is "
+                    f"{torch.typename(p)}: {validation.short_repr(p)} ({where})."
+                )
+            if not (p.is_leaf or p.retains_grad):
+                raise ValueError(
+                    f"{name}: can't optimize a non-leaf Tensor: {_describe_param(p, names[i])} "
+                    f"({where}) was computed from other tensors; optimize the leaf it came "
+                    "from."
                 )
             if not p.is_floating_point():
                 raise TypeError(
-                    f"{type(self).__name__}: {_describe_param(p, names[i])} has dtype "
+                    f"{name}: {_describe_param(p, names[i])} has dtype "
                     f"{p.dtype}; Adam and Adamax update floating-point parameters only."
                 )
             if id(p) in seen:
                 raise ValueError(
-                    f"{type(self).__name__}: {_describe_param(p, names[i])} appears twice in "
-                    f"one param group (positions {seen[id(p)]} and {i})."
+                    f"{name}: optimizer contains a parameter group with duplicate "
+                    f"parameters: {_describe_param(p, names[i])} at positions {seen[id(p)]} "
+                    f"and {i} of param group {index}."
                 )
             seen[id(p)] = i
-        for index, existing in enumerate(self.param_groups):
+        for other, existing in enumerate(self.param_groups):
             existing_ids = {id(q) for q in existing["params"]}
             for i, p in enumerate(tensors):
                 if id(p) in existing_ids:
                     raise ValueError(
-                        f"{type(self).__name__}: {_describe_param(p, names[i])} is already in "
-                        f"param group {index}; a parameter may belong to one group only."
+                        f"{name}: some parameters appear in more than one parameter group: "
+                        f"{_describe_param(p, names[i])} is already in param group {other} "
+                        f"(position {i} of param group {index})."
                     )
         group["params"] = params
         group["iterations"] = self.param_groups[0]["iterations"] if self.param_groups else 0
         super().add_param_group(group)
+
+    # ----------------------------------------------------------------- copies
+
+    # Not carried by deepcopy/pickle: torch.optim drops its hooks (and an LR scheduler's
+    # per-instance ``step`` wrapper), and the caches below are rebuilt on the next step.
+    _TRANSIENT = ("step", "_opt_called", "_plans", "_state_snapshot", "_checked_groups",
+                  "_watch", "_tensor_rates", "_step_lock")
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Everything a copy needs to step exactly like this optimizer: torch's ``defaults``,
+        ``state`` and ``param_groups`` and kerasopt's own attributes (torch.optim keeps only
+        the first three); not the hooks, which torch.optim does not copy either."""
+        return {key: value for key, value in self.__dict__.items()
+                if key not in self._TRANSIENT and not key.startswith("_optimizer_")}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        self._excluded_ids = {id(p) for p in getattr(self, "_excluded_params", ())}
+        self._checked_groups = None
+        self._step_lock = threading.RLock()
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> KerasOptimizer:
+        # A process group cannot be copied: the copy reduces over the same one.
+        if self.norm_process_group is not None:
+            memo.setdefault(id(self.norm_process_group), self.norm_process_group)
+        clone = type(self).__new__(type(self))
+        memo[id(self)] = clone
+        clone.__setstate__(copy.deepcopy(self.__getstate__(), memo))
+        return clone
+
+    # ----------------------------------------------------------------- group checks
+
+    def _watched_keys(self) -> tuple[str, ...]:
+        """The group entries a step reads; a change to any of them is checked again."""
+        keys = ("lr", "learning_rate", *self._core_keys(), "state_dtype", "sparse_updates")
+        return (*keys, "betas", "synced_betas") if "betas" in self.defaults else keys
+
+    def _check_groups(self) -> None:
+        """Check the param groups before a step changes anything (torch lets anyone write
+        into them between steps). What was checked is remembered: each group's entries (by
+        identity) and its size (a key a torch scheduler adds counts), so an unchanged group
+        costs a few comparisons, and a changed one has only its changed entries checked."""
+        checked = self._checked_groups
+        groups = self.param_groups
+        if checked is not None and len(checked) == len(groups):
+            getter = self._watch
+            try:
+                for group, (seen, size, values) in zip(groups, checked):
+                    if (seen is not group or len(group) != size
+                            or not all(map(is_, getter(group), values))):
+                        break
+                else:
+                    for index, group in self._tensor_rates:  # may change in place (fill_)
+                        self._checked(index, "lr", group["lr"], _float_rate)
+                    return
+            except KeyError:  # a hyperparameter was deleted: reported below
+                pass
+        self._validate_groups(checked)
+        self._remember_groups()
+
+    def _remember_groups(self) -> None:
+        getter = self._watch = itemgetter(*self._watched_keys())
+        groups = self.param_groups
+        self._checked_groups = [(group, len(group), getter(group)) for group in groups]
+        self._schedule_groups = any(group["learning_rate"] is not None for group in groups)
+        self._tensor_rates = [(index, group) for index, group in enumerate(groups)
+                              if isinstance(group["lr"], torch.Tensor)]
+
+    def _checked(self, index: int, key: str, value: Any, rule: Callable[[str, Any], Any]) -> Any:
+        """``rule(key, value)``, its error prefixed with the step and the group's index."""
+        try:
+            return rule(key, value)
+        except (TypeError, ValueError) as error:
+            raise type(error)(f"{type(self).__name__}.step(): param group {index}: {error}"
+                              ) from None
+
+    def _validate_groups(self, checked: list | None) -> None:
+        """Every group checked with the constructor's rules (those of
+        :func:`_group_rules`) before any is changed: the entries that changed since the
+        last check, all of them for a group not seen before. Then torch's ``betas`` (written
+        by a scheduler such as OneCycleLR) and Keras's ``beta_1``/``beta_2`` are brought into
+        agreement: whichever was written since the last step wins."""
+        name = type(self).__name__
+        keys = self._watched_keys()
+        rules = _group_rules(self._spec)
+        previous = {id(seen): values for seen, _, values in checked or ()}
+        writes = []
+        for index, group in enumerate(self.param_groups):
+            missing = [key for key in keys if key not in group]
+            if missing:
+                raise KeyError(
+                    f"{name}.step(): param group {index} has no {missing[0]!r} entry (it "
+                    "holds one of the optimizer's hyperparameters; put it back or remove "
+                    "the group)."
+                )
+            old = dict(zip(keys, previous.get(id(group), ())))
+            changed = [key for key in keys if key not in old or old[key] is not group[key]]
+            rate_function = group["learning_rate"] is not None
+            for key in changed:
+                if key == "lr" and not rate_function:
+                    self._checked(index, key, group[key], _float_rate)
+                elif key in rules:
+                    self._checked(index, key, group[key], rules[key])
+            if _CLIP_KEYS & set(changed):
+                self._checked(index, "clip", {k: group[k] for k in sorted(_CLIP_KEYS)},
+                              lambda _, clips: validation.at_most_one_clip_option(**clips))
+            if rate_function:
+                self._check_rate_owner(name, index, group)
+            if "betas" in self.defaults:
+                betas = group["betas"]
+                if _same(betas, group["synced_betas"]):  # unchanged: Keras's names rule
+                    betas = (group["beta_1"], group["beta_2"])
+                else:  # written since the last step (a scheduler): it wins
+                    betas = self._checked(index, "betas", betas, _betas_pair)
+                    for i, value in enumerate(betas):
+                        self._checked(index, f"betas[{i}]", value, validation.beta)
+                writes.append((group, betas))
+        for group, betas in writes:
+            group["beta_1"], group["beta_2"] = betas
+            group["betas"] = group["synced_betas"] = betas
+
+    @staticmethod
+    def _check_rate_owner(name: str, index: int, group: dict[str, Any]) -> None:
+        """A group whose rate is a kerasopt schedule or callable refuses a torch LR scheduler
+        (and any other write into ``lr`` but the 0 torch.distributed.checkpoint writes)."""
+        rate = group["learning_rate"]
+        reported = group.get("reported_lr")
+        expected = reported if reported is not None else 0.0
+        lr = group["lr"]
+        written = not isinstance(lr, torch.Tensor) and lr != expected and lr != 0
+        if "initial_lr" in group or written:
+            culprit = ("a torch LR scheduler is attached (it set 'initial_lr')"
+                       if "initial_lr" in group else f"group['lr'] was set to {lr!r}")
+            raise ValueError(
+                f"{name}.step(): param group {index} takes its rate from learning_rate="
+                f"{validation.short_repr(rate)}, and {culprit}; the two rates would mix. "
+                "Use one or the other: a float learning_rate driven by the torch scheduler, "
+                "or the kerasopt schedule alone."
+            )
 
     # ----------------------------------------------------------------- counters, rate
 
@@ -384,8 +717,16 @@ class KerasOptimizer(torch.optim.Optimizer):
                     f"Argument `var_names` must hold valid regular expressions; received "
                     f"var_names={names!r} ({error})."
                 ) from error
+        if pattern_obj is not None:
+            self._warn_unmatched(names)
+        self._excluded_params = var_list
         self._excluded_ids = {id(p) for p in var_list}
         self._excluded_pattern = pattern_obj
+
+    def _warn_unmatched(self, patterns: list[str]) -> None:
+        """Warn (once per call) about exclusion patterns that match no parameter name."""
+        names = [n for g in self.param_groups for n in g.get("param_names") or ()]
+        config.warn_unmatched_exclusions(f"{type(self).__name__}", patterns, names)
 
     def _use_weight_decay(self, p: torch.Tensor, name: str | None) -> bool:
         if id(p) in self._excluded_ids:
@@ -437,56 +778,142 @@ class KerasOptimizer(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
-        """One Keras ``apply()``: unscale, accumulate, clip, decay, update, count, EMA."""
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        if self._planned_step():
+        """One Keras ``apply()``: unscale, accumulate, clip, decay, update, count, EMA.
+
+        Steps are serialized by a per-optimizer lock: two threads stepping one optimizer
+        take turns (the closure, if any, runs inside the turn)."""
+        with self._step_lock:
+            loss = None
+            if closure is not None:
+                with torch.enable_grad():
+                    loss = closure()
+            self._check_groups()
+            if not self._planned_step():
+                entries = self._collect()
+                if not entries:  # torch.optim's convention: nothing to do, nothing counted
+                    return loss
+                self._general_step(entries)
+            if self._schedule_groups:  # the step wrote their "lr": valid, remember it
+                self._remember_groups()
             return loss
-        entries = self._collect()
-        if not any(True for group in self.param_groups for _ in group["params"]):
-            return loss
-        if not entries:
-            raise ValueError(
-                f"{type(self).__name__}.step(): no parameter has a gradient (every .grad is "
-                "None or requires_grad is False). Call loss.backward() before step()."
-            )
+
+    def _general_step(self, entries: list[_Entry]) -> None:
+        """The step of :meth:`step` when the cached plans do not apply: the checks, then the
+        fused kernels where they apply, else the reference path."""
         raw = self.raw_iterations
         n = self.gradient_accumulation_steps
-        iterations = raw // n if n else raw
         # What can fail runs before anything changes: the gradients' shapes, then on an update
         # step the rates and the (callable) betas of every group.
         grads = [self._prepared_gradient(e) for e in entries]
-        if self.skip_nonfinite and not pipeline.is_finite([values_of(g) for g in grads]):
+        if self._state_initialising_step(entries, grads):
+            self._ensure_all_state()
+            return
+        if self.skip_nonfinite and not self._all_finite(entries, grads):
             self._skip_nonfinite_step()
-            return loss
+            return
         update = not n or (raw + 1) % n == 0
+        checked = None
         if update:
             checked = self._checked_rates({id(e.group): e.group for e in entries}.values(), raw)
+        self._ensure_all_state()
+        if not self._fused_step(entries, grads, raw, checked):
+            self._reference_step(entries, grads, raw, checked)
+        for group in self.param_groups:
+            group["iterations"] = raw + 1
+
+    def _reference_step(self, entries: list[_Entry], grads: list[Any], raw: int,
+                        checked: tuple[dict, dict] | None) -> None:
+        """Keras's ``apply()`` on torch tensors, stage by stage, with the pure functions of
+        :mod:`kerasopt.pipeline` and the update rule (``checked`` is None on an
+        accumulation micro-step)."""
+        n = self.gradient_accumulation_steps
+        iterations = raw // n if n else raw
+        # 1. unscale (loss_scale_factor)
+        if self.loss_scale_factor is not None:
+            factor = self.loss_scale_factor
+            grads = [map_values(lambda v: pipeline.unscale(v, factor), g) for g in grads]
+        # 2. accumulate (a micro-step stops here, with grads None)
+        if n:
+            grads = self._accumulate(entries, grads, raw, n)
+        if checked is not None:
+            # 3. clip (clipnorm, global_clipnorm, clipvalue)
+            grads = self._clip(entries, grads)
+            # 4. weight decay and the rule's update, per parameter
+            for entry, g in zip(entries, grads):
+                self._update(entry, g, checked[0][id(entry.group)], iterations + 1)
+        # 5. EMA of the weights (and its overwrite)
+        self._update_ema(iterations)
+
+    def _ensure_all_state(self) -> None:
+        """Create the missing state of every parameter that can have a gradient."""
+        n = self.gradient_accumulation_steps
         for group in self.param_groups:
             complete = len(self._slot_names(group)) + bool(n) + bool(group["use_ema"])
             for p in group["params"]:
                 state = self.state.get(p)
                 if (not state and p.requires_grad) or (state and len(state) < complete):
                     self._ensure_state(group, p)
-        if self._fused_step(entries, grads, raw, checked if update else None):
-            for group in self.param_groups:
-                group["iterations"] = raw + 1
-            return loss
-        if self.loss_scale_factor is not None:
-            factor = self.loss_scale_factor
-            grads = [map_values(lambda v: pipeline.unscale(v, factor), g) for g in grads]
-        if n:
-            grads = self._accumulate(entries, grads, raw, n)
-        if update:
-            grads = self._clip(entries, grads)
-            for entry, g in zip(entries, grads):
-                self._update(entry, g, checked[0][id(entry.group)], iterations + 1)
-        self._update_ema(iterations)
+
+    # ----------------------------------------------------------------- decisions all ranks share
+
+    def _agreement_groups(self) -> list[Any]:
+        """The process groups over which a decision about this step's gradients must agree:
+        those the global norm is summed over. ``norm_process_group`` (ZeroRedundancyOptimizer:
+        each rank holds some of the parameters), and each mesh dimension over which a DTensor
+        parameter is sharded (FSDP2: each rank holds a shard). Empty under DDP (every rank
+        holds the same averaged gradients) and in one process."""
+        groups = [self.norm_process_group] if self.norm_process_group is not None else []
+        seen: set[tuple[int, int]] = set()
         for group in self.param_groups:
-            group["iterations"] = raw + 1
-        return loss
+            for p in group["params"]:
+                if not _is_dtensor(p):
+                    continue
+                for dim, placement in enumerate(p.placements):
+                    if placement.is_shard() and (id(p.device_mesh), dim) not in seen:
+                        seen.add((id(p.device_mesh), dim))
+                        groups.append(p.device_mesh.get_group(dim))
+        return groups
+
+    def _agreed(self, local: bool, entries: list[_Entry]) -> bool:
+        """``local`` where every rank of :meth:`_agreement_groups` finds it True, else False:
+        one all-reduce of a flag per group, entered by every rank in the same order, so
+        that every rank takes the same branch (and enters the same collectives after it)."""
+        groups = self._agreement_groups()
+        if not groups:
+            return local
+        import torch.distributed as dist
+
+        device = _local(entries[0].param).device if entries else _first_device(
+            self.param_groups)
+        disagreeing = torch.tensor(0 if local else 1, dtype=torch.int32, device=device)
+        for group in groups:
+            dist.all_reduce(disagreeing, group=group)
+        return int(disagreeing) == 0
+
+    def _all_finite(self, entries: list[_Entry], grads: list[Any]) -> bool:
+        """Whether no gradient holds a NaN or an inf, on any rank (the verdict of
+        ``skip_nonfinite`` and of :class:`LossScaleOptimizer`, which every rank must share:
+        a rank that skipped while another applied would leave the model half-stepped, and
+        under ``global_clipnorm`` the other rank would wait in the norm's all-reduce)."""
+        return self._agreed(pipeline.is_finite([values_of(g) for g in grads]), entries)
+
+    def _state_initialising_step(self, entries: list[_Entry], grads: list[Any]) -> bool:
+        """Whether this is the step torch.distributed.checkpoint takes to create the state
+        of an optimizer that has none (``get_optimizer_state_dict`` /
+        ``set_optimizer_state_dict``): no parameter has state yet, every gradient is zero
+        (on every rank) and every float rate is 0 (torch >= 2.2 writes 0 into each group's
+        "lr"). Such a step only creates the state: no iteration is counted and the EMA,
+        the accumulators and the weights are left as they are. (A genuine first step with
+        all-zero gradients at rate 0 would change only the counter.)"""
+        if any(self.state.get(p) for group in self.param_groups for p in group["params"]):
+            return False
+        for group in self.param_groups:
+            lr = group["lr"]
+            if group["learning_rate"] is None and (
+                    float(lr) if isinstance(lr, torch.Tensor) else lr) != 0:
+                return False
+        zero = all(not torch.any(values_of(g)) for g in grads)
+        return self._agreed(zero, entries)
 
     def _planned_step(self) -> bool:
         """The steady-state step through cached :class:`GroupPlan` s (see
@@ -706,7 +1133,9 @@ class KerasOptimizer(torch.optim.Optimizer):
                     f"{type(self).__name__}: the sparse gradient of "
                     f"{_describe_param(p, entry.name)} has shape {tuple(grad.shape)}."
                 )
-            grad = grad.coalesce()
+            grad = grad.coalesce()  # duplicate rows summed
+            if entry.group["sparse_updates"] == "dense":
+                return grad.to_dense().to(dtype)
             if grad.sparse_dim() == 1:
                 return IndexedSlices(grad.values().to(dtype), grad.indices()[0], tuple(grad.shape))
             return grad.to_dense().to(dtype)
@@ -859,7 +1288,8 @@ class KerasOptimizer(torch.optim.Optimizer):
     def state_dict(self) -> dict[str, Any]:
         """torch's ``state_dict``; each group also names the optimizer class, so that
         ``load_state_dict`` can refuse a state from another optimizer."""
-        state_dict = super().state_dict()
+        with self._step_lock:  # a consistent snapshot, never half a step
+            state_dict = super().state_dict()
         for group in state_dict["param_groups"]:
             group[MARKER] = type(self).__name__
         return state_dict
@@ -867,7 +1297,24 @@ class KerasOptimizer(torch.optim.Optimizer):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Load a ``state_dict()``: everything is checked first (optimizer class, group and
         parameter counts, state names, shapes); tensors are copied bit for bit onto each
-        parameter's device, in the state dtype of its group."""
+        parameter's device, in the state dtype of its group.
+
+        As in torch.optim, the load_state_dict pre-hooks run first, on a shallow copy of
+        ``state_dict`` (a hook may change it in place or return another dict to load), and
+        the post-hooks run after the load. Saved ``param_names`` replace the group's names;
+        a state_dict without names keeps them."""
+        if isinstance(state_dict, dict):
+            state_dict = state_dict.copy()
+        for pre_hook in self._optimizer_load_state_dict_pre_hooks.values():
+            result = pre_hook(self, state_dict)
+            if result is not None:
+                state_dict = result
+        with self._step_lock:  # never between the changes of a step
+            self._load_state_dict(state_dict)
+        for post_hook in self._optimizer_load_state_dict_post_hooks.values():
+            post_hook(self)
+
+    def _load_state_dict(self, state_dict: dict[str, Any]) -> None:
         name = type(self).__name__
         if not isinstance(state_dict, dict) or not {"state", "param_groups"} <= set(state_dict):
             raise ValueError(
@@ -903,6 +1350,19 @@ class KerasOptimizer(torch.optim.Optimizer):
                 )
             for saved_id, p in zip(saved["params"], group["params"]):
                 id_to_param[saved_id] = (p, group, saved)
+            names = saved.get("param_names")
+            if names is not None and (
+                not isinstance(names, list) or len(names) != len(group["params"])
+                or not all(isinstance(n, str) for n in names)
+            ):
+                count = len(names) if isinstance(names, list) else None
+                raise ValueError(
+                    f"{name}.load_state_dict: param group {index} of the state_dict has "
+                    f"param_names={validation.short_repr(names)}"
+                    + (f" ({count} names)" if count is not None else "")
+                    + f"; it needs one string per parameter ({len(group['params'])} "
+                    "parameters)."
+                )
         iterations = {int(g.get("iterations", 0)) for g in saved_groups}
         if len(iterations) > 1:
             raise ValueError(
@@ -933,6 +1393,13 @@ class KerasOptimizer(torch.optim.Optimizer):
                     )
                 slot_state[key] = (value, dtype)
             new_state[p] = slot_state
+        pairs = []  # torch's betas as tuples (a checkpoint written as JSON has lists)
+        for index, saved in enumerate(saved_groups):
+            try:
+                pairs.append({key: _betas_pair(key, saved[key])
+                              for key in ("betas", "synced_betas") if saved.get(key) is not None})
+            except ValueError as error:
+                raise ValueError(f"{name}.load_state_dict: param group {index}: {error}") from None
         # Everything checked: now change the optimizer.
         loaded: dict[torch.Tensor, dict[str, Any]] = {}
         for p, slots in new_state.items():
@@ -940,10 +1407,12 @@ class KerasOptimizer(torch.optim.Optimizer):
         self.state.clear()
         for p, slots in loaded.items():
             self.state[p] = slots
-        for group, saved in zip(self.param_groups, saved_groups):
+        for group, saved, pair in zip(self.param_groups, saved_groups, pairs):
             for key, value in saved.items():
-                if key not in ("params", "param_names", MARKER):
-                    group[key] = value
+                if key == "param_names":
+                    group[key] = list(value)
+                elif key not in ("params", MARKER):
+                    group[key] = pair.get(key, value)
 
 
 def _fits(tensor: Any, param: torch.Tensor) -> bool:
@@ -1005,12 +1474,18 @@ class Adam(KerasOptimizer):
             the state, and compute the step, in (``torch.float32`` for bf16/fp16 params).
         norm_process_group: A process group over which ``global_clipnorm`` sums the squared
             norms of plain (non-DTensor) gradients, for ZeroRedundancyOptimizer.
+        sparse_updates: What a sparse gradient (``nn.Embedding(sparse=True)``) updates, per
+            param group. ``"lazy"`` (default, as tf.keras documented for Adamax): only the
+            rows it holds; the other rows, and their moments, are left as they are.
+            ``"dense"``: it is densified (duplicate rows summed) and updates every row, as
+            Keras 3 does (Keras 3's trajectory).
         skip_nonfinite: kerasopt only (default False: as Keras, NaN/inf gradients propagate).
             When True, a ``step()`` whose gradients hold NaN or inf changes nothing but
             ``skipped_steps``; the first skip warns.
     """
 
     _core_class = _CoreAdam
+    _spec = algorithms.get("adam")
     _slots = ADAM_SLOTS
     _algorithm_keys = ("beta_1", "beta_2", "epsilon", "amsgrad")
 
@@ -1036,6 +1511,7 @@ class Adam(KerasOptimizer):
         gradient_accumulation_steps: int | None = None,
         state_dtype: torch.dtype | None = None,
         norm_process_group: Any = None,
+        sparse_updates: str = "lazy",
         **kwargs: Any,
     ) -> None:
         defaults = {
@@ -1052,6 +1528,7 @@ class Adam(KerasOptimizer):
             "ema_momentum": ema_momentum,
             "ema_overwrite_frequency": ema_overwrite_frequency,
             "state_dtype": state_dtype,
+            "sparse_updates": sparse_updates,
         }
         super().__init__(
             params,
@@ -1078,6 +1555,7 @@ class Adamax(KerasOptimizer):
     """
 
     _core_class = _CoreAdamax
+    _spec = algorithms.get("adamax")
     _slots = ADAMAX_SLOTS
     _algorithm_keys = ("beta_1", "beta_2", "epsilon")
 
@@ -1102,6 +1580,7 @@ class Adamax(KerasOptimizer):
         gradient_accumulation_steps: int | None = None,
         state_dtype: torch.dtype | None = None,
         norm_process_group: Any = None,
+        sparse_updates: str = "lazy",
         **kwargs: Any,
     ) -> None:
         defaults = {
@@ -1117,6 +1596,7 @@ class Adamax(KerasOptimizer):
             "ema_momentum": ema_momentum,
             "ema_overwrite_frequency": ema_overwrite_frequency,
             "state_dtype": state_dtype,
+            "sparse_updates": sparse_updates,
         }
         super().__init__(
             params,
@@ -1164,6 +1644,7 @@ class LossScaleOptimizer:
                 "LossScaleOptimizer: the inner optimizer has loss_scale_factor="
                 f"{inner_optimizer.loss_scale_factor!r}; use one kind of loss scaling."
             )
+        inner_optimizer._check_rank_has_parameters("LossScaleOptimizer")
         self.inner_optimizer = inner_optimizer
         self.initial_scale = validation.real(
             "initial_scale", initial_scale, minimum=0.0, min_inclusive=False,
@@ -1176,7 +1657,9 @@ class LossScaleOptimizer:
         self.step_counter = 0
 
     def __getattr__(self, name: str) -> Any:
-        if name == "inner_optimizer":  # during unpickling, before __dict__ is filled
+        # Not during unpickling (before __dict__ is filled), and never the protocols of
+        # copy and pickle (__deepcopy__, __reduce_ex__...): those are this object's own.
+        if name == "inner_optimizer" or name.startswith("__"):
             raise AttributeError(name)
         return getattr(self.inner_optimizer, name)
 
@@ -1186,16 +1669,23 @@ class LossScaleOptimizer:
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
+        """Unscale and step, or skip and halve the scale; serialized with the inner
+        optimizer's steps by its lock."""
+        with self.inner_optimizer._step_lock:
+            return self._step(closure)
+
+    def _step(self, closure: Callable[[], Any] | None) -> Any:
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
         inner = self.inner_optimizer
         entries = inner._collect()
-        if not entries:
-            return inner.step() if loss is None else (inner.step(), loss)[1]
+        if not entries:  # no gradient: a no-op (the inner step runs its hooks)
+            inner.step()
+            return loss
         grads = [inner._prepared_gradient(e) for e in entries]  # checks shapes first
-        if not pipeline.is_finite([values_of(g) for g in grads]):
+        if not inner._all_finite(entries, grads):  # the same verdict on every rank
             self.step_counter = 0
             self.dynamic_scale = float(np.float32(self.dynamic_scale) * np.float32(0.5))
             return loss

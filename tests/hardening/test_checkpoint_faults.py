@@ -58,7 +58,7 @@ while True:
 """
 
 N_ELEMENTS = 1_000_000  # 12 MB per checkpoint: a save takes long enough to be hit mid-write
-N_KILLS = 40
+N_KILLS = 25  # a fixed count, not "as many as fit in a minute": the same test under any load
 
 
 def _read_version(path):
@@ -78,11 +78,8 @@ def test_kill_during_repeated_saves_never_corrupts(tmp_path, hardening_count):
     path = str(tmp_path / "opt.ckpt")
     rng = random.Random(1234)
     last = 0
-    deadline = time.monotonic() + 60
     kills = versions_seen = 0
     for _ in range(N_KILLS):
-        if time.monotonic() > deadline:
-            break
         child = subprocess.Popen(
             [PYTHON, "-c", WRITER, path, str(N_ELEMENTS)],
             env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -107,7 +104,7 @@ def test_kill_during_repeated_saves_never_corrupts(tmp_path, hardening_count):
     hardening_count("faults injected: SIGKILL during save", kills)
     hardening_count("checkpoints verified after a kill", kills)
     hardening_count("kills that left a partial temp file (mid-write)", len(leftovers))
-    assert kills >= 30 and last > 0 and versions_seen > 0
+    assert kills == N_KILLS and last > 0 and versions_seen > 0
     # the temporary files of interrupted writes are never taken for the checkpoint
     for leftover in leftovers:
         with pytest.raises(kerasopt.CheckpointError):

@@ -93,8 +93,9 @@ def test_step_closure_zero_grad_and_skipped_params(cls):
     assert torch.equal(opt.state[unused]["momentum"], torch.zeros(2))  # built, untouched
     opt.zero_grad()
     assert all(p.grad is None for p in model.parameters())
-    with pytest.raises(ValueError, match="no parameter has a gradient"):
-        opt.step()
+    iterations = opt.raw_iterations
+    assert opt.step() is None  # no gradient: torch.optim's no-op, nothing counted
+    assert opt.raw_iterations == iterations
 
 
 def test_named_parameters_drive_weight_decay_exclusion():
@@ -291,10 +292,10 @@ def test_bad_param_groups(cls):
     a, b = _params(0), _params(1)
     with pytest.raises(ValueError, match="already in param group 0"):
         cls([{"params": a}, {"params": [a[0], *b]}])
-    with pytest.raises(ValueError, match="appears twice"):
+    with pytest.raises(ValueError, match="duplicate parameters"):
         cls([a[0], a[0]])
     with pytest.raises(TypeError, match="unknown key"):
-        cls([{"params": a, "betas": (0.9, 0.99)}])
+        cls([{"params": a, "eps": 1e-8}])
     with pytest.raises(ValueError, match="beta_2=2.0"):
         cls([{"params": a, "beta_2": 2.0}])
     with pytest.raises(TypeError, match="single tensor"):

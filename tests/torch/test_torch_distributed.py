@@ -1,11 +1,18 @@
 """Multi-process CPU tests (gloo, 127.0.0.1, world size 2): DDP, FSDP2 with DTensor
 parameters, ZeroRedundancyOptimizer, and torch.distributed.checkpoint resume; each compared
-with a single-process run of the same global batch."""
+with a single-process run of the same global batch.
+
+All scenarios run in one spawn of the ranks (process start-up dominates), under bounded
+timeouts: a collective that waits more than ``dist_worker.COLLECTIVE_TIMEOUT`` raises in the
+worker, and the whole spawn is killed after ``DEADLINE`` seconds, so a deadlock fails the
+tests instead of hanging CI.
+"""
 
 from __future__ import annotations
 
 import json
 import socket
+import time
 
 import pytest
 import torch
@@ -16,6 +23,7 @@ pytestmark = pytest.mark.skipif(
 )
 
 WORLD = 2
+DEADLINE = 110.0  # seconds for every scenario together
 
 
 def _free_port() -> int:
@@ -24,28 +32,42 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-SCENARIOS = ["ddp", "fsdp2", "fsdp2_clipnorm", "zero", "dcp"]
+def _scenarios():
+    import dist_worker
+
+    return ["ddp", "fsdp2", "fsdp2_clipnorm", "zero", "dcp", "dcp_init", "zero_empty_rank",
+            *dist_worker.MATRIX]
 
 
 @pytest.fixture(scope="module")
 def results(tmp_path_factory):
-    """Spawn the ranks once and run every scenario in them (process start-up dominates)."""
+    """Spawn the ranks once and run every scenario in them."""
     import dist_worker
     import torch.multiprocessing as mp
 
     out = tmp_path_factory.mktemp("distributed")
+    scenarios = _scenarios()
     failure = None
+    started = time.monotonic()
+    context = mp.start_processes(dist_worker.run, args=(WORLD, _free_port(), scenarios, str(out)),
+                                 nprocs=WORLD, join=False, start_method="spawn")
     try:
-        mp.start_processes(dist_worker.run, args=(WORLD, _free_port(), SCENARIOS, str(out)),
-                           nprocs=WORLD, join=True, start_method="spawn")
+        while not context.join(timeout=max(0.1, started + DEADLINE - time.monotonic())):
+            if time.monotonic() > started + DEADLINE:
+                raise TimeoutError(f"the ranks ran past {DEADLINE} s (a deadlock?)")
     except Exception as error:  # the per-scenario tests report what is missing
         failure = error
+    finally:
+        for process in context.processes:
+            if process.is_alive():
+                process.kill()
     found = {}
-    for scenario in SCENARIOS:
+    for scenario in scenarios:
         path = out / f"{scenario}.json"
         if path.exists():
             found[scenario] = json.loads(path.read_text())
             print(f"{scenario}: {found[scenario]}")
+    print(f"all scenarios: {time.monotonic() - started:.1f} s")
     return found, failure
 
 
@@ -80,7 +102,47 @@ def test_zero_redundancy_optimizer_matches_single_process(results):
 def test_distributed_checkpoint_resume_is_exact(results):
     result = _launch("dcp", results)
     assert result["resumed_raw_iterations"] == 3
+    assert result["resumed_state_vs_saved"] == 0.0, result  # EMA, accumulators, moments
     assert result["resume_vs_straight_max_abs"] == 0.0, result
+    assert result["state_vs_straight_max_abs"] == 0.0, result
+    assert result["raw_iterations"] == [6, 6]
+    assert result["max_abs_diff"] <= 1e-6, result
+
+
+def test_dcp_state_initialising_step_changes_nothing(results):
+    result = _launch("dcp_init", results)
+    assert result["raw_iterations_after_init"] == 0 and result["lr_after_init"] == 0.01
+    assert result["ema_is_the_weights"] and result["accumulators_are_zero"]
+    assert result["weights_vs_straight"] == 0.0 and result["state_vs_straight"] == 0.0
+    assert result["raw_iterations"] == [5, 5]
+
+
+def test_a_zero_rank_without_parameters_refuses_instead_of_hanging(results):
+    outcomes = _launch("zero_empty_rank", results)["outcomes"]
+    assert outcomes[0] == "built"
+    assert "holds no parameter" in outcomes[1] and "norm_process_group" in outcomes[1]
+
+
+def _matrix():
+    import dist_worker
+
+    return dist_worker.MATRIX
+
+
+@pytest.mark.parametrize("scenario", _matrix())
+def test_every_rank_agrees_on_a_nonfinite_gradient(scenario, results):
+    """+inf in one element of one rank's gradient: every rank skips (or halves the scale)
+    together, and the result equals the single-process run of the same global batch."""
+    import dist_worker
+
+    result = _launch(scenario, results)
+    counters = result["rank_counters"]
+    assert all(c == counters[0] for c in counters), counters  # ranks agree
+    raw, skipped, scale, _ = result["reference_counters"]
+    assert raw == dist_worker.STEPS - 1  # the single-process run skipped the bad step
+    assert counters[0] == result["reference_counters"], result
+    if scenario.startswith("zero"):
+        assert result["ranks_seeing_the_inf"] == 1  # only the owner's shard held it
     assert result["max_abs_diff"] <= 1e-6, result
 
 

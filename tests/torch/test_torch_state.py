@@ -183,19 +183,50 @@ def test_load_rejects_wrong_parameter_count():
 
 
 def test_schedule_group_honours_an_external_lr_for_one_step():
-    """torch.distributed.checkpoint creates the state of a fresh optimizer with one
-    zero-gradient step at lr 0; a scheduled group must not decay its weights then."""
+    """A 0 written into a scheduled group's "lr" (as torch.distributed.checkpoint writes for
+    its state-creating step) applies to the next step only: no decay, no update then."""
     p = torch.nn.Parameter(torch.ones(3))
     schedule = kerasopt.schedules.ExponentialDecay(0.1, decay_steps=10, decay_rate=0.5)
     opt = kt.Adamax([p], learning_rate=schedule, weight_decay=0.5)
     group = opt.param_groups[0]
-    p.grad = torch.zeros(3)
+    p.grad = torch.ones(3)
     opt.step()  # reports the schedule's rate
     assert group["lr"] == pytest.approx(0.1)
     before = p.detach().clone()
-    group["lr"] = 0.0  # what torch.distributed.checkpoint does before its init step
+    group["lr"] = 0.0
+    p.grad = torch.zeros(3)  # the momentum alone would move p at a non-zero rate
     opt.step()
     assert torch.equal(p.detach(), before)  # no decay, no update at rate 0
     opt.step()  # the schedule decides again
     assert group["lr"] == pytest.approx(float(schedule(2)))
     assert not torch.equal(p.detach(), before)
+
+
+@pytest.mark.parametrize("config", [
+    {"use_ema": True, "gradient_accumulation_steps": 2, "weight_decay": 0.1},
+    {"learning_rate": kerasopt.schedules.ExponentialDecay(0.01, 2, 0.5), "weight_decay": 0.1,
+     "use_ema": True},
+], ids=["float-rate", "schedule"])
+def test_dcp_state_initialising_step_counts_and_changes_nothing(config):
+    """torch.distributed.checkpoint's get_optimizer_state_dict creates the state of a fresh
+    optimizer with a step() of zero gradients (lr 0): nothing but the state may change."""
+    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+
+    model, straight = _model(), _model()
+    opt, straight_opt = kt.Adam(model.parameters(), **config), kt.Adam(straight.parameters(),
+                                                                       **config)
+    weights = [p.detach().clone() for p in model.parameters()]
+    saved = get_optimizer_state_dict(model, opt)
+    assert opt.raw_iterations == 0 and saved["param_groups"][0]["iterations"] == 0
+    for p, w in zip(model.parameters(), weights):
+        assert torch.equal(p, w) and p.grad is None
+        assert torch.equal(opt.state[p]["average"], w)
+        assert not torch.any(opt.state[p]["momentum"])
+    batches = _batches(5)
+    _train(model, opt, batches)
+    _train(straight, straight_opt, batches)
+    for p, q in zip(model.parameters(), straight.parameters()):
+        assert torch.equal(p, q)
+        for key, value in opt.state[p].items():
+            assert torch.equal(value, straight_opt.state[q][key]), key
+    assert opt.raw_iterations == straight_opt.raw_iterations == 5
