@@ -25,8 +25,7 @@ LAYERS = [
     ("schedules", "variable", "pipeline", "algorithms", "kernels._numba"),
     ("config", "sparse", "kernels"),
     ("engine",),
-    ("optimizer", "optimizers", "loss_scale", "_torch_plan", "torch", "optax", "keras",
-     "adam", "adamax"),
+    ("optimizer", "optimizers", "loss_scale", "_torch_plan", "torch", "optax", "keras"),
     ("serialization_api", "checkpoint", "interop", "cli", "__main__", ""),
 ]
 
