@@ -25,6 +25,7 @@ weights are copied in at the end, as ``model.fit`` does), and gradient accumulat
 from __future__ import annotations
 
 import argparse
+import gc
 import importlib.util
 import json
 import math
@@ -699,6 +700,11 @@ def train_one(
     record()
     bar = tqdm(total=steps, desc=f"{name:<15}", unit="batch", disable=not progress,
                leave=True, dynamic_ncols=True, file=sys.stderr)
+    # As timeit does: no garbage collection inside the timed loop (a pass over the objects
+    # an earlier run left behind, Keras's above all, would land on whichever run is timed).
+    gc.collect()
+    collecting = gc.isenabled()
+    gc.disable()
     start = time.perf_counter()
     k = 0
     try:
@@ -724,6 +730,8 @@ def train_one(
         result.final_loss = _evaluate(run, x_train, y_train)[0]
         result.final_accuracy = _evaluate(run, x_test, y_test)[1]
     finally:
+        if collecting:
+            gc.enable()
         bar.close()
     result.seconds = time.perf_counter() - start
     result.steps = steps
