@@ -90,7 +90,6 @@ RETICULATE_MINICONDA_ENABLED=FALSE \
 R_LIBS="$tmp/lib${R_LIBS:+:$R_LIBS}" \
 KERASOPT_R_TESTS="$here/kerasopt/tests/testthat" \
 KERASOPT_R_BARE_PYTHON="$bare" \
-KERASOPT_REPO="$repo" \
   Rscript -e '
     library(testthat)
     options(cli.dynamic = FALSE, cli.num_colors = 1)

@@ -590,32 +590,6 @@ def sharded_variables():
         keras.distribution.set_distribution(None)
 
 
-# --------------------------------------------------------------------------- docs
-
-
-@check
-def docs_example():
-    """The python block of docs/keras.md for this backend runs as written (in a temporary
-    directory); returns what it printed."""
-    import contextlib
-    import io
-    import re
-
-    page = Path(__file__).resolve().parents[2] / "docs" / "keras.md"
-    blocks = re.findall(r"^```python\n(.*?)^```", page.read_text(), re.S | re.M)
-    mine = [b for b in blocks if f'os.environ["KERAS_BACKEND"] = "{BACKEND}"' in b]
-    assert len(mine) == 1, f"{len(mine)} blocks for {BACKEND} in docs/keras.md"
-    out = io.StringIO()
-    old = os.getcwd()
-    with tempfile.TemporaryDirectory() as tmp, contextlib.redirect_stdout(out):
-        os.chdir(tmp)
-        try:
-            exec(compile(mine[0], f"docs/keras.md ({BACKEND})", "exec"), {"__name__": "__main__"})
-        finally:
-            os.chdir(old)
-    return {"printed": out.getvalue(), "blocks": len(blocks)}
-
-
 # --------------------------------------------------------------------------- main
 
 

@@ -62,7 +62,3 @@ def test_custom_loop_with_missing_gradients(checks):
     found = result(checks, "custom_loop_with_missing_gradients")["Adamax"]
     assert found["ratio"] <= 1.0 and found["moved"] > 1e-2, found
 
-
-def test_docs_example_runs(checks):
-    found = result(checks, "docs_example")
-    assert "loss " in found["printed"], found

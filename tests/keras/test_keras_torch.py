@@ -71,7 +71,3 @@ def test_triton_kernels_through_the_plan(checks):
     assert found["launches"] == 4, found  # 2 epochs of 2 steps, one launch each
     assert_parity(found["versus_keras"], "Triton (interpreter) Adam, every feature")
 
-
-def test_docs_example_runs(checks):
-    found = result(checks, "docs_example")
-    assert "Adamax 80" in found["printed"], found
