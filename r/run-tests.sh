@@ -67,6 +67,10 @@ if ! "$python" -c 'import kerasopt' >/dev/null 2>&1; then
   exit 1
 fi
 echo "== Python: $python"
+# A Python without kerasopt, for the test of the message R users get then: the interpreter
+# this environment was made from (empty when that one has kerasopt too; the test then fails).
+bare="$("$python" -c 'import sys; print(getattr(sys, "_base_executable", ""))')"
+if [[ -n "$bare" ]] && "$bare" -c 'import kerasopt' >/dev/null 2>&1; then bare=""; fi
 
 tmp="$(mktemp -d)"
 trap 'rm -rf "$tmp"' EXIT
@@ -85,6 +89,7 @@ RETICULATE_PYTHON="$python" \
 RETICULATE_MINICONDA_ENABLED=FALSE \
 R_LIBS="$tmp/lib${R_LIBS:+:$R_LIBS}" \
 KERASOPT_R_TESTS="$here/kerasopt/tests/testthat" \
+KERASOPT_R_BARE_PYTHON="$bare" \
   Rscript -e '
     library(testthat)
     options(cli.dynamic = FALSE, cli.num_colors = 1)

@@ -55,3 +55,22 @@ def with_slot_flags(name: str) -> list[tuple[str, dict[str, Any]]]:
 ALGORITHM_VARIANTS = [variant for name in ALGORITHMS for variant in with_slot_flags(name)]
 """Every algorithm, and again with each slot flag on: ``[("adam", {}), ("adam",
 {"amsgrad": True}), ("adamax", {}), ...]``."""
+
+
+def has_amsgrad(name: str) -> bool:
+    """Whether the algorithm takes ``amsgrad`` (Adam and AdamW)."""
+    return "amsgrad" in specs_of(name).defaults()
+
+
+def specs_of(name: str) -> specs.AlgorithmSpec:
+    return algorithms.get(name)
+
+
+AMSGRAD = tuple(s.keras_name for s in SPECS if "amsgrad" in s.defaults())
+"""The Keras names of the algorithms that take ``amsgrad``."""
+
+
+def no_decay(name: str) -> dict[str, Any]:
+    """The arguments that switch weight decay off: none, or ``weight_decay=0.0`` for an
+    algorithm that refuses None (AdamW; a factor of exactly 1)."""
+    return {"weight_decay": 0.0} if "weight_decay" in specs_of(name).required else {}

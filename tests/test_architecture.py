@@ -1,7 +1,7 @@
 """The layering of ``src/kerasopt``, checked on its import statements (module level and
 inside functions alike):
 
-    0  backend, validation, specs, serialization, kernels.layout, files
+    0  backend, validation, specs, serialization, kernels.layout, files, _install
     1  schedules, variable, pipeline, algorithms, kernels._numba
     2  config, sparse, kernels (scalars, fused, cuda)
     3  engine
@@ -20,12 +20,12 @@ from pathlib import Path
 SRC = Path(__file__).resolve().parents[1] / "src" / "kerasopt"
 
 LAYERS = [
-    ("backend", "validation", "specs", "serialization", "kernels.layout", "files"),
+    ("backend", "validation", "specs", "serialization", "kernels.layout", "files",
+     "_install"),
     ("schedules", "variable", "pipeline", "algorithms", "kernels._numba"),
     ("config", "sparse", "kernels"),
     ("engine",),
-    ("optimizer", "optimizers", "loss_scale", "_torch_plan", "torch", "optax", "keras",
-     "adam", "adamax"),
+    ("optimizer", "optimizers", "loss_scale", "_torch_plan", "torch", "optax", "keras"),
     ("serialization_api", "checkpoint", "interop", "cli", "__main__", ""),
 ]
 

@@ -225,6 +225,8 @@ ORACLES = {
        cls=st.sampled_from(CLASSES))
 def test_fuzz_constructor_arguments(argument, value, cls):
     expected = ORACLES[argument](value)
+    if value is None and argument in cls.spec.required:
+        expected = False  # AdamW refuses weight_decay=None, as Keras does
     try:
         opt = cls(**{argument: value})
     except (ValueError, TypeError) as error:

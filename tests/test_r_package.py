@@ -1,5 +1,8 @@
-"""The R package in r/ (optimizer_adam(), optimizer_adamax(), the schedules) passes its
-testthat tests against this Python's kerasopt.
+"""The R package in r/ (optimizer_adam(), optimizer_adamax(), optimizer_adam_w(), the
+schedules) passes its testthat tests against this Python's kerasopt: training R arrays,
+the Keras optimizers of ``keras = TRUE`` in a Keras model built through reticulate (this
+Python's keras, torch backend), the message for a Python without kerasopt, and the R
+examples of README.md and docs/keras.md.
 
 r/run-tests.sh installs R, reticulate and testthat from Debian's packages when they are
 missing (which needs root), installs the R package into a temporary library and runs the

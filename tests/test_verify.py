@@ -78,7 +78,41 @@ def test_without_keras_says_how_to_install(monkeypatch, capsys):
     monkeypatch.setattr(V, "keras_available", lambda: False)
     assert cli.main(["verify", "--quick"]) == 2
     err = capsys.readouterr().err
-    assert 'pip install "kerasopt[test]"' in err and "pip install keras==3.15.1" in err
+    assert "-m pip install keras==3.15.1" in err
+    assert "kerasopt[test]" not in err  # kerasopt is on no index: that line would fail
+
+
+@pytest.mark.parametrize("steps", ["0", "-3", "two"])
+def test_steps_must_be_a_positive_whole_number(steps, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["verify", "--steps", steps])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "--steps" in err
+    assert "expected a number >= 1" in err or "expected a whole number" in err
+
+
+def test_a_backend_left_out_for_lack_of_its_framework_is_counted_as_skipped(
+        monkeypatch, capsys):
+    monkeypatch.setattr(V, "installed_backends", lambda: ["numpy", "torch"])
+    ran = []
+
+    def fake_verify(features, backends, steps, factories, progress):
+        ran.append(list(backends))
+        return [V.Result(c.feature, c.algo, b, steps) for b in backends
+                for c in V.cases_for(features)]
+
+    monkeypatch.setattr(V, "verify", fake_verify)
+    assert V.run(_args("--features", "defaults,float64", "--steps", "2")) == 0
+    out = capsys.readouterr().out
+    assert ran == [["numpy", "torch"]]
+    # defaults and float64 on Adam and Adamax; JAX cannot run float64 (already a row).
+    jax_runs = len([c for c in V.cases_for(["defaults", "float64"])
+                    if ("jax", c.feature) not in V.UNSUPPORTED])
+    assert jax_runs == 2
+    assert f"8/8 runs match Keras ({jax_runs} skipped; backend jax not installed)" in out
+    assert "Skipped the jax backend (kerasopt.optax, 2 runs): jax and optax not installed" in out
+    assert "-m pip install" in out and "[jax]" in out
 
 
 def test_bad_options_are_rejected(capsys):

@@ -2,8 +2,9 @@
 PyTorch and JAX.
 
 ``kerasopt.Adam``, ``Adamax``, ``AdamW``: one class per registered algorithm
-(:mod:`kerasopt.specs`). ``kerasopt.torch`` and ``kerasopt.optax`` hold the PyTorch and JAX
-front ends; they are imported on first use so that ``import kerasopt`` needs only NumPy.
+(:mod:`kerasopt.specs`). ``kerasopt.torch``, ``kerasopt.optax`` and ``kerasopt.keras`` hold
+the PyTorch, JAX and Keras front ends; they are imported on first use so that
+``import kerasopt`` needs only NumPy.
 """
 
 from kerasopt import schedules
@@ -38,7 +39,7 @@ __all__ = [
 
 
 def __getattr__(name: str):
-    if name in ("torch", "optax"):
+    if name in ("torch", "optax", "keras"):
         import importlib
 
         return importlib.import_module(f"kerasopt.{name}")

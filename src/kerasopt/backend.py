@@ -10,6 +10,7 @@ numbers to an array's dtype the way Keras does (``ops.cast(value, variable.dtype
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from types import ModuleType
 from typing import Any
 
@@ -26,14 +27,37 @@ def is_jax(x: Any) -> bool:
     return jax is not None and isinstance(x, jax.Array)
 
 
+_REGISTERED: list[tuple[Callable[[Any], bool], Any]] = []
+
+
+def register_namespace(is_member: Callable[[Any], bool], xp: Any) -> None:
+    """Teach :func:`namespace`, :func:`cast_scalar` and :func:`float32_scalar` another array
+    library (``kerasopt.keras`` registers TensorFlow's, so that the pure rules run on
+    ``tf.Tensor`` s): ``is_member(x)`` says whether ``x`` is one of its arrays; ``xp`` has the
+    namespace functions the rules use plus ``cast_scalar(value, like)`` and
+    ``float32_scalar(value)``."""
+    if all(xp is not known for _, known in _REGISTERED):
+        _REGISTERED.append((is_member, xp))
+
+
+def _registered(*values: Any) -> Any:
+    for is_member, xp in _REGISTERED:
+        if any(is_member(v) for v in values):
+            return xp
+    return None
+
+
 def namespace(x: Any) -> ModuleType:
-    """The array library of ``x``: ``numpy``, ``torch`` or ``jax.numpy``."""
+    """The array library of ``x``: ``numpy``, ``torch`` or ``jax.numpy`` (or a library added
+    with :func:`register_namespace`)."""
     if is_torch(x):
         return sys.modules["torch"]
     if is_jax(x):
         import jax.numpy as jnp
 
         return jnp
+    if _REGISTERED and (xp := _registered(x)) is not None:
+        return xp
     return np
 
 
@@ -48,6 +72,8 @@ def cast_scalar(value: Any, like: Any) -> Any:
         if isinstance(value, torch.Tensor):
             return value.to(dtype=like.dtype)
         return torch.tensor(value, dtype=like.dtype)
+    if _REGISTERED and (xp := _registered(like)) is not None:
+        return xp.cast_scalar(value, like)
     if is_jax(like) or is_jax(value):
         import jax.numpy as jnp
 
@@ -63,6 +89,8 @@ def float32_scalar(value: Any) -> Any:
         return jnp.asarray(value, dtype=jnp.float32)
     if is_torch(value):
         return float32_scalar(float(value))
+    if _REGISTERED and (xp := _registered(value)) is not None:
+        return xp.float32_scalar(value)
     return np.float32(value)
 
 

@@ -347,9 +347,8 @@ def algorithm_of(optimizer: Any) -> str:
     hierarchy -- so that a user's subclass (``class MyAdam(kerasopt.torch.Adam): pass``)
     saves and loads like its base -- or ``"LossScaleOptimizer"``.
 
-    The one place checkpoints and :mod:`kerasopt.interop` identify an algorithm: the NumPy
-    classes carry their :class:`kerasopt.specs.AlgorithmSpec`; a kerasopt.torch class names
-    its NumPy twin (``_core_class``)."""
+    The one place checkpoints and :mod:`kerasopt.interop` identify an algorithm: every
+    frontend's class carries its :class:`kerasopt.specs.AlgorithmSpec` as ``spec``."""
     from kerasopt.loss_scale import LossScaleOptimizer
 
     kt = sys.modules.get("kerasopt.torch")
@@ -358,7 +357,7 @@ def algorithm_of(optimizer: Any) -> str:
     ):
         return "LossScaleOptimizer"
     cls = type(optimizer)
-    spec = getattr(cls, "spec", None) or getattr(getattr(cls, "_core_class", None), "spec", None)
+    spec = getattr(cls, "spec", None)
     if spec is not None:
         return spec.keras_name
     return cls.__name__
@@ -597,9 +596,9 @@ def _torch_group(path: Any, core: Any, index: int, saved: Any, current: dict,
         group[key] = value
     merged = {**current, **group}
     try:  # the hyperparameters pass the constructor's checks, a stored rate `lr` included
-        core._core_optimizer(merged)
+        core._check_options(merged)
         if "lr" in saved and not isinstance(saved["lr"], dict):
-            core._core_optimizer({**merged, "learning_rate": None})
+            core._check_options({**merged, "learning_rate": None})
         core._validate_state_dtype(merged.get("state_dtype"))
     except (ValueError, TypeError) as error:
         raise CheckpointError(f"{where} holds invalid hyperparameters ({error}).") from None

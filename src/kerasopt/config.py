@@ -141,6 +141,7 @@ EXTENSIONS: tuple[Option, ...] = (
            "as tf.keras's Adamax did; ``'dense'``: it is densified first, Keras 3's result."),
 )
 """kerasopt's own arguments, accepted by every frontend."""
+EXTENSIONS_BY_NAME = {o.name: o.default for o in EXTENSIONS}
 
 CLIPS = ("clipnorm", "clipvalue", "global_clipnorm")
 

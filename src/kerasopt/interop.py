@@ -87,10 +87,11 @@ def _h5py() -> Any:
     try:
         import h5py
     except ImportError as error:  # pragma: no cover - h5py is in the test extra
+        from kerasopt._install import fix_command
+
         raise ImportError(
             "kerasopt.interop reads and writes Keras's HDF5 weight files with h5py, which is "
-            "not installed: `pip install h5py`, or kerasopt's interop extra (from a kerasopt "
-            'checkout: `pip install ".[interop]"`).'
+            f"not installed; install it with kerasopt's interop extra: {fix_command('interop')}"
         ) from error
     return h5py
 
@@ -224,10 +225,25 @@ def read_model_weights(path: str | os.PathLike) -> dict[str, np.ndarray]:
 
 
 def _unwrap(config: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
-    """``(class_name, config)`` of a Keras dict or of a bare config (Adam by default)."""
+    """``(class_name, config)`` of a Keras dict, or of a bare config: the registered
+    algorithm whose arguments it holds (the first registered among those that store their
+    state alike: a bare Adam config and a bare AdamW config give the same layout)."""
     if "class_name" in config and isinstance(config.get("config"), Mapping):
         return str(config["class_name"]), dict(config["config"])
-    return ("Adam" if "amsgrad" in config else "Adamax"), dict(config)
+    from kerasopt import algorithms
+
+    keys = set(config)
+    candidates = [s for s in algorithms.registered() if set(s.defaults()) <= keys]
+    best = max((len(s.defaults()) for s in candidates), default=0)
+    candidates = [s for s in candidates if len(s.defaults()) == best]
+    if not candidates or len({s.all_slots for s in candidates}) > 1:
+        names = ", ".join(s.keras_name for s in candidates or algorithms.registered())
+        raise KerasFileError(
+            "The optimizer config names no class and its arguments do not tell which "
+            f"algorithm it is (one of {names}); pass Keras's serialized form "
+            "({'class_name': ..., 'config': ...})."
+        )
+    return candidates[0].keras_name, dict(config)
 
 
 def _spec(class_name: str) -> Any:

@@ -110,7 +110,10 @@ def decay(w: Any, weight_decay: float, learning_rate: Any) -> Any:
 
 def ema_momentum_at(iterations: Any, ema_momentum: float) -> Any:
     """The EMA momentum for a step: 0 while ``iterations == 0`` (the average starts at ``w``)."""
-    return (iterations != 0) * keras_float(ema_momentum)
+    not_first = iterations != 0
+    if not isinstance(not_first, (bool, np.bool_)):  # an array: as a number (TensorFlow's
+        not_first = float32_scalar(not_first)         # bool tensor * float is a bool)
+    return not_first * keras_float(ema_momentum)
 
 
 def ema(average: Any, w: Any, momentum: Any) -> Any:

@@ -71,18 +71,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from kerasopt import algorithms, config, kernels, pipeline, validation
+from kerasopt import algorithms, config, engine, kernels, pipeline, specs, validation
 from kerasopt._torch_plan import GroupPlan, StateSnapshot, state_columns
-from kerasopt.adam import Adam as _CoreAdam
-from kerasopt.adamax import Adamax as _CoreAdamax
-from kerasopt.algorithms.adam import AMSGRAD_SLOT, adam_update
-from kerasopt.algorithms.adam import SLOTS as ADAM_SLOTS
-from kerasopt.algorithms.adamax import SLOTS as ADAMAX_SLOTS
-from kerasopt.algorithms.adamax import adamax_update
+from kerasopt.backend import ops_for
 from kerasopt.schedules import LearningRateSchedule
-from kerasopt.sparse import IndexedSlices, map_values, values_of, with_values
+from kerasopt.sparse import IndexedSlices, values_of
 
-__all__ = ["Adam", "Adamax", "KerasOptimizer", "LossScaleOptimizer"]
+__all__ = ["CLASSES", "KerasOptimizer", "LossScaleOptimizer", "optimizer_class"]
 
 AVERAGE = "average"
 ACCUMULATOR = "gradient_accumulator"
@@ -247,14 +242,15 @@ _CLIP_KEYS = frozenset(config.CLIPS)
 
 
 class KerasOptimizer(torch.optim.Optimizer):
-    """Base class of :class:`Adam` and :class:`Adamax` (the pipeline around the rule)."""
+    """Base class of the registered algorithms' torch optimizers (:func:`optimizer_class`):
+    torch's conventions around the engine's step."""
 
-    _core_class: type = _CoreAdam
-    _spec: Any = algorithms.get("adam")  # the registered algorithm (kerasopt.specs)
-    _slots: tuple[str, ...] = ()
-    _algorithm_keys: tuple[str, ...] = ()
-    _fused_algorithm: str | None = None  # the kernel of kerasopt.kernels for this rule
-    _update_rule: Callable[..., tuple[Any, ...]]
+    spec: specs.AlgorithmSpec
+    """The registered algorithm (set on each class by :func:`optimizer_class`)."""
+
+    @property
+    def _algorithm_keys(self) -> tuple[str, ...]:
+        return tuple(h.name for h in self.spec.hyperparameters)
 
     def __init__(
         self,
@@ -268,7 +264,8 @@ class KerasOptimizer(torch.optim.Optimizer):
         **kwargs: Any,
     ) -> None:
         name = type(self).__name__
-        validation.unknown_keywords(name, kwargs)
+        if kwargs:  # each is unknown: refused with "did you mean" for foreign names
+            config.checked_options(self.spec, kwargs, owner=name)
         self.skip_nonfinite = validation.boolean("skip_nonfinite", skip_nonfinite)
         learning_rate = defaults.pop("learning_rate")
         if _is_rate_function(learning_rate):
@@ -293,7 +290,7 @@ class KerasOptimizer(torch.optim.Optimizer):
         config.option("sparse_updates").check("sparse_updates", defaults["sparse_updates"])
         # The core optimizer's constructor is the one place where Keras's arguments are
         # checked, so errors name the argument and value exactly as kerasopt.Adam does.
-        self._core_optimizer(defaults)
+        self._check_options(defaults)
         if isinstance(params, torch.Tensor):
             raise TypeError(
                 f"{name}: params argument given to the optimizer should be an iterable of "
@@ -337,20 +334,21 @@ class KerasOptimizer(torch.optim.Optimizer):
                 f"floating torch.dtype such as torch.float32; received state_dtype={state_dtype!r}."
             )
 
-    def _core_optimizer(self, group: dict[str, Any]) -> Any:
-        """A core optimizer built from a group's hyperparameters: validates them all."""
+    def _check_options(self, group: dict[str, Any]) -> None:
+        """Check a group's hyperparameters with the constructor's rules (the shared options'
+        of :mod:`kerasopt.config` and the algorithm's of its spec); errors name the argument
+        and the value exactly as ``kerasopt.Adam``'s do."""
         learning_rate = group.get("learning_rate")
         if learning_rate is None:
             learning_rate = group["lr"]
             if isinstance(learning_rate, torch.Tensor):
                 learning_rate = _float_rate("lr", learning_rate)
-        keras_args = {k: group[k] for k in self._core_keys() if k in group}
-        return self._core_class(
-            learning_rate=learning_rate,
-            loss_scale_factor=self.loss_scale_factor,
-            gradient_accumulation_steps=self.gradient_accumulation_steps,
-            **keras_args,
-        )
+        values = {k: group[k] for k in self._core_keys() if k in group}
+        config.checked_options(self.spec, {
+            **values, "learning_rate": learning_rate,
+            "loss_scale_factor": self.loss_scale_factor,
+            "gradient_accumulation_steps": self.gradient_accumulation_steps,
+        }, owner=type(self).__name__)
 
     def _core_keys(self) -> tuple[str, ...]:
         return (
@@ -413,7 +411,7 @@ class KerasOptimizer(torch.optim.Optimizer):
         merged = {**self.defaults, **group}
         self._validate_state_dtype(merged["state_dtype"])
         config.option("sparse_updates").check("sparse_updates", merged["sparse_updates"])
-        self._core_optimizer(merged)
+        self._check_options(merged)
         if "betas" in self.defaults:
             group["betas"] = group["synced_betas"] = (merged["beta_1"], merged["beta_2"])
         params = group["params"]
@@ -562,7 +560,7 @@ class KerasOptimizer(torch.optim.Optimizer):
         agreement: whichever was written since the last step wins."""
         name = type(self).__name__
         keys = self._watched_keys()
-        rules = _group_rules(self._spec)
+        rules = _group_rules(self.spec)
         previous = {id(seen): values for seen, _, values in checked or ()}
         writes = []
         for index, group in enumerate(self.param_groups):
@@ -649,6 +647,11 @@ class KerasOptimizer(torch.optim.Optimizer):
             value = rate(np.int64(raw))
         else:
             value = rate()
+        if isinstance(value, float):
+            # A Python float (what a callable returns) stays one: Keras's torch backend then
+            # computes the weight decay's factor in double precision (pipeline.decay_factor).
+            group["lr"] = group["reported_lr"] = value
+            return value
         if isinstance(value, torch.Tensor):
             tensor = value.detach().cpu()
         else:
@@ -662,7 +665,9 @@ class KerasOptimizer(torch.optim.Optimizer):
         return group.get("state_dtype") or p.dtype
 
     def _slot_names(self, group: dict[str, Any]) -> list[str]:
-        return list(self._slots)
+        """The algorithm's state of a parameter of ``group`` (an optional slot where its
+        flag is set: ``velocity_hat`` with amsgrad)."""
+        return list(self.spec.slot_names(group))
 
     def _ensure_state(self, group: dict[str, Any], p: torch.Tensor) -> dict[str, Any]:
         """Create the missing state of ``p`` (zeros; the EMA average starts at ``p``)."""
@@ -823,26 +828,59 @@ class KerasOptimizer(torch.optim.Optimizer):
 
     def _reference_step(self, entries: list[_Entry], grads: list[Any], raw: int,
                         checked: tuple[dict, dict] | None) -> None:
-        """Keras's ``apply()`` on torch tensors, stage by stage, with the pure functions of
-        :mod:`kerasopt.pipeline` and the update rule (``checked`` is None on an
-        accumulation micro-step)."""
+        """Keras's ``apply()`` through :func:`kerasopt.engine.apply`, over the local tensors
+        of every parameter that has state (``checked`` is None on an accumulation
+        micro-step), written back in place."""
         n = self.gradient_accumulation_steps
-        iterations = raw // n if n else raw
-        # 1. unscale (loss_scale_factor)
-        if self.loss_scale_factor is not None:
-            factor = self.loss_scale_factor
-            grads = [map_values(lambda v: pipeline.unscale(v, factor), g) for g in grads]
-        # 2. accumulate (a micro-step stops here, with grads None)
+        held = [(index, group, p, name) for index, group in enumerate(self.param_groups)
+                for p, name in zip(group["params"], group.get("param_names")
+                                   or [None] * len(group["params"]))
+                if self.state.get(p)]
+        position = {id(p): k for k, (_, _, p, _) in enumerate(held)}
+        states = [self.state[p] for _, _, p, _ in held]
+        arrays = engine.Arrays(
+            weights=[_local(p) for _, _, p, _ in held],
+            slots=[tuple(_local(state[slot]) for slot in self._slot_names(group))
+                   for (_, group, _, _), state in zip(held, states)],
+            accumulators=[_local(state[ACCUMULATOR]) for state in states] if n else None,
+            averages=[_local(state[AVERAGE]) if group["use_ema"] else None
+                      for (_, group, _, _), state in zip(held, states)],
+        )
+        groups = []
+        for group in self.param_groups:
+            if checked is None:  # a micro-step uses no rate
+                rate, hyper = 0.0, self._hyperparameters(group)
+            else:
+                rate, hyper = checked[0][id(group)], checked[1][id(group)]
+            groups.append(engine.Group(
+                learning_rate=rate, hyperparameters=hyper,
+                **{key: group[key] for key in ("weight_decay", "clipnorm", "clipvalue",
+                                               "global_clipnorm", "use_ema", "ema_momentum",
+                                               "ema_overwrite_frequency")}))
+        params = [p for _, _, p, _ in held]
+        hooks = engine.Hooks(
+            global_norm=lambda values, indices: self._norm(values, [params[i] for i in indices]),
+            tensor_norm=lambda value, i: (self._norm([value], [params[i]])
+                                          if _is_dtensor(params[i]) else None),
+        )
+        new = engine.apply(
+            engine.spec_rule(self.spec), arrays,
+            [(position[id(e.param)], g) for e, g in zip(entries, grads)],
+            step=engine.Step(raw=raw, loss_scale_factor=self.loss_scale_factor,
+                             accumulation_steps=n, hooks=hooks),
+            groups=groups, group_of=[index for index, _, _, _ in held],
+            decay_mask=[self._use_weight_decay(p, name) for _, _, p, name in held],
+            ops=ops_for(arrays.weights[0]),
+        ).arrays
+        stored = [(arrays.weights, new.weights)]
+        stored += [(old, fresh) for old, fresh in zip(arrays.slots, new.slots)]
         if n:
-            grads = self._accumulate(entries, grads, raw, n)
-        if checked is not None:
-            # 3. clip (clipnorm, global_clipnorm, clipvalue)
-            grads = self._clip(entries, grads)
-            # 4. weight decay and the rule's update, per parameter
-            for entry, g in zip(entries, grads):
-                self._update(entry, g, checked[0][id(entry.group)], iterations + 1)
-        # 5. EMA of the weights (and its overwrite)
-        self._update_ema(iterations)
+            stored.append((arrays.accumulators, new.accumulators))
+        stored.append((arrays.averages, new.averages))
+        for old, fresh in stored:
+            for target, value in zip(old, fresh):
+                if target is not None and value is not target:
+                    target.copy_(value)
 
     def _ensure_all_state(self) -> None:
         """Create the missing state of every parameter that can have a gradient."""
@@ -920,8 +958,8 @@ class KerasOptimizer(torch.optim.Optimizer):
         :mod:`kerasopt._torch_plan`): every parameter of every group has a plain dense
         gradient on its device and complete state. Returns False, having changed nothing,
         otherwise."""
-        algorithm = self._fused_algorithm
-        if (algorithm is None or self.norm_process_group is not None or self.skip_nonfinite
+        algorithm = self.spec
+        if (algorithm.kernel is None or self.norm_process_group is not None or self.skip_nonfinite
                 or sum(1 for group in self.param_groups if group["global_clipnorm"]) > 1):
             return False
         count = len(self.param_groups)
@@ -950,15 +988,13 @@ class KerasOptimizer(torch.optim.Optimizer):
         else:
             self._state_snapshot = snapshot
         raw = self.raw_iterations
-        iterations = raw // n if n else raw
-        phase = None if not n else ("update" if (raw + 1) % n == 0 else "micro")
-        checked = self._checked_rates(self.param_groups, raw) if phase != "micro" else None
+        micro = bool(n) and (raw + 1) % n != 0
+        checked = self._checked_rates(self.param_groups, raw) if not micro else None
         for group, plan in zip(self.param_groups, plans):
             plan.kernels.fused_step_table(
                 algorithm, plan.table, plan.sizes, plan.like, plan.params, chunks=plan.chunks,
-                amsgrad=bool(group.get("amsgrad")), weight_decay_mask=plan.decay_mask,
-                averaging=bool(group["use_ema"]),
-                **self._kernel_scalars(group, checked, iterations, phase),
+                amsgrad=bool(group.get("amsgrad")), averaging=bool(group["use_ema"]),
+                **self._kernel_scalars(group, checked, raw, plan.decay_mask),
             )
         for group in self.param_groups:
             group["iterations"] = raw + 1
@@ -977,8 +1013,8 @@ class KerasOptimizer(torch.optim.Optimizer):
         dtype, a global norm that no other group shares, and (under EMA or accumulation,
         which cover every parameter) a gradient for every parameter. Returns False, having
         changed nothing, otherwise."""
-        algorithm = self._fused_algorithm
-        if algorithm is None or self.norm_process_group is not None:
+        algorithm = self.spec
+        if algorithm.kernel is None or self.norm_process_group is not None:
             return False
         device = entries[0].param.device
         module = kernels.for_device(device)
@@ -1012,8 +1048,6 @@ class KerasOptimizer(torch.optim.Optimizer):
                         and g.device == device and g.is_contiguous()
                         and all(_fits(state.get(key), p) for key in keys[id(entry.group)])):
                     return False
-        iterations = raw // n if n else raw
-        phase = None if not n else ("update" if (raw + 1) % n == 0 else "micro")
         for group in groups.values():
             members = [(e, g) for e, g in zip(entries, grads) if e.group is group]
             params = [e.param for e, _ in members]
@@ -1023,16 +1057,12 @@ class KerasOptimizer(torch.optim.Optimizer):
                     params,
                     [g for _, g in members],
                     [[self.state[p][name] for p in params] for name in self._slot_names(group)],
-                    weight_decay_mask=(
-                        [self._use_weight_decay(e.param, e.name) for e, _ in members]
-                        if group["weight_decay"] is not None
-                        else None
-                    ),
                     accumulators=[self.state[p][ACCUMULATOR] for p in params] if n else None,
                     ema_averages=(
                         [self.state[p][AVERAGE] for p in params] if group["use_ema"] else None
                     ),
-                    **self._kernel_scalars(group, checked, iterations, phase),
+                    **self._kernel_scalars(group, checked, raw, [
+                        self._use_weight_decay(e.param, e.name) for e, _ in members]),
                 )
             except kernels.NotFusable:
                 if len(groups) > 1:  # the checks above rule this out; never half a step
@@ -1053,29 +1083,24 @@ class KerasOptimizer(torch.optim.Optimizer):
         return rates, hypers
 
     def _kernel_scalars(self, group: dict[str, Any], checked: tuple[dict, dict] | None,
-                        iterations: int, phase: str | None) -> dict[str, Any]:
+                        raw: int, decay_mask: Any) -> dict[str, Any]:
         """The scalar keywords of a fused step (:func:`kerasopt.kernels.fused_step`) for
-        ``group``; ``checked`` is :meth:`_checked_rates`'s result on an update step, None on
-        an accumulation micro-step (which uses no rate)."""
+        ``group`` (:func:`kerasopt.engine.kernel_arguments`); ``checked`` is
+        :meth:`_checked_rates`'s result on an update step, None on an accumulation
+        micro-step (which uses no rate)."""
         if checked is None:
             rate, hyper = 0.0, self._hyperparameters(group)
         else:
             rate, hyper = checked[0][id(group)], checked[1][id(group)]
-        frequency = group["ema_overwrite_frequency"]
-        return dict(
-            learning_rate=rate,
-            step=iterations + 1,
-            weight_decay=group["weight_decay"],
-            clipnorm=group["clipnorm"] or None,
-            global_clipnorm=group["global_clipnorm"] or None,
-            clipvalue=group["clipvalue"] or None,
-            loss_scale_factor=self.loss_scale_factor,
-            accumulation_steps=self.gradient_accumulation_steps,
-            accumulation_phase=phase,
-            ema_momentum=pipeline.ema_momentum_at(iterations, group["ema_momentum"]),
-            ema_overwrite=bool(frequency and (iterations + 1) % frequency == 0),
-            **hyper,
-        )
+        options = engine.Group(
+            learning_rate=rate, hyperparameters=hyper,
+            **{key: group[key] for key in ("weight_decay", "clipnorm", "clipvalue",
+                                           "global_clipnorm", "use_ema", "ema_momentum",
+                                           "ema_overwrite_frequency")})
+        step = engine.Step(raw=raw, loss_scale_factor=self.loss_scale_factor,
+                           accumulation_steps=self.gradient_accumulation_steps)
+        return engine.kernel_arguments(options, step, decay_mask=decay_mask,
+                                       averaging=bool(group["use_ema"]))
 
     @property
     def skipped_steps(self) -> int:
@@ -1147,49 +1172,6 @@ class KerasOptimizer(torch.optim.Optimizer):
             )
         return grad.to(dtype)
 
-    def _accumulate(self, entries: list[_Entry], grads: list[Any], raw: int, n: int):
-        dense = [g.to_dense() if isinstance(g, IndexedSlices) else g for g in grads]
-        accumulators = [_local(self.state[e.param][ACCUMULATOR]) for e in entries]
-        if (raw + 1) % n != 0:
-            for acc, total in zip(accumulators, pipeline.accumulate(dense, accumulators)):
-                acc.copy_(total)
-            return None
-        mean = pipeline.accumulated_mean(dense, accumulators, n)
-        for group in self.param_groups:
-            for p in group["params"]:
-                state = self.state.get(p)
-                if state and ACCUMULATOR in state:
-                    _local(state[ACCUMULATOR]).zero_()
-        return mean
-
-    def _clip(self, entries: list[_Entry], grads: list[Any]) -> list[Any]:
-        grads = list(grads)
-        global_indices = []
-        for i, (entry, g) in enumerate(zip(entries, grads)):
-            group = entry.group
-            if group["clipnorm"]:
-                values = values_of(g)
-                if _is_dtensor(entry.param):
-                    norm = self._norm([values], [entry.param])
-                    clipped = pipeline.clip_by_global_norm([values], group["clipnorm"], norm)[0]
-                else:
-                    clipped = pipeline.clip_by_norm(values, group["clipnorm"])
-                grads[i] = with_values(g, clipped)
-            elif group["global_clipnorm"]:
-                global_indices.append(i)
-            elif group["clipvalue"]:
-                clipvalue = group["clipvalue"]
-                grads[i] = map_values(lambda v, c=clipvalue: pipeline.clip_by_value(v, c), g)
-        uses_global = any(group["global_clipnorm"] for group in self.param_groups)
-        if global_indices or (uses_global and self.norm_process_group is not None):
-            values = [values_of(grads[i]) for i in global_indices]
-            norm = self._norm(values, [entries[i].param for i in global_indices])
-            for i in global_indices:
-                clipnorm = entries[i].group["global_clipnorm"]
-                clipped = pipeline.clip_by_global_norm([values_of(grads[i])], clipnorm, norm)[0]
-                grads[i] = with_values(grads[i], clipped)
-        return grads
-
     def _norm(self, values: list[torch.Tensor], params: list[torch.Tensor]) -> torch.Tensor:
         """The L2 norm over ``values`` (local tensors), summed across ranks where needed.
 
@@ -1222,66 +1204,9 @@ class KerasOptimizer(torch.optim.Optimizer):
             total = total + partial
         return torch.sqrt(total)
 
-    def _update(self, entry: _Entry, g: Any, learning_rate: torch.Tensor, step: int) -> None:
-        group, p = entry.group, entry.param
-        state = self.state[p]
-        w = _local(p)
-        dtype = self._compute_dtype(entry)
-        slots = [_local(state[name]) for name in self._slot_names(group)]
-        hyper = self._hyperparameters(group)
-        decay = group["weight_decay"] is not None and self._use_weight_decay(p, entry.name)
-        if isinstance(g, IndexedSlices):
-            rows = g.indices
-            w_rows = w.index_select(0, rows).to(dtype)
-            if decay:
-                w_rows = pipeline.decay(w_rows, group["weight_decay"], learning_rate)
-            new = self._rule(
-                w_rows,
-                g.values,
-                *(s.index_select(0, rows) for s in slots),
-                learning_rate=learning_rate,
-                step=step,
-                **hyper,
-            )
-            w.index_copy_(0, rows, new[0].to(w.dtype))
-            for slot, value in zip(slots, new[1:]):
-                slot.index_copy_(0, rows, value.to(slot.dtype))
-            return
-        w_c = w.to(dtype)
-        if decay:
-            w_c = pipeline.decay(w_c, group["weight_decay"], learning_rate)
-        new = self._rule(w_c, g, *slots, learning_rate=learning_rate, step=step, **hyper)
-        w.copy_(new[0])
-        for slot, value in zip(slots, new[1:]):
-            slot.copy_(value)
-
-    def _update_ema(self, iterations: int) -> None:
-        for group in self.param_groups:
-            if not group["use_ema"]:
-                continue
-            momentum = pipeline.ema_momentum_at(iterations, group["ema_momentum"])
-            frequency = group["ema_overwrite_frequency"]
-            overwrite = bool(frequency) and (iterations + 1) % frequency == 0
-            for p in group["params"]:
-                state = self.state.get(p)
-                if not state or AVERAGE not in state:
-                    continue
-                average, w = _local(state[AVERAGE]), _local(p)
-                average.copy_(pipeline.ema(average, w.to(average.dtype), momentum))
-                if overwrite:
-                    w.copy_(average)
-
-    def _rule(self, w, g, *slots, **hyper):
-        """The pure update rule of :mod:`kerasopt.algorithms` (set by each subclass)."""
-        return self._update_rule(w, g, *slots, **hyper)
-
     def _hyperparameters(self, group: dict[str, Any]) -> dict[str, Any]:
-        """The rule's scalars for this step: betas resolved (callables called), epsilon."""
-        return {
-            "beta_1": validation.resolved_beta("beta_1", group["beta_1"]),
-            "beta_2": validation.resolved_beta("beta_2", group["beta_2"]),
-            "epsilon": group["epsilon"],
-        }
+        """The rule's hyperparameters for this step (callables called and checked)."""
+        return self.spec.resolved(group)
 
     # ----------------------------------------------------------------- state_dict
 
@@ -1454,159 +1379,84 @@ def _copy_like(value: torch.Tensor, p: torch.Tensor, dtype: torch.dtype) -> torc
     return value.detach().to(device=p.device, dtype=dtype, copy=True)
 
 
-class Adam(KerasOptimizer):
-    """Keras 3's Adam as a ``torch.optim.Optimizer`` (see the module docstring).
+# --------------------------------------------------------------------------- the classes
 
-    Args:
-        params: Tensors, ``(name, tensor)`` pairs (``model.named_parameters()``) or
-            param-group dicts.
-        learning_rate: A float (torch schedulers change it through ``group["lr"]``), a
-            ``kerasopt.schedules`` schedule (called with the raw step count), or a
-            zero-argument callable. Defaults to 0.001.
-        beta_1, beta_2: Decay rates in [0, 1), or zero-argument callables.
-        epsilon: Added to ``sqrt(v)`` (Keras's "epsilon hat"). Defaults to 1e-7.
-        amsgrad: Use the running maximum of ``v``.
-        weight_decay, clipnorm, clipvalue, global_clipnorm, use_ema, ema_momentum,
-        ema_overwrite_frequency: Keras's arguments, per param group.
-        loss_scale_factor, gradient_accumulation_steps: Keras's arguments, for the whole
-            optimizer (``step()`` calls count as micro-steps).
-        state_dtype: None (state in the parameter's dtype, as Keras) or a float dtype to keep
-            the state, and compute the step, in (``torch.float32`` for bf16/fp16 params).
-        norm_process_group: A process group over which ``global_clipnorm`` sums the squared
-            norms of plain (non-DTensor) gradients, for ZeroRedundancyOptimizer.
-        sparse_updates: What a sparse gradient (``nn.Embedding(sparse=True)``) updates, per
-            param group. ``"lazy"`` (default, as tf.keras documented for Adamax): only the
-            rows it holds; the other rows, and their moments, are left as they are.
-            ``"dense"``: it is densified (duplicate rows summed) and updates every row, as
-            Keras 3 does (Keras 3's trajectory).
-        skip_nonfinite: kerasopt only (default False: as Keras, NaN/inf gradients propagate).
-            When True, a ``step()`` whose gradients hold NaN or inf changes nothing but
-            ``skipped_steps``; the first skip warns.
-    """
+TORCH_ONLY = {"state_dtype": None, "norm_process_group": None}
+"""The constructors' arguments beyond Keras's and kerasopt's own, with their defaults."""
 
-    _core_class = _CoreAdam
-    _spec = algorithms.get("adam")
-    _slots = ADAM_SLOTS
-    _algorithm_keys = ("beta_1", "beta_2", "epsilon", "amsgrad")
-
-    _fused_algorithm = "adam"
-    _update_rule = staticmethod(adam_update)
-
-    def __init__(
-        self,
-        params: Any,
-        learning_rate: Any = 0.001,
-        beta_1: Any = 0.9,
-        beta_2: Any = 0.999,
-        epsilon: float = 1e-7,
-        amsgrad: bool = False,
-        weight_decay: float | None = None,
-        clipnorm: float | None = None,
-        clipvalue: float | None = None,
-        global_clipnorm: float | None = None,
-        use_ema: bool = False,
-        ema_momentum: float = 0.99,
-        ema_overwrite_frequency: int | None = None,
-        loss_scale_factor: float | None = None,
-        gradient_accumulation_steps: int | None = None,
-        state_dtype: torch.dtype | None = None,
-        norm_process_group: Any = None,
-        sparse_updates: str = "lazy",
-        **kwargs: Any,
-    ) -> None:
-        defaults = {
-            "learning_rate": learning_rate,
-            "beta_1": beta_1,
-            "beta_2": beta_2,
-            "epsilon": epsilon,
-            "amsgrad": amsgrad,
-            "weight_decay": weight_decay,
-            "clipnorm": clipnorm,
-            "clipvalue": clipvalue,
-            "global_clipnorm": global_clipnorm,
-            "use_ema": use_ema,
-            "ema_momentum": ema_momentum,
-            "ema_overwrite_frequency": ema_overwrite_frequency,
-            "state_dtype": state_dtype,
-            "sparse_updates": sparse_updates,
-        }
-        super().__init__(
-            params,
-            defaults,
-            loss_scale_factor=loss_scale_factor,
-            gradient_accumulation_steps=gradient_accumulation_steps,
-            norm_process_group=norm_process_group,
-            **kwargs,
-        )
-
-    def _slot_names(self, group: dict[str, Any]) -> list[str]:
-        names = list(ADAM_SLOTS)
-        if group["amsgrad"]:
-            names.append(AMSGRAD_SLOT)
-        return names
+_TORCH_DOC = {
+    "params": "Tensors, ``(name, tensor)`` pairs (``model.named_parameters()``) or param-group "
+              "dicts.",
+    "learning_rate": "A float or a 1-element tensor (torch schedulers change it through "
+                     "``group['lr']``), a ``kerasopt.schedules`` schedule (called with the raw "
+                     "step count), or a zero-argument callable.",
+    "loss_scale_factor": "Gradients are divided by it; for the whole optimizer.",
+    "gradient_accumulation_steps": "Update every this many ``step()`` calls (which count as "
+                                   "micro-steps), with the mean gradient; for the whole "
+                                   "optimizer.",
+    "state_dtype": "None (state in the parameter's dtype, as Keras) or a float dtype to keep "
+                   "the state, and compute the step, in (``torch.float32`` for bf16/fp16 "
+                   "parameters).",
+    "norm_process_group": "A process group over which ``global_clipnorm`` sums the squared "
+                          "norms of plain (non-DTensor) gradients, and over which the "
+                          "finiteness verdict is agreed, for ZeroRedundancyOptimizer.",
+}
+_OPTIMIZER_WIDE = ("loss_scale_factor", "gradient_accumulation_steps", "skip_nonfinite")
 
 
-class Adamax(KerasOptimizer):
-    """Keras 3's Adamax as a ``torch.optim.Optimizer`` (see the module docstring).
+def _signature(spec: specs.AlgorithmSpec) -> Any:
+    import inspect
 
-    Same arguments as :class:`Adam` without ``amsgrad``; the state is ``momentum`` and
-    ``norm`` (the exponentially weighted infinity norm). Epsilon is added after the max,
-    unlike ``torch.optim.Adamax``.
-    """
+    defaults = {**config.defaults(spec), **TORCH_ONLY}
+    order = [n for n in config.argument_order(spec) if n not in dict(config.EXTENSIONS_BY_NAME)]
+    keyword = inspect.Parameter.POSITIONAL_OR_KEYWORD
+    parameters = [inspect.Parameter("params", keyword)]
+    parameters += [inspect.Parameter(n, keyword, default=defaults[n]) for n in order]
+    parameters += [inspect.Parameter(n, keyword, default=defaults[n])
+                   for n in (*TORCH_ONLY, *config.EXTENSIONS_BY_NAME)]
+    parameters.append(inspect.Parameter("kwargs", inspect.Parameter.VAR_KEYWORD))
+    return inspect.Signature(parameters)
 
-    _core_class = _CoreAdamax
-    _spec = algorithms.get("adamax")
-    _slots = ADAMAX_SLOTS
-    _algorithm_keys = ("beta_1", "beta_2", "epsilon")
 
-    _fused_algorithm = "adamax"
-    _update_rule = staticmethod(adamax_update)
+def optimizer_class(spec: specs.AlgorithmSpec) -> type[KerasOptimizer]:
+    """The ``torch.optim.Optimizer`` of ``spec``: ``keras.optimizers.<keras_name>``'s
+    arguments (Keras's order and defaults) after ``params``, then ``state_dtype``,
+    ``norm_process_group`` and kerasopt's ``skip_nonfinite`` and ``sparse_updates``."""
+    import inspect
 
-    def __init__(
-        self,
-        params: Any,
-        learning_rate: Any = 0.001,
-        beta_1: float = 0.9,
-        beta_2: float = 0.999,
-        epsilon: float = 1e-7,
-        weight_decay: float | None = None,
-        clipnorm: float | None = None,
-        clipvalue: float | None = None,
-        global_clipnorm: float | None = None,
-        use_ema: bool = False,
-        ema_momentum: float = 0.99,
-        ema_overwrite_frequency: int | None = None,
-        loss_scale_factor: float | None = None,
-        gradient_accumulation_steps: int | None = None,
-        state_dtype: torch.dtype | None = None,
-        norm_process_group: Any = None,
-        sparse_updates: str = "lazy",
-        **kwargs: Any,
-    ) -> None:
-        defaults = {
-            "learning_rate": learning_rate,
-            "beta_1": beta_1,
-            "beta_2": beta_2,
-            "epsilon": epsilon,
-            "weight_decay": weight_decay,
-            "clipnorm": clipnorm,
-            "clipvalue": clipvalue,
-            "global_clipnorm": global_clipnorm,
-            "use_ema": use_ema,
-            "ema_momentum": ema_momentum,
-            "ema_overwrite_frequency": ema_overwrite_frequency,
-            "state_dtype": state_dtype,
-            "sparse_updates": sparse_updates,
-        }
-        super().__init__(
-            params,
-            defaults,
-            loss_scale_factor=loss_scale_factor,
-            gradient_accumulation_steps=gradient_accumulation_steps,
-            norm_process_group=norm_process_group,
-            **kwargs,
-        )
+    signature = _signature(spec)
 
+    def __init__(self: KerasOptimizer, *args: Any, **kwargs: Any) -> None:  # noqa: N807
+        bound = signature.bind(*args, **kwargs)
+        bound.apply_defaults()
+        values = dict(bound.arguments)
+        extra = values.pop("kwargs")
+        params = values.pop("params")
+        wide = {k: values.pop(k) for k in _OPTIMIZER_WIDE}
+        KerasOptimizer.__init__(self, params, values, norm_process_group=values.pop(
+            "norm_process_group"), **wide, **extra)
+
+    __init__.__signature__ = signature.replace(parameters=[
+        inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD),
+        *list(signature.parameters.values())[:-1]])
+    docs = {**{h.name: h.doc for h in spec.hyperparameters},
+            **{o.name: o.doc for o in (*config.OPTIONS, *config.EXTENSIONS)}, **_TORCH_DOC}
+    args = "\n".join(f"    {name}: {docs[name]}" for name in signature.parameters
+                     if name in docs)
+    doc = (f"Keras 3's {spec.keras_name} as a ``torch.optim.Optimizer`` (see the module "
+           f"docstring).\n\n{inspect.cleandoc(spec.doc)}\n\nArgs:\n{args}\n")
+    return type(spec.keras_name, (KerasOptimizer,), {
+        "spec": spec, "__init__": __init__, "__doc__": doc, "__module__": __name__,
+        "__qualname__": spec.keras_name,
+    })
+
+
+CLASSES: dict[str, type[KerasOptimizer]] = {
+    spec.keras_name: optimizer_class(spec) for spec in algorithms.registered()
+}
+"""Every registered algorithm's torch optimizer by Keras class name."""
+globals().update(CLASSES)
+__all__ += list(CLASSES)
 
 
 class LossScaleOptimizer:
@@ -1685,20 +1535,16 @@ class LossScaleOptimizer:
             inner.step()
             return loss
         grads = [inner._prepared_gradient(e) for e in entries]  # checks shapes first
-        if not inner._all_finite(entries, grads):  # the same verdict on every rank
-            self.step_counter = 0
-            self.dynamic_scale = float(np.float32(self.dynamic_scale) * np.float32(0.5))
-            return loss
-        inner.loss_scale_factor = self.dynamic_scale
-        try:
-            inner.step()
-        finally:
-            inner.loss_scale_factor = None
-        if self.step_counter == self.dynamic_growth_steps - 1:
-            self.step_counter = 0
-            self.dynamic_scale = float(np.float32(self.dynamic_scale) * np.float32(2.0))
-        else:
-            self.step_counter += 1
+        finite = inner._all_finite(entries, grads)  # the same verdict on every rank
+        if finite:
+            inner.loss_scale_factor = self.dynamic_scale
+            try:
+                inner.step()
+            finally:
+                inner.loss_scale_factor = None
+        scale, self.step_counter = pipeline.next_loss_scale(
+            finite, self.dynamic_scale, self.step_counter, self.dynamic_growth_steps)
+        self.dynamic_scale = float(scale)
         return loss
 
     def zero_grad(self, set_to_none: bool = True) -> None:

@@ -16,7 +16,8 @@ def child_env() -> dict[str, str]:
     """Environment for a fresh Python process that imports this checkout's kerasopt."""
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(
-        [str(ROOT / "src"), str(ROOT / "tests" / "hardening"), env.get("PYTHONPATH", "")]
+        [str(ROOT / "src"), str(ROOT / "tests" / "hardening"), str(ROOT / "tests"),
+         env.get("PYTHONPATH", "")]
     )
     env.setdefault("JAX_PLATFORMS", "cpu")
     return env

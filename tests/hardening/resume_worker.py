@@ -16,6 +16,8 @@ import sys
 
 import numpy as np
 
+from optimizer_db import core_class, optax_factory, torch_class
+
 SHAPES = [(3, 4), (5,)]
 
 
@@ -53,7 +55,7 @@ class Run:
             import kerasopt
 
             self.weights = [kerasopt.Variable(w, name=f"w{i}") for i, w in enumerate(_initial())]
-            opt = (kerasopt.Adam if algo == "adam" else kerasopt.Adamax)(**kwargs)
+            opt = core_class(algo)(**kwargs)
             self.opt = kerasopt.LossScaleOptimizer(opt, **wrap) if wrap else opt
             self.opt.build(self.weights)
         elif frontend == "torch":
@@ -62,7 +64,7 @@ class Run:
             import kerasopt.torch as kt
 
             self.weights = [torch.tensor(w, requires_grad=True) for w in _initial()]
-            opt = (kt.Adam if algo == "adam" else kt.Adamax)(self.weights, **kwargs)
+            opt = torch_class(algo)(self.weights, **kwargs)
             self.opt = kt.LossScaleOptimizer(opt, **wrap) if wrap else opt
         else:
             import jax
@@ -70,7 +72,7 @@ class Run:
 
             import kerasopt.optax as ko
 
-            tx = (ko.adam if algo == "adam" else ko.adamax)(**kwargs)
+            tx = optax_factory(algo)(**kwargs)
             self.tx = ko.loss_scale(tx, **wrap) if wrap else tx
             self.weights = [jnp.asarray(w) for w in _initial()]
             self.state = self.tx.init(self.weights)

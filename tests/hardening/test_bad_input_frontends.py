@@ -27,10 +27,11 @@ from hypothesis import strategies as st
 import kerasopt
 import kerasopt.optax as ko
 import kerasopt.torch as kt
+from optimizer_db import ALGORITHMS, core_class, has_amsgrad, optax_factory, torch_class
 
 F = np.float32
 FRONTENDS = ["numpy", "torch", "optax"]
-ALGOS = ["adam", "adamax"]
+ALGOS = ALGORITHMS
 FUZZ = settings(max_examples=100, deadline=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 
@@ -102,14 +103,14 @@ ORACLES = {
 
 
 def _construct(frontend, algo, kwargs):
-    if algo == "adamax":
+    if not has_amsgrad(algo):
         kwargs.pop("amsgrad", None)
     if frontend == "numpy":
-        return (kerasopt.Adam if algo == "adam" else kerasopt.Adamax)(**kwargs)
+        return core_class(algo)(**kwargs)
     if frontend == "torch":
         p = torch.ones(2, requires_grad=True)
-        return (kt.Adam if algo == "adam" else kt.Adamax)([p], **kwargs)
-    return (ko.adam if algo == "adam" else ko.adamax)(**kwargs)
+        return torch_class(algo)([p], **kwargs)
+    return optax_factory(algo)(**kwargs)
 
 
 def _one_step(frontend, opt):
@@ -133,7 +134,7 @@ def _one_step(frontend, opt):
        argument=st.sampled_from(sorted(ORACLES)), value=VALUES)
 def test_fuzz_constructor_arguments_all_frontends(frontend, algo, argument, value,
                                                    hardening_count):
-    if argument == "amsgrad" and algo == "adamax":
+    if argument == "amsgrad" and not has_amsgrad(algo):
         algo = "adam"
     hardening_count(f"bad-input cases: constructor ({frontend})")
     expected = ORACLES[argument](value)
@@ -201,7 +202,7 @@ FEATURES = [
 
 
 def _numpy_case(algo, features):
-    cls = kerasopt.Adam if algo == "adam" else kerasopt.Adamax
+    cls = core_class(algo)
     variables = [kerasopt.Variable(np.linspace(-1, 1, int(np.prod(s)), dtype=F).reshape(s),
                                    name=n) for n, s in SHAPES.items()]
     opt = cls(learning_rate=0.1, **features)
@@ -210,7 +211,7 @@ def _numpy_case(algo, features):
 
 
 def _torch_case(algo, features):
-    cls = kt.Adam if algo == "adam" else kt.Adamax
+    cls = torch_class(algo)
     params = [(n, torch.linspace(-1, 1, int(np.prod(s))).reshape(s).requires_grad_())
               for n, s in SHAPES.items()]
     opt = cls(params, learning_rate=0.1, **features)
@@ -282,7 +283,7 @@ def test_fuzz_gradients_all_frontends(frontend, algo, features, data, hardening_
                 if no_gradient:
                     assert_same_torch(before, snapshot_torch(opt))
         else:
-            tx = (ko.adam if algo == "adam" else ko.adamax)(learning_rate=0.1, **features)
+            tx = optax_factory(algo)(learning_rate=0.1, **features)
             params = {n: jnp.linspace(-1, 1, int(np.prod(s))).reshape(s)
                       for n, s in SHAPES.items()}
             state = tx.init(params)

@@ -9,6 +9,7 @@ import io
 import json
 import os
 import random
+import select
 import signal
 import struct
 import subprocess
@@ -55,6 +56,7 @@ while True:
     for slot in opt.variables[2:]:
         slot.assign(np.full(n, -k, np.float32))
     kerasopt.save(path, opt)
+    print("saved", k, flush=True)
 """
 
 N_ELEMENTS = 1_000_000  # 12 MB per checkpoint: a save takes long enough to be hit mid-write
@@ -88,6 +90,11 @@ def test_kill_during_repeated_saves_never_corrupts(tmp_path, hardening_count):
             line = child.stdout.readline().decode()
             assert line.startswith("ready"), child.stderr.read().decode()[-2000:]
             assert int(line.split()[1]) == last
+            if kills % 2 == 0:
+                # Every other writer completes a save first, whatever the machine's load (so
+                # the checkpoint advances); the kill then lands at a random point after it.
+                ready, _, _ = select.select([child.stdout], [], [], 120)
+                assert ready and child.stdout.readline().startswith(b"saved"), "no save"
             time.sleep(rng.uniform(0.0, 0.25))
         finally:
             child.send_signal(signal.SIGKILL)

@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from resume_worker import Run
 
 import kerasopt
+from optimizer_db import ALGORITHMS, has_amsgrad
 
 WORKER = str(ROOT / "tests" / "hardening" / "resume_worker.py")
 
@@ -31,14 +32,14 @@ SCHEDULES = [
 
 @st.composite
 def specs(draw, frontend):
-    algo = draw(st.sampled_from(["adam", "adamax"]))
+    algo = draw(st.sampled_from(ALGORITHMS))
     kwargs: dict = {"learning_rate": draw(st.sampled_from([0.01, *SCHEDULES]))}
     if draw(st.booleans()):
         kwargs["gradient_accumulation_steps"] = draw(st.integers(2, 3))
     if draw(st.booleans()):
         kwargs["use_ema"] = True
         kwargs["ema_overwrite_frequency"] = draw(st.sampled_from([None, 1, 2, 3]))
-    if algo == "adam" and draw(st.booleans()):
+    if has_amsgrad(algo) and draw(st.booleans()):
         kwargs["amsgrad"] = True
     clip = draw(st.sampled_from([None, "clipnorm", "clipvalue", "global_clipnorm"]))
     if clip:

@@ -15,7 +15,7 @@ from hardening_helpers import ROOT
 
 import kerasopt
 import kerasopt.optax as ko
-import kerasopt.torch as kt
+from optimizer_db import ALGORITHMS, core_class, no_decay, torch_class
 
 
 def _long_run_module():
@@ -52,10 +52,10 @@ HUGE = [2**31 - 2, 2**31 + 5, 2**53 + 1, 2**62]
 
 @pytest.mark.parametrize("iterations", HUGE)
 @pytest.mark.parametrize("dtype", [np.float32, np.float16])
-@pytest.mark.parametrize("cls", [kerasopt.Adam, kerasopt.Adamax])
+@pytest.mark.parametrize("cls", [core_class(a) for a in ALGORITHMS])
 def test_bias_correction_at_huge_iteration_counts(cls, dtype, iterations):
     var = kerasopt.Variable(np.array([1.0, -1.0, 0.5], dtype))
-    opt = cls(learning_rate=0.01)
+    opt = cls(learning_rate=0.01, **no_decay(cls.spec.name))
     opt.build([var])
     opt._iterations.assign(np.int64(iterations))
     with warnings.catch_warnings():
@@ -72,7 +72,7 @@ def test_bias_correction_at_huge_iteration_counts(cls, dtype, iterations):
     assert np.all(np.abs(step) <= 0.04) and step[2] == 0
 
 
-@pytest.mark.parametrize("cls", [kt.Adam, kt.Adamax])
+@pytest.mark.parametrize("cls", [torch_class(a) for a in ALGORITHMS])
 def test_torch_bias_correction_at_huge_iteration_counts(cls):
     for iterations in HUGE:
         p = torch.tensor([1.0, -1.0], requires_grad=True)

@@ -28,6 +28,7 @@ from hypothesis import strategies as st  # noqa: E402
 import kerasopt  # noqa: E402
 import kerasopt.optax as ko  # noqa: E402
 import kerasopt.torch as kt  # noqa: E402
+from optimizer_db import ALGORITHMS, core_class, has_amsgrad, optax_factory, spec, torch_class
 
 F = np.float32
 SHAPES = [(3, 2), (4,)]
@@ -50,7 +51,7 @@ def _init():
 
 def run_numpy(algo, kwargs, grads_seq, wrap=None):
     variables = [kerasopt.Variable(w) for w in _init()]
-    opt = (kerasopt.Adam if algo == "adam" else kerasopt.Adamax)(**kwargs)
+    opt = core_class(algo)(**kwargs)
     if wrap is not None:
         opt = kerasopt.LossScaleOptimizer(opt, **wrap)
     trace = []
@@ -64,7 +65,7 @@ def run_numpy(algo, kwargs, grads_seq, wrap=None):
 
 def run_torch(algo, kwargs, grads_seq, wrap=None):
     params = [torch.tensor(w, requires_grad=True) for w in _init()]
-    opt = (kt.Adam if algo == "adam" else kt.Adamax)(params, **kwargs)
+    opt = torch_class(algo)(params, **kwargs)
     if wrap is not None:
         opt = kt.LossScaleOptimizer(opt, **wrap)
     trace = []
@@ -79,7 +80,7 @@ def run_torch(algo, kwargs, grads_seq, wrap=None):
 
 
 def run_optax(algo, kwargs, grads_seq, wrap=None):
-    tx = (ko.adam if algo == "adam" else ko.adamax)(**kwargs)
+    tx = optax_factory(algo)(**kwargs)
     if wrap is not None:
         tx = ko.loss_scale(tx, **wrap)
     params = [jnp.asarray(w) for w in _init()]
@@ -103,14 +104,14 @@ RUNNERS = {"numpy": run_numpy, "torch": run_torch, "optax": run_optax}
 # --------------------------------------------------------------------------- Keras semantics
 
 
-@pytest.mark.parametrize("algo", ["adam", "adamax"])
+@pytest.mark.parametrize("algo", ALGORITHMS)
 @pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf])
 def test_default_propagates_like_keras(algo, value, hardening_count):
     import keras
 
     rng = np.random.default_rng(0)
     seq = [_grads(rng), _grads(rng, (1, value)), _grads(rng)]
-    cls = keras.optimizers.Adam if algo == "adam" else keras.optimizers.Adamax
+    cls = getattr(keras.optimizers, spec(algo).keras_name)
     k_opt = cls(learning_rate=0.01)
     k_vars = [keras.Variable(w) for w in _init()]
     for grads in seq:
@@ -131,7 +132,7 @@ def test_default_propagates_like_keras(algo, value, hardening_count):
 
 
 @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(algo=st.sampled_from(["adam", "adamax"]), seed=st.integers(0, 2**31 - 1),
+@given(algo=st.sampled_from(ALGORITHMS), seed=st.integers(0, 2**31 - 1),
        growth=st.integers(1, 3), pattern=st.lists(st.sampled_from(
            [None, None, (0, np.nan), (1, np.inf), (0, -np.inf)]), min_size=4, max_size=9),
        features=st.sampled_from([{}, {"use_ema": True}, {"gradient_accumulation_steps": 2},
@@ -175,7 +176,7 @@ def test_torch_loss_scale_skip_keeps_state_and_counters():
 
 @settings(max_examples=15, deadline=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
-@given(frontend=st.sampled_from(sorted(RUNNERS)), algo=st.sampled_from(["adam", "adamax"]),
+@given(frontend=st.sampled_from(sorted(RUNNERS)), algo=st.sampled_from(ALGORITHMS),
        seed=st.integers(0, 2**31 - 1),
        pattern=st.lists(st.sampled_from([None, None, (0, np.nan), (1, np.inf)]),
                         min_size=3, max_size=10),
@@ -184,7 +185,7 @@ def test_torch_loss_scale_skip_keeps_state_and_counters():
                                  {"amsgrad": True, "global_clipnorm": 0.5}]))
 def test_skip_nonfinite_equals_run_without_bad_steps(frontend, algo, seed, pattern, features,
                                                      hardening_count):
-    if algo == "adamax":
+    if not has_amsgrad(algo):
         features = {k: v for k, v in features.items() if k != "amsgrad"}
     rng = np.random.default_rng(seed)
     seq = [_grads(rng, bad) for bad in pattern]

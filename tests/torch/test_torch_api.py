@@ -12,8 +12,9 @@ import torch
 
 import kerasopt
 import kerasopt.torch as kt
+from optimizer_db import ALGORITHMS, torch_class
 
-CLASSES = [kt.Adam, kt.Adamax]
+CLASSES = [torch_class(a) for a in ALGORITHMS]
 
 
 def _params(seed=0, shapes=((3, 2), (2,))):

@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-import kerasopt.torch as kt
 from kerasopt import kernels
 from operand_ulps import assert_trajectories_close
+from optimizer_db import ALGORITHM_VARIANTS, no_decay, torch_class
 
 pytestmark = pytest.mark.skipif(not kernels.available(), reason="numba is not installed")
 
@@ -33,7 +33,9 @@ def _run(cls, config, dtype, fused, monkeypatch, steps=12, one_group=False):
     params = [torch.randn(s, generator=generator, dtype=dtype, requires_grad=True)
               for s in shapes]
     groups = ([{"params": params}] if one_group
-              else [{"params": params[:2]}, {"params": params[2:], "weight_decay": None}])
+              else [{"params": params[:2]},
+                    {"params": params[2:], "weight_decay": no_decay(cls.spec.name).get(
+                        "weight_decay")}])
     opt = cls(groups, learning_rate=0.01, **config)
     calls = []
     with monkeypatch.context() as patch:
@@ -61,8 +63,8 @@ def _run(cls, config, dtype, fused, monkeypatch, steps=12, one_group=False):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("feature", sorted(FEATURES))
-@pytest.mark.parametrize("cls, extra", [(kt.Adam, {}), (kt.Adam, {"amsgrad": True}),
-                                        (kt.Adamax, {})])
+@pytest.mark.parametrize("cls, extra", [(torch_class(a), extra)
+                                        for a, extra in ALGORITHM_VARIANTS])
 def test_fused_matches_reference(cls, extra, feature, dtype, monkeypatch):
     config = {**FEATURES[feature], **extra}
     # A global norm spanning several groups takes the reference path; one group is fused.

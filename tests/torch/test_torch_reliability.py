@@ -151,7 +151,7 @@ def test_a_missing_hyperparameter_is_named():
 
 def test_the_check_is_cached(monkeypatch):
     """Unchanged groups cost no validation; a scheduler's new rate (and betas) each step is
-    checked key by key, never by building an optimizer."""
+    checked key by key, never by checking the whole group again."""
     model = _model()
     opt = kt.Adam(model.parameters(), learning_rate=0.01)
     checks = []
@@ -159,7 +159,7 @@ def test_the_check_is_cached(monkeypatch):
     monkeypatch.setattr(kt.KerasOptimizer, "_validate_groups",
                         lambda self, *a: checks.append(1) or real(self, *a))
     built = []
-    monkeypatch.setattr(kt.KerasOptimizer, "_core_optimizer",
+    monkeypatch.setattr(kt.KerasOptimizer, "_check_options",
                         lambda self, group: built.append(1))
     for step in range(5):
         _backward(model, step)

@@ -22,13 +22,22 @@
   )
 }
 
-.construct <- function(class_name, args, dots) {
+.construct <- function(class_name, args, dots, keras = FALSE) {
   if (length(dots) && (is.null(names(dots)) || any(names(dots) == ""))) {
     stop("Extra arguments to optimizer_", tolower(class_name), "() must be named.",
          call. = FALSE)
   }
-  constructor <- kerasopt[[class_name]]
-  do.call(constructor, c(args, dots))
+  if (!(isTRUE(keras) || isFALSE(keras))) {
+    stop("Argument `keras` must be TRUE or FALSE.", call. = FALSE)
+  }
+  .require_module("kerasopt")
+  if (!keras) {
+    return(do.call(kerasopt[[class_name]], c(args, dots)))
+  }
+  .require_module("keras", install = "Keras 3 (pip install keras) and kerasopt")
+  args$learning_rate <- .helpers()$keras_learning_rate(args$learning_rate)
+  module <- reticulate::import("kerasopt.keras")
+  do.call(module[[class_name]], c(args, dots))
 }
 
 #' Optimizer that implements the Adam algorithm
@@ -95,11 +104,21 @@
 #' @param gradient_accumulation_steps `NULL`, or a whole number >= 2 (`2` and
 #'   `2L` both work): the weights are updated only every this many calls, with
 #'   the mean of the accumulated gradients.
+#' @param keras `FALSE` (default): kerasopt's own optimizer, for R arrays
+#'   (see [apply_gradients()]). `TRUE`: a Keras optimizer,
+#'   `kerasopt.keras.Adam` (a subclass of `keras.optimizers.Adam` with
+#'   kerasopt's fused step), for `compile()` of a Keras model (keras3, or
+#'   Python's keras through reticulate); needs Python's keras (>= 3.15) and a
+#'   Keras backend in the Python that R uses. A schedule made by a
+#'   `learning_rate_schedule_*()` function becomes the same Keras schedule.
+#'   Pass `sparse_updates = "dense"` (in `...`) for Keras 3's densified update
+#'   of embedding gradients on the TensorFlow backend (default `"lazy"`).
 #'
-#' @returns The kerasopt Python optimizer (a `kerasopt.adam.Adam` object, via
-#'   'reticulate'). Use it with [apply_gradients()] and
-#'   [finalize_variable_values()], or call its Python methods directly, e.g.
-#'   `opt$get_config()`.
+#' @returns With `keras = FALSE`, the kerasopt Python optimizer (a
+#'   `kerasopt.adam.Adam` object, via 'reticulate'): use it with
+#'   [apply_gradients()] and [finalize_variable_values()], or call its Python
+#'   methods directly, e.g. `opt$get_config()`. With `keras = TRUE`, a
+#'   `kerasopt.keras.Adam` Keras optimizer.
 #'
 #' @seealso [optimizer_adamax()], [apply_gradients()],
 #'   [learning_rate_schedule_exponential_decay()]
@@ -119,13 +138,14 @@ optimizer_adam <- function(learning_rate = 0.001, beta_1 = 0.9, beta_2 = 0.999,
                            clipnorm = NULL, clipvalue = NULL, global_clipnorm = NULL,
                            use_ema = FALSE, ema_momentum = 0.99,
                            ema_overwrite_frequency = NULL, name = "adam", ...,
-                           loss_scale_factor = NULL, gradient_accumulation_steps = NULL) {
+                           loss_scale_factor = NULL, gradient_accumulation_steps = NULL,
+                           keras = FALSE) {
   args <- .optimizer_args(learning_rate, beta_1, beta_2, epsilon, weight_decay,
                           clipnorm, clipvalue, global_clipnorm, use_ema,
                           ema_momentum, ema_overwrite_frequency, name,
                           loss_scale_factor, gradient_accumulation_steps)
   args$amsgrad <- amsgrad
-  .construct("Adam", args, list(...))
+  .construct("Adam", args, list(...), keras = keras)
 }
 
 #' Optimizer that implements the Adamax algorithm
@@ -158,9 +178,16 @@ optimizer_adam <- function(learning_rate = 0.001, beta_1 = 0.9, beta_2 = 0.999,
 #' @param name String: the optimizer's name, used in the names of its state
 #'   variables. Defaults to `"adamax"`.
 #'
-#' @returns The kerasopt Python optimizer (a `kerasopt.adamax.Adamax` object,
-#'   via 'reticulate'). Use it with [apply_gradients()] and
-#'   [finalize_variable_values()], or call its Python methods directly.
+#' @param keras `FALSE` (default): kerasopt's own optimizer, for R arrays.
+#'   `TRUE`: a Keras optimizer, `kerasopt.keras.Adamax` (a subclass of
+#'   `keras.optimizers.Adamax` with kerasopt's fused step), for `compile()` of
+#'   a Keras model; see [optimizer_adam()].
+#'
+#' @returns With `keras = FALSE`, the kerasopt Python optimizer (a
+#'   `kerasopt.adamax.Adamax` object, via 'reticulate'): use it with
+#'   [apply_gradients()] and [finalize_variable_values()], or call its Python
+#'   methods directly. With `keras = TRUE`, a `kerasopt.keras.Adamax` Keras
+#'   optimizer.
 #'
 #' @seealso [optimizer_adam()], [apply_gradients()]
 #' @examples
@@ -180,10 +207,57 @@ optimizer_adamax <- function(learning_rate = 0.001, beta_1 = 0.9, beta_2 = 0.999
                              clipvalue = NULL, global_clipnorm = NULL, use_ema = FALSE,
                              ema_momentum = 0.99, ema_overwrite_frequency = NULL,
                              name = "adamax", ..., loss_scale_factor = NULL,
-                             gradient_accumulation_steps = NULL) {
+                             gradient_accumulation_steps = NULL, keras = FALSE) {
   args <- .optimizer_args(learning_rate, beta_1, beta_2, epsilon, weight_decay,
                           clipnorm, clipvalue, global_clipnorm, use_ema,
                           ema_momentum, ema_overwrite_frequency, name,
                           loss_scale_factor, gradient_accumulation_steps)
-  .construct("Adamax", args, list(...))
+  .construct("Adamax", args, list(...), keras = keras)
+}
+
+#' Optimizer that implements the AdamW algorithm
+#'
+#' Keras 3's AdamW (`keras.optimizers.AdamW`): Adam with decoupled weight decay,
+#' `weight_decay = 0.004` by default (and required), computed by the Python
+#' library kerasopt with Keras's exact numerics. The call mirrors
+#' `keras3::optimizer_adam_w()`.
+#'
+#' Each step first decays the weights, `w <- w - w * weight_decay * learning_rate`
+#' (except those excluded with the optimizer's `exclude_from_weight_decay()`),
+#' then takes [optimizer_adam()]'s step.
+#'
+#' @inheritParams optimizer_adam
+#' @param weight_decay The decoupled weight decay, a number >= 0. Defaults to
+#'   `0.004`.
+#' @param name String: the optimizer's name, used in the names of its state
+#'   variables. Defaults to `"adamw"`.
+#' @param keras `FALSE` (default): kerasopt's own optimizer, for R arrays.
+#'   `TRUE`: a Keras optimizer, `kerasopt.keras.AdamW` (a subclass of
+#'   `keras.optimizers.AdamW` with kerasopt's fused step), for `compile()` of a
+#'   Keras model; see [optimizer_adam()].
+#'
+#' @returns With `keras = FALSE`, the kerasopt Python optimizer (a
+#'   `kerasopt.optimizers.AdamW` object, via 'reticulate'): use it with
+#'   [apply_gradients()] and [finalize_variable_values()]. With `keras = TRUE`,
+#'   a `kerasopt.keras.AdamW` Keras optimizer.
+#'
+#' @seealso [optimizer_adam()], [optimizer_adamax()]
+#' @examples
+#' \dontrun{
+#' opt <- optimizer_adam_w(learning_rate = 0.01, weight_decay = 0.01)
+#' }
+#' @export
+optimizer_adam_w <- function(learning_rate = 0.001, weight_decay = 0.004, beta_1 = 0.9,
+                             beta_2 = 0.999, epsilon = 1e-07, amsgrad = FALSE,
+                             clipnorm = NULL, clipvalue = NULL, global_clipnorm = NULL,
+                             use_ema = FALSE, ema_momentum = 0.99,
+                             ema_overwrite_frequency = NULL, name = "adamw", ...,
+                             loss_scale_factor = NULL, gradient_accumulation_steps = NULL,
+                             keras = FALSE) {
+  args <- .optimizer_args(learning_rate, beta_1, beta_2, epsilon, weight_decay,
+                          clipnorm, clipvalue, global_clipnorm, use_ema,
+                          ema_momentum, ema_overwrite_frequency, name,
+                          loss_scale_factor, gradient_accumulation_steps)
+  args$amsgrad <- amsgrad
+  .construct("AdamW", args, list(...), keras = keras)
 }

@@ -9,6 +9,14 @@
 #' The Python interpreter is the one 'reticulate' selects; point it at an
 #' environment where kerasopt is installed with the `RETICULATE_PYTHON`
 #' environment variable (or [reticulate::use_python()]) before the first call.
+#' When the Python in use cannot import kerasopt, the first call stops with a
+#' message that names that Python and says how to point R at another one.
+#'
+#' With `keras = TRUE`, [optimizer_adam()] and [optimizer_adamax()] return a
+#' Keras optimizer (`kerasopt.keras.Adam` / `Adamax`, subclasses of Keras's own)
+#' that `compile()` of keras3 (or of Python's keras through reticulate)
+#' accepts; that needs Python's keras (>= 3.15) and one of its backends in the
+#' same Python environment.
 #'
 #' Python exceptions raised by kerasopt (for instance for an invalid argument)
 #' become R errors whose message is kerasopt's message.
@@ -35,11 +43,52 @@ kerasopt <- NULL
 .state <- new.env(parent = emptyenv())
 
 .onLoad <- function(libname, pkgname) {
-  kerasopt <<- reticulate::import("kerasopt", delay_load = TRUE)
+  kerasopt <<- reticulate::import("kerasopt", delay_load = list(
+    on_error = function(error) stop(.missing_module_message("kerasopt"), call. = FALSE)
+  ))
+}
+
+# The Python that reticulate uses (or will use), for messages.
+.python_in_use <- function() {
+  tryCatch(reticulate::py_config()$python, error = function(e) "(none found)")
+}
+
+# What to do when the Python in use cannot import `module`: say which Python
+# that is and how to point R at one that has kerasopt, instead of reticulate's
+# raw configuration dump.
+.missing_module_message <- function(module, install = "kerasopt") {
+  paste0(
+    "The Python that R uses through reticulate (", .python_in_use(), ") cannot import ",
+    "the Python module '", module, "'.\n",
+    "Point R at a Python environment where ", install, " is installed, before the first ",
+    "kerasopt call of an R session:\n",
+    "  Sys.setenv(RETICULATE_PYTHON = \"/path/to/env/bin/python\")\n",
+    "(or the line RETICULATE_PYTHON=/path/to/env/bin/python in ~/.Renviron).\n",
+    "To make such an environment from the kerasopt repository:\n",
+    "  python3 -m venv ~/kerasopt-env\n",
+    "  ~/kerasopt-env/bin/pip install \"/path/to/kerasopt[keras]\"\n",
+    "reticulate picks its Python once per R session: restart R after changing it."
+  )
+}
+
+# Stop with .missing_module_message() unless the Python in use can import
+# `module` (checked once per session and module).
+.require_module <- function(module, install = "kerasopt") {
+  key <- paste0("has_", module)
+  if (!isTRUE(.state[[key]])) {
+    if (!reticulate::py_module_available(module)) {
+      stop(.missing_module_message(module, install), call. = FALSE)
+    }
+    .state[[key]] <- TRUE
+  }
+  invisible(TRUE)
 }
 
 # The kerasopt module without automatic conversion of results to R.
-.ko <- function() reticulate::import("kerasopt", convert = FALSE)
+.ko <- function() {
+  .require_module("kerasopt")
+  reticulate::import("kerasopt", convert = FALSE)
+}
 
 # Python-side helpers for moving arrays between R and NumPy. Arrays travel as
 # little-endian float64 bytes in R's column-major (Fortran) order, so shapes
@@ -75,6 +124,18 @@ def call_warning_to_r(fn, args):
     return [str(w.message) for w in caught]
 
 
+def keras_learning_rate(value):
+    """A kerasopt schedule as the same Keras schedule (a Keras optimizer calls a callable
+    learning rate without the step); anything else unchanged."""
+    import kerasopt.schedules
+
+    if isinstance(value, kerasopt.schedules.LearningRateSchedule):
+        import keras
+
+        return keras.optimizers.schedules.deserialize(kerasopt.schedules.serialize(value))
+    return value
+
+
 def to_r(x):
     value = x.numpy() if hasattr(x, "numpy") and callable(x.numpy) else x
     array = np.asarray(value, dtype="<f8")
@@ -83,6 +144,7 @@ def to_r(x):
 
 .helpers <- function() {
   if (is.null(.state$helpers)) {
+    .require_module("kerasopt")
     types <- reticulate::import("types", convert = FALSE)
     builtins <- reticulate::import_builtins(convert = FALSE)
     module <- types$ModuleType("kerasopt_r_helpers")

@@ -48,6 +48,9 @@ from typing import Any
 
 import numpy as np
 
+from kerasopt._install import fix_command
+from kerasopt.cli.common import check_output_directory, positive_int
+
 BYTES_PER_PARAM = 28
 BYTES_PER_PARAM_EMA = 36
 SETTLE = 0.004
@@ -79,7 +82,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--repeats",
-        type=int,
+        type=positive_int,
         default=None,
         metavar="N",
         help="timed steps per contender (default: 40, or 3 with --quick)",
@@ -875,14 +878,18 @@ def run(args: argparse.Namespace) -> int:
         print(f"unknown workloads {unknown}; choose from {', '.join(WORKLOADS)}", file=sys.stderr)
         return 2
     output = Path(args.output)
-    output.mkdir(parents=True, exist_ok=True)
+    problem = check_output_directory(output)
+    if problem:  # before any measurement: the results must have somewhere to go
+        print(f"kerasopt bench: --output {output}: {problem}; choose another directory.",
+              file=sys.stderr)
+        return 2
     have_torch = importlib.util.find_spec("torch") is not None
     from kerasopt import kernels
 
     if not kernels.available():
         print(
-            "note: numba is missing, so the fused kernels are not timed "
-            "(pip install 'kerasopt[fast]')",
+            "note: numba is missing, so the fused kernels are not timed (install it with: "
+            f"{fix_command('fast')})",
             file=sys.stderr,
         )
 
@@ -939,7 +946,10 @@ def run(args: argparse.Namespace) -> int:
         table += "\n\n" + keras_table
     print(_machine_line(info))
     print(table)
-    (output / "bench.md").write_text(_machine_line(info) + "\n\n" + table + "\n")
+    print()
+    print(LEGEND)
+    (output / "bench.md").write_text(
+        _machine_line(info) + "\n\n" + table + "\n\n" + LEGEND + "\n")
     (output / "bench.json").write_text(
         json.dumps(
             {
@@ -1054,6 +1064,18 @@ def _machine_line(info: dict[str, Any]) -> str:
     return "machine: " + ", ".join(parts)
 
 
+LEGEND = """\
+Columns: ms/step is the median time of one optimizer step (lower is faster); GB/s the model
+traffic (28 bytes per parameter, 36 with EMA) moved per second; of roofline = the time of
+streaming passes with the row's own access pattern (same threads, same rounds) / the row's
+time (higher is better; at most ~100%); vs triad = the time that traffic takes at the STREAM
+triad's bandwidth measured in the same rounds / the row's time (a second reference). "vs torch Adam fused" and "vs torch Adamax
+foreach" = this row's time / that anchor's time in the same workload: below 1.00 the row is
+faster than the anchor (0.50 = twice as fast), above 1.00 slower. extra B/param: the peak of
+the temporary memory one step allocates, per parameter (NumPy's allocations for kerasopt's
+NumPy rows, the growth of the process's resident memory for the others)."""
+
+
 def format_table(rows: list[Row], bandwidths: dict[str, float], bandwidth: float) -> str:
     """The markdown table. "of roofline": the time of the contender's streaming passes
     (measured in the same rounds), divided by its time; "vs triad": the time its model
@@ -1061,7 +1083,8 @@ def format_table(rows: list[Row], bandwidths: dict[str, float], bandwidth: float
     divided by its time."""
     header = (
         "| workload | implementation | ms/step | GB/s | of roofline | vs triad "
-        "| vs torch Adam fused | vs torch Adamax foreach | extra B/param | note |"
+        "| vs torch Adam fused (time ratio) | vs torch Adamax foreach (time ratio) "
+        "| extra B/param | note |"
     )
     lines = [header, "|" + "---|" * 10]
     for r in rows:
@@ -1083,29 +1106,41 @@ def format_table(rows: list[Row], bandwidths: dict[str, float], bandwidth: float
     return "\n".join(lines)
 
 
-def write_chart(rows: list[Row], path: Path) -> Path | None:
-    try:
-        import matplotlib
+LABEL_WIDTH = 46  # characters per line of a bar's label; longer names wrap
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:  # pragma: no cover
-        return None
+
+def chart_figure(rows: list[Row]) -> Any:
+    """The chart as a matplotlib ``Figure`` (Agg canvas, no pyplot): one panel per workload,
+    a bar per timed row; long names wrap onto several lines and the constrained layout
+    makes room for every label."""
+    import textwrap
+
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
     workloads = list(dict.fromkeys(r.workload for r in rows))
-    fig, axes = plt.subplots(
-        len(workloads), 1, figsize=(10, 3.2 * len(workloads) + 1), squeeze=False
-    )
-    for ax, workload in zip(axes[:, 0], workloads):
-        items = [r for r in rows if r.workload == workload and r.ms]
+    panels = [[r for r in rows if r.workload == w and r.ms] for w in workloads]
+    heights = [0.9 + 0.3 * max(1, len(items)) for items in panels]
+    figure = Figure(figsize=(12, 0.5 + sum(heights)), layout="constrained")
+    FigureCanvasAgg(figure)
+    axes = figure.subplots(len(workloads), 1, squeeze=False, height_ratios=heights)
+    for ax, workload, items in zip(axes[:, 0], workloads, panels):
         names = [r.name for r in items]
         colors = ["tab:blue" if n.startswith("kerasopt fused") else "tab:gray" for n in names]
         ax.barh(range(len(items)), [r.ms for r in items], color=colors)
-        ax.set_yticks(range(len(items)), names, fontsize=7)
+        ax.set_yticks(range(len(items)), [textwrap.fill(n, LABEL_WIDTH) for n in names],
+                      fontsize=7)
         ax.invert_yaxis()
         ax.set_xscale("log")
-        ax.set_xlabel("ms per step (median, log scale)")
+        ax.set_xlabel("ms per step (median, log scale; shorter is faster)")
         ax.set_title(workload, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    return figure
+
+
+def write_chart(rows: list[Row], path: Path) -> Path | None:
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:  # pragma: no cover
+        return None
+    chart_figure(rows).savefig(path, dpi=110)
     return path

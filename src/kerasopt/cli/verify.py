@@ -41,14 +41,25 @@ from typing import Any
 
 import numpy as np
 
-INSTALL_HINT = (
-    'kerasopt verify needs Keras 3 as the reference. Install it with\n'
-    '    pip install "kerasopt[test]"\n'
-    "or\n"
-    "    pip install keras==3.15.1\n"
-    "(Keras runs on its torch backend for the NumPy and PyTorch checks and on its JAX backend "
-    "for the kerasopt.optax check.)"
-)
+from kerasopt.cli.common import positive_int
+
+KERAS_REQUIREMENT = "keras==3.15.1"
+
+
+def install_hint() -> str:
+    """How to install Keras, the reference, from where the user is."""
+    from kerasopt._install import _python
+
+    return (
+        "kerasopt verify needs Keras 3 as the reference. Install it with\n"
+        f"    {_python()} -m pip install {KERAS_REQUIREMENT}\n"
+        "(Keras runs on its torch backend for the NumPy and PyTorch checks and on its JAX "
+        "backend for the kerasopt.optax check.)"
+    )
+
+
+# What each optional backend needs, and the extra that installs it.
+BACKEND_PACKAGES = {"torch": (("torch",), "torch"), "jax": (("jax", "optax"), "jax")}
 
 TOLERANCES = {"float32": (1e-6, 1e-5), "float64": (1e-12, 1e-12)}
 DEFAULT_STEPS = 100
@@ -852,20 +863,31 @@ def _parse_list(value: str, allowed: Iterable[str], what: str) -> list[str]:
     return items
 
 
+def _backend_hint(backend: str) -> str:
+    from kerasopt._install import fix_command, torch_command
+
+    packages, extra = BACKEND_PACKAGES[backend]
+    commands = [torch_command()] if backend == "torch" else []
+    commands.append(fix_command(extra))
+    return f"{' and '.join(packages)} not installed; install with: " + "; ".join(commands)
+
+
 def run(args: argparse.Namespace, factories: Mapping[str, Callable[..., Any]] | None = None
         ) -> int:
     """The command: returns 0 when every row passes, 1 on any failure, 2 without Keras."""
     if not keras_available():
-        print(INSTALL_HINT, file=sys.stderr)
+        print(install_hint(), file=sys.stderr)
         return 2
     installed = installed_backends()
     backends = args.backends or installed
     missing = [b for b in backends if b not in installed]
     if missing:
-        extras = {"torch": "kerasopt[torch]", "jax": "kerasopt[jax]"}
-        hints = ", ".join(f'{b} (pip install "{extras.get(b, b)}")' for b in missing)
+        hints = "; ".join(f"{b}: {_backend_hint(b)}" for b in missing)
         print(f"kerasopt verify: backend(s) not installed: {hints}.", file=sys.stderr)
         return 2
+    # Backends left out because their framework is missing (not by --backends): said and
+    # counted as skipped.
+    absent = [b for b in BACKENDS if b not in installed] if not args.backends else []
     features = args.features or (list(QUICK_FEATURES) if args.quick else list(FEATURES))
     steps = args.steps or (QUICK_STEPS if args.quick else DEFAULT_STEPS)
     start = time.perf_counter()
@@ -882,8 +904,17 @@ def run(args: argparse.Namespace, factories: Mapping[str, Callable[..., Any]] | 
         for message in r.failures[:4]:
             print(f"  {message}")
     ran = sum(1 for r in results if not r.skipped)
+    skipped = len(results) - ran
+    not_run = {b: [c for c in cases_for(features) if (b, c.feature) not in UNSUPPORTED]
+               for b in absent}
+    for b, cases in not_run.items():
+        print(f"\nSkipped the {b} backend ({BACKENDS[b][0]}, {len(cases)} runs): "
+              f"{_backend_hint(b)}")
+    skipped += sum(len(cases) for cases in not_run.values())
+    detail = f"; backend{'s' if len(absent) > 1 else ''} {', '.join(absent)} not installed" \
+        if absent else ""
     print(f"\n{ran - len(failed)}/{ran} runs match Keras "
-          f"({len(results) - ran} skipped) in {elapsed:.1f} s.")
+          f"({skipped} skipped{detail}) in {elapsed:.1f} s.")
     return 1 if failed else 0
 
 
@@ -899,7 +930,7 @@ def add_parser(subparsers: Any) -> None:
             "difference exceeds the tolerance; 2: Keras (or a requested backend) is missing."
         ),
     )
-    parser.add_argument("--steps", type=int, default=None,
+    parser.add_argument("--steps", type=positive_int, default=None, metavar="N",
                         help=f"steps per run (default {DEFAULT_STEPS}; {QUICK_STEPS} with "
                         "--quick)")
     parser.add_argument("--backends", default=None,

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import ctypes
 import sys
+import warnings
 from collections.abc import Callable, Sequence
 from itertools import repeat
 from operator import attrgetter
@@ -38,8 +39,11 @@ from kerasopt.kernels.scalars import algorithm_scalars, kernel_scalars_of, step_
 
 try:  # numba is the optional ``fast`` extra
     from kerasopt.kernels import _numba as _k
-except ImportError:  # pragma: no cover - exercised where numba is missing
+except ImportError as _error:  # pragma: no cover - exercised where numba is missing
     _k = None
+    _MISSING: ImportError | None = _error
+else:
+    _MISSING = None
 
 __all__ = [
     "NotFusable",
@@ -63,8 +67,29 @@ class NotFusable(ValueError):
 
 
 def available() -> bool:
-    """True when the fused kernels can run (numba is installed and importable)."""
-    return _k is not None
+    """True when the fused kernels can run (numba is installed and importable). The
+    optimizers ask before every step; without numba the first call warns, once per process,
+    that steps take the slower reference path, and how to install numba."""
+    if _k is None:
+        _warn_slow_path()
+        return False
+    return True
+
+
+def _warn_slow_path() -> None:
+    global _MISSING
+    if _MISSING is None:
+        return
+    from kerasopt._install import fix_command
+
+    reason = ("numba is not installed" if getattr(_MISSING, "name", None) == "numba"
+              else f"numba failed to import ({_MISSING})")
+    _MISSING = None
+    warnings.warn(
+        f"kerasopt steps on its reference path, several times slower than its fused "
+        f"kernels, because {reason}. For the fast path: {fix_command('fast')}",
+        UserWarning, stacklevel=3,
+    )
 
 
 def fusable(array: Any) -> bool:
@@ -149,7 +174,7 @@ def fused_step(
         ValueError: on an unknown ``algorithm`` or ``accumulation_phase``, or several clips.
     """
     if _k is None:
-        raise NotFusable("numba is not installed (pip install 'kerasopt[fast]').")
+        raise NotFusable("numba is not installed (kerasopt's \"fast\" extra installs it).")
     roles, amsgrad = layout.step_roles(
         kernel_scalars_of(algorithm)[0], params, grads, slots,
         clip_options=(clipnorm, global_clipnorm, clipvalue),
@@ -198,7 +223,7 @@ def fused_step_table(
     of ``like``'s dtype.
     """
     if _k is None:
-        raise NotFusable("numba is not installed (pip install 'kerasopt[fast]').")
+        raise NotFusable("numba is not installed (kerasopt's \"fast\" extra installs it).")
     is_torch_step = is_torch(like)
     marker = np.zeros(1, _numpy_dtype(like) if is_torch_step else like.dtype)
     if chunks is None:
@@ -340,7 +365,7 @@ def sum_rows(inverse: np.ndarray, values: np.ndarray, n_rows: int) -> np.ndarray
     ``kerasopt.sparse.canonical``, bit-identical to ``np.add.at`` (the sums are taken in the
     same order) but about 40 times faster."""
     if _k is None:
-        raise NotFusable("numba is not installed (pip install 'kerasopt[fast]').")
+        raise NotFusable("numba is not installed (kerasopt's \"fast\" extra installs it).")
     values = np.ascontiguousarray(values)
     if values.dtype not in _DTYPES:
         raise NotFusable(f"dtype {values.dtype} is not float32 or float64.")
@@ -388,7 +413,7 @@ def fused_rows_step(
         NotFusable: before anything moves, when the inputs do not fit the kernel.
     """
     if _k is None:
-        raise NotFusable("numba is not installed (pip install 'kerasopt[fast]').")
+        raise NotFusable("numba is not installed (kerasopt's \"fast\" extra installs it).")
     kernel, _ = kernel_scalars_of(algorithm)
     torch_step = is_torch(param)
     arrays = [param, values, *slots]

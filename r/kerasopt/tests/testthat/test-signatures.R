@@ -1,5 +1,6 @@
 # The R signatures mirror the keras3 R package: same argument names, order and
-# defaults (R's NULL where Python has None).
+# defaults (R's NULL where Python has None); the optimizers add one last argument,
+# `keras` (FALSE: kerasopt's optimizer for R arrays; TRUE: a Keras optimizer).
 
 expect_formals <- function(f, expected) {
   expect_identical(as.list(formals(f)), expected)
@@ -11,7 +12,7 @@ test_that("optimizer_adam() has keras3's arguments and defaults", {
     amsgrad = FALSE, weight_decay = NULL, clipnorm = NULL, clipvalue = NULL,
     global_clipnorm = NULL, use_ema = FALSE, ema_momentum = 0.99,
     ema_overwrite_frequency = NULL, name = "adam", ... = ,
-    loss_scale_factor = NULL, gradient_accumulation_steps = NULL))
+    loss_scale_factor = NULL, gradient_accumulation_steps = NULL, keras = FALSE))
 })
 
 test_that("optimizer_adamax() has keras3's arguments and defaults", {
@@ -20,7 +21,22 @@ test_that("optimizer_adamax() has keras3's arguments and defaults", {
     weight_decay = NULL, clipnorm = NULL, clipvalue = NULL, global_clipnorm = NULL,
     use_ema = FALSE, ema_momentum = 0.99, ema_overwrite_frequency = NULL,
     name = "adamax", ... = , loss_scale_factor = NULL,
-    gradient_accumulation_steps = NULL))
+    gradient_accumulation_steps = NULL, keras = FALSE))
+})
+
+test_that("optimizer_adam_w() has keras3's arguments and defaults", {
+  expect_formals(optimizer_adam_w, alist(
+    learning_rate = 0.001, weight_decay = 0.004, beta_1 = 0.9, beta_2 = 0.999,
+    epsilon = 1e-07, amsgrad = FALSE, clipnorm = NULL, clipvalue = NULL,
+    global_clipnorm = NULL, use_ema = FALSE, ema_momentum = 0.99,
+    ema_overwrite_frequency = NULL, name = "adamw", ... = , loss_scale_factor = NULL,
+    gradient_accumulation_steps = NULL, keras = FALSE))
+})
+
+test_that("each registered algorithm has its R function", {
+  names <- reticulate::py_eval(
+    "[spec.r_name for spec in __import__('kerasopt.algorithms').algorithms.registered()]")
+  for (name in names) expect_true(exists(name, envir = asNamespace("kerasopt")), info = name)
 })
 
 test_that("the schedules have keras3's arguments and defaults", {

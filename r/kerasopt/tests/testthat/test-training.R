@@ -54,6 +54,14 @@ test_that("Adam steps from R match the same steps in Python", {
     "kerasopt.Adam(learning_rate=0.02, amsgrad=True, weight_decay=0.05, clipnorm=1.0)")
 })
 
+test_that("AdamW steps from R match the same steps in Python", {
+  expect_same_trajectory(optimizer_adam_w(learning_rate = 0.01),
+                         "kerasopt.AdamW(learning_rate=0.01)")
+  expect_same_trajectory(
+    optimizer_adam_w(learning_rate = 0.02, weight_decay = 0.1, amsgrad = TRUE),
+    "kerasopt.AdamW(learning_rate=0.02, weight_decay=0.1, amsgrad=True)")
+})
+
 test_that("EMA, accumulation, clipping and loss scaling from R match Python", {
   expect_same_trajectory(
     optimizer_adamax(learning_rate = 0.05, use_ema = TRUE, ema_momentum = 0.5,
