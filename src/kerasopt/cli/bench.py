@@ -7,11 +7,11 @@ embedding, ``kerasopt.IndexedSlices`` through ``kerasopt.Adamax``).
 
 The in-process contenders are timed round-robin, one step each per round, so slow drifts of
 the machine's bandwidth hit them alike; the table gives each one's median over the rounds.
-Before each timed call the bench sleeps a few milliseconds, so that the threads another
-contender left spinning (torch's OpenMP threads spin for milliseconds after each parallel
-region) do not run into the next one's time. Keras (torch and JAX backends) and optax run in
-subprocesses (``KERAS_BACKEND`` is fixed at import), right after the in-process rounds of
-the same workload.
+The order is shuffled each round, and before each timed call the bench sleeps 20 ms, so
+that the threads another contender left spinning (torch's OpenMP threads spin for
+milliseconds after each parallel region) do not run into the next one's time. Keras (torch
+and JAX backends) and optax run in subprocesses (``KERAS_BACKEND`` is fixed at import),
+right after the in-process rounds of the same workload.
 
 The roofline: streaming kernels with the access pattern of each pass of the fused step
 (``kerasopt.kernels.fused.roofline_pass``: the update pass reads w, g, m, v and writes w, m,
@@ -53,8 +53,9 @@ from kerasopt.cli.common import check_output_directory, positive_int
 
 BYTES_PER_PARAM = 28
 BYTES_PER_PARAM_EMA = 36
-SETTLE = 0.004
-"""Seconds to sleep before each timed call (see the module docstring)."""
+SETTLE = 0.02
+"""Seconds to sleep before each timed call (see the module docstring): libgomp's threads
+spin for up to ~300,000 pause instructions (several ms) after each parallel region."""
 WORKLOADS = ("a", "b", "c", "sparse", "cold")
 ANCHOR_FUSED = "torch Adam fused"
 ANCHOR_FOREACH = "torch Adamax foreach"
@@ -174,15 +175,18 @@ def _progress(total: int, desc: str):
 
 def time_round_robin(contenders: dict[str, Callable[[], None]], repeats: int, desc: str,
                      settle: float = SETTLE):
-    """Median milliseconds per call of each contender, timed one call each per round, after
-    ``settle`` seconds of sleep before each call."""
+    """Median milliseconds per call of each contender, timed one call each per round, in a
+    new order each round, after ``settle`` seconds of sleep before each call."""
     for fn in contenders.values():  # warm up (compiles, allocator pools)
         fn()
         fn()
     samples: dict[str, list[float]] = {name: [] for name in contenders}
     bar = _progress(repeats, desc)
+    order = list(contenders.items())
+    shuffle = np.random.default_rng(0).permutation
     for _ in range(repeats):
-        for name, fn in contenders.items():
+        for k in shuffle(len(order)):  # a new order each round: no one always follows
+            name, fn = order[k]         # the same neighbour
             if settle:
                 time.sleep(settle)
             start = time.perf_counter()
@@ -564,8 +568,12 @@ for label in which:
         contenders.pop(label, None)
         out[label] = "error: " + type(e).__name__ + ": " + str(e)[:200]
 samples = {label: [] for label in contenders}
-for _ in range(repeats):  # round robin, as in the main process
-    for label, (fn, sync) in contenders.items():
+order = list(contenders.items())
+shuffle = np.random.default_rng(0).permutation
+for _ in range(repeats):  # round robin, shuffled, with a pause: as in the main process
+    for k in shuffle(len(order)):
+        label, (fn, sync) = order[k]
+        time.sleep(SETTLE)
         t = time.perf_counter(); fn(); sync(); samples[label].append(time.perf_counter() - t)
 for label, ts in samples.items():
     out[label] = {"ms": float(np.median(ts)) * 1e3, "first_call_s": first[label]}
@@ -610,7 +618,8 @@ def run_subprocess(backend: str, labels: list[str], sizes, repeats) -> dict[str,
     env = dict(os.environ, KERAS_BACKEND=backend, XLA_FLAGS=os.environ.get("XLA_FLAGS", ""))
     env.setdefault("JAX_PLATFORMS", "cpu")
     proc = subprocess.run(
-        [sys.executable, "-c", _SUBPROCESS, json.dumps([sizes, repeats, labels])],
+        [sys.executable, "-c", f"SETTLE = {SETTLE!r}\n" + _SUBPROCESS,
+         json.dumps([sizes, repeats, labels])],
         capture_output=True,
         text=True,
         env=env,

@@ -76,10 +76,23 @@ def _handler() -> int:
             dims = _pointer(buffer + 40, i64)[0]
             for d in range(rank):
                 nbytes *= _pointer(dims, i64)[d]
-            read = _pointer(source + offset, u8)
-            write = _pointer(_pointer(buffer + 24, i64)[0], u8)
-            for i in range(nbytes):
-                write[i] = read[i]
+            start = source + offset
+            target = _pointer(buffer + 24, i64)[0]
+            if (start | target | nbytes) & 7 == 0:  # 8-byte words (vectorized)
+                read64 = _pointer(start, i64)
+                write64 = _pointer(target, i64)
+                for i in range(nbytes >> 3):
+                    write64[i] = read64[i]
+            elif (start | target | nbytes) & 3 == 0:
+                read32 = _pointer(start, i32)
+                write32 = _pointer(target, i32)
+                for i in range(nbytes >> 2):
+                    write32[i] = read32[i]
+            else:
+                read8 = _pointer(start, u8)
+                write8 = _pointer(target, u8)
+                for i in range(nbytes):
+                    write8[i] = read8[i]
             offset += nbytes
         return 0
 
