@@ -206,3 +206,18 @@ def test_split_under_grad_and_vmap():
     np.testing.assert_array_equal(grad(buffer), np.repeat(np.arange(20.0), 5))
     batched = jax.vmap(lambda b: xla.split(b, pieces)[3])(jnp.stack([buffer, -buffer]))
     np.testing.assert_array_equal(batched, np.stack([buffer[15:20], -buffer[15:20]]))
+
+
+def test_split_reads_only_the_ffi_layout_it_knows(tmp_path):
+    """The custom call reads XLA's FFI structs by offset: it is registered only when the
+    jaxlib's header has the major version whose layout it was written for."""
+    from kerasopt.kernels import xla
+
+    api = tmp_path / "xla" / "ffi" / "api"
+    api.mkdir(parents=True)
+    for text, major in (("#define XLA_FFI_API_MAJOR 0\n#define XLA_FFI_API_MINOR 7\n", 0),
+                        ("#define XLA_FFI_API_MAJOR 1\n", 1), ("nothing\n", None)):
+        (api / "c_api.h").write_text(text)
+        assert xla._header_major(str(tmp_path)) == major
+    assert xla._header_major(str(tmp_path / "absent")) is None
+    assert xla.LAYOUT_MAJOR == 0

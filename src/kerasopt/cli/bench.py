@@ -1078,11 +1078,12 @@ Columns: ms/step is the median time of one optimizer step (lower is faster); GB/
 traffic (28 bytes per parameter, 36 with EMA) moved per second; of roofline = the time of
 streaming passes with the row's own access pattern (same threads, same rounds) / the row's
 time (higher is better; at most ~100%); vs triad = the time that traffic takes at the STREAM
-triad's bandwidth measured in the same rounds / the row's time (a second reference). "vs torch Adam fused" and "vs torch Adamax
-foreach" = this row's time / that anchor's time in the same workload: below 1.00 the row is
-faster than the anchor (0.50 = twice as fast), above 1.00 slower. extra B/param: the peak of
-the temporary memory one step allocates, per parameter (NumPy's allocations for kerasopt's
-NumPy rows, the growth of the process's resident memory for the others)."""
+triad's bandwidth measured in the same rounds / the row's time (a second reference). "vs
+torch Adam fused" and "vs torch Adamax foreach" = this row's time / that anchor's time in
+the same workload: below 1.00 the row is faster than the anchor (0.50 = twice as fast),
+above 1.00 slower. extra B/param: the peak of the temporary memory one step allocates, per
+parameter (NumPy's allocations for kerasopt's NumPy rows, the growth of the process's
+resident memory for the others)."""
 
 
 def format_table(rows: list[Row], bandwidths: dict[str, float], bandwidth: float) -> str:

@@ -110,13 +110,32 @@ def available() -> bool:
 
             from kerasopt.kernels import fused
 
-            if fused.available() and np.dtype(np.intp).itemsize == 8:
+            if (fused.available() and np.dtype(np.intp).itemsize == 8
+                    and _header_major(jax.ffi.include_dir()) == LAYOUT_MAJOR):
                 jax.ffi.register_ffi_target(TARGET, jax.ffi.pycapsule(_handler()),
                                             platform="cpu")
                 _registered = True
-        except (ImportError, AttributeError):  # pragma: no cover - old JAX or no numba
-            pass
+        except Exception:  # pragma: no cover - old JAX, no numba, a refused registration
+            _registered = False
     return _registered
+
+
+LAYOUT_MAJOR = 0
+"""The FFI API's major version whose struct layout ``_handler`` reads; under another one (a
+new layout) ``split`` slices instead."""
+
+
+def _header_major(include_dir: str) -> int | None:
+    """``XLA_FFI_API_MAJOR`` of the FFI header that ships with this jaxlib."""
+    import os
+    import re
+
+    try:
+        with open(os.path.join(include_dir, "xla", "ffi", "api", "c_api.h")) as header:
+            found = re.search(r"#define\s+XLA_FFI_API_MAJOR\s+(\d+)", header.read())
+    except OSError:
+        return None
+    return int(found.group(1)) if found else None
 
 
 def _sliced(buffer: Any, pieces: Sequence[tuple[int, int, tuple[int, ...]]]) -> list[Any]:
