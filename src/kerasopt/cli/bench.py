@@ -50,6 +50,7 @@ import numpy as np
 
 from kerasopt._install import fix_command
 from kerasopt.cli.common import check_output_directory, positive_int
+from kerasopt.cli.workloads import describe, workload_sizes
 
 BYTES_PER_PARAM = 28
 BYTES_PER_PARAM_EMA = 36
@@ -126,31 +127,6 @@ class Row:
         if not self.ms or not self.bytes_per_param:
             return None
         return self.params * self.bytes_per_param / (self.ms * 1e-3) / 1e9
-
-
-def workload_sizes(name: str, quick: bool) -> list[int]:
-    total = (1 << 16) if quick else 16_000_000
-    if name == "a":
-        return [total]
-    if name == "b":
-        count = 20 if quick else 200
-        rng = np.random.default_rng(0)
-        weights = rng.lognormal(0.0, 1.5, count)
-        sizes = np.maximum(1, (weights / weights.sum() * total).astype(np.int64))
-        sizes[0] += total - sizes.sum()
-        return [int(s) for s in sizes]
-    if name == "c":
-        return [64] * 200 if quick else [1024] * 2000
-    raise ValueError(name)
-
-
-def describe(name: str, sizes: list[int]) -> str:
-    total = sum(sizes)
-    if name == "a":
-        return f"(a) one tensor of {total:,}"
-    if name == "b":
-        return f"(b) {len(sizes)} mixed tensors, {total:,} total"
-    return f"(c) {len(sizes):,} tensors of {sizes[0]:,}"
 
 
 # --------------------------------------------------------------------------- timing
