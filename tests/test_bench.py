@@ -181,3 +181,19 @@ def test_chart_labels_are_not_cut_off():
         extent = label.get_window_extent(renderer)
         assert extent.x0 >= box.x0 - 0.5 and extent.x1 <= box.x1 + 0.5, label.get_text()
         assert all(len(line) <= bench.LABEL_WIDTH for line in label.get_text().splitlines())
+
+
+def test_no_keras_skips_only_the_keras_table(tmp_path, capsys, monkeypatch):
+    from kerasopt.cli import bench
+
+    calls = []
+    monkeypatch.setattr(bench, "subprocess_rows", lambda *a, **k: calls.append(a[1]) or [])
+    monkeypatch.setattr(bench, "keras_optimizer_rows",
+                        lambda *a, **k: pytest.fail("the Keras table ran under --no-keras"))
+    parser = argparse.ArgumentParser()
+    bench.add_parser(parser.add_subparsers())
+    args = parser.parse_args(["bench", "--quick", "--repeats", "1", "--workloads", "c",
+                              "--no-keras", "--output", str(tmp_path)])
+    assert bench.run(args) == 0
+    assert "torch" in calls  # the optax / Keras-step subprocess rows still run
+    assert "Keras 3 step" not in capsys.readouterr().out

@@ -100,6 +100,12 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         action="store_true",
         help="skip the contenders that need a subprocess (Keras on torch and JAX, optax)",
     )
+    parser.add_argument(
+        "--no-keras",
+        action="store_true",
+        help="skip the table of Keras 3's step against kerasopt.keras's per backend (the "
+        "longest part; python -m kerasopt.cli.bench_keras runs it alone)",
+    )
     parser.set_defaults(func=run)
     return parser
 
@@ -923,7 +929,7 @@ def run(args: argparse.Namespace) -> int:
 
     keras_rows, keras_table = [], ""
     workloads = [w for w in selected if w in ("a", "b", "c")]
-    if workloads and not args.no_subprocess:
+    if workloads and not args.no_subprocess and not getattr(args, "no_keras", False):
         keras_rows, keras_table = keras_optimizer_rows(workloads, repeats, quick)
     _add_ratios(rows)
     table = format_table(rows, bandwidths, bandwidth)
