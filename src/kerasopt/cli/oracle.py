@@ -430,18 +430,13 @@ def _run_keras_jax_scan(optimizer: Any, variables: Sequence[Any], init_weights: 
     for var, value in zip((*variables, *optimizer.variables),
                           (*(w[-1] for w in weights), *(s[-1] for s in states))):
         var.assign(value)
-    run.iterations = [int(x) for x in states[_index_of(optimizer.iterations,
-                                                       optimizer.variables)]]
     run.state_names = [str(getattr(v, "path", None) or v.name) for v in optimizer.variables]
     run.state_keys = state_keys(optimizer)
+    run.iterations = [int(x) for x in states[run.state_keys.index("iteration")]]
     if getattr(getattr(optimizer, "inner_optimizer", optimizer), "use_ema", False):
         optimizer.finalize_variable_values(variables)
         run.finalized = [to_numpy(v) for v in variables]
     return run
-
-
-def _index_of(variable: Any, variables: Sequence[Any]) -> int:
-    return next(i for i, v in enumerate(variables) if v is variable)
 
 
 def run_keras(
