@@ -250,8 +250,8 @@ def test_non_finite_gradients_propagate():
 @pytest.mark.parametrize("threads", ["one thread", "threaded"])
 def test_division_by_zero_gives_inf_and_nan(option, threads, request):
     """A loss scale that rounds to 0 in float32 divides every gradient by zero: inf and NaN,
-    as in the reference, in both builds of every kernel (numba's default error model
-    raises ZeroDivisionError outside prange loops)."""
+    as in the reference, on one thread and several (numba's default error model raises
+    ZeroDivisionError)."""
     if threads == "threaded":
         request.getfixturevalue("threaded")
     for algorithm in ALGORITHMS:
@@ -370,43 +370,183 @@ def test_torch_autograd_sees_the_in_place_update():
 # ----------------------------------------------------------------------------- threads
 
 
+THREADS = 3  # more threads than this machine may have cores: the claims still interleave
+
+
 @pytest.fixture
 def threaded(monkeypatch):
-    """Every launch takes the kernels' multi-threaded builds (normally only steps of
-    ``PARALLEL_THRESHOLD`` elements or more do); yields the names of the builds that ran."""
-    from kerasopt.kernels import fused
+    """Every launch runs on ``THREADS`` threads at once (normally only steps of
+    ``PARALLEL_THRESHOLD`` elements or more run on more than the calling thread, and on
+    ``thread_count()`` of them); yields the thread counts of the launches that ran."""
+    from kerasopt.kernels import _threads, fused
 
     ran = []
-    sized = fused._sized
+    run = _threads.run
 
-    def spy(kernel, elements):
-        chosen = sized(kernel, elements)
-        ran.append(chosen.py_func.__name__)
-        return chosen
+    def spy(function, args, threads):
+        ran.append(threads)
+        return run(function, args, threads)
 
     monkeypatch.setattr(fused, "PARALLEL_THRESHOLD", 0)
-    monkeypatch.setattr(fused, "_sized", spy)
+    monkeypatch.setattr(fused, "thread_count", lambda: THREADS)
+    monkeypatch.setattr(_threads, "run", spy)
     yield ran
-    if kernels.thread_count() > 1:
-        assert ran and not any(name.endswith("_serial") for name in ran), ran
+    assert ran and set(ran) == {THREADS}, ran
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("algorithm", ALGORITHMS)
-def test_threaded_builds_match_the_reference(backend, algorithm, threaded):
+def test_threaded_launches_match_the_reference(backend, algorithm, threaded):
     run_both(backend, np.float32, algorithm, loss_scale_factor=8.0, accumulation_steps=2,
              clipnorm=0.5, weight_decay=0.01, use_ema=True, amsgrad=algorithm == "adam",
              steps=4, sizes=(7, 1, 3000, 64, 40_000))
 
 
 @pytest.mark.parametrize("algorithm", ["adam", "amsgrad", "adamax"])
-def test_threaded_rows_builds_match_the_reference(algorithm, threaded):
+def test_threaded_rows_launches_match_the_reference(algorithm, threaded):
     test_rows_step_matches_the_lazy_reference("numpy", np.float32, algorithm, (50, 300))
 
 
+def _step_once(sizes, seed, **options):
+    """One fused Adam step (amsgrad, EMA) over fresh arrays; returns every array after it."""
+    rng = np.random.default_rng(seed)
+    params = [rng.standard_normal(s).astype(np.float32) for s in sizes]
+    grads = [rng.standard_normal(s).astype(np.float32) for s in sizes]
+    slots = [[np.abs(rng.standard_normal(s)).astype(np.float32) for s in sizes]
+             for _ in range(3)]
+    averages = [p.copy() for p in params]
+    kernels.fused_step("adam", params, grads, slots, ema_averages=averages, ema_momentum=0.9,
+                       learning_rate=np.float32(0.01), beta_1=0.9, beta_2=0.999,
+                       epsilon=1e-7, step=3, **options)
+    return params + [x for s in slots for x in s] + averages
+
+
+@pytest.mark.parametrize("option", [{}, {"clipnorm": 0.5}, {"global_clipnorm": 2.0}])
+def test_results_do_not_depend_on_the_thread_count(option, monkeypatch):
+    """The chunks that each thread claims change from launch to launch; the results (the
+    norms' sums included) are the reference's, and the same bits on one thread and on
+    several. The sizes put chunk boundaries on and off the claims' boundaries."""
+    from kerasopt.kernels import _numba, fused
+
+    sizes = [3 * _numba.CHUNK + 5, 0, 17, _numba.CHUNK, 1, 2 * _numba.CHUNK - 1] + [300] * 40
+    kwargs = dict(sizes=sizes, steps=2, amsgrad=True, use_ema=True, weight_decay=0.01,
+                  maxulp=0 if not option else MAX_ULP, **option)
+    one, _ = run_both("numpy", np.float32, "adam", **kwargs)
+    monkeypatch.setattr(fused, "PARALLEL_THRESHOLD", 0)
+    for threads in (2, 5):
+        monkeypatch.setattr(fused, "thread_count", lambda threads=threads: threads)
+        several, _ = run_both("numpy", np.float32, "adam", **kwargs)
+        assert_close(several, one, maxulp=0)
+
+
+def test_plain_and_full_builds_agree_bit_for_bit(monkeypatch):
+    """A step without gradient transforms or EMA runs the plain build of the update kernel;
+    the full build, forced onto the same step, gives the same bits."""
+    from kerasopt.kernels import _numba
+
+    for algorithm, amsgrad in (("adam", False), ("adam", True), ("adamax", False)):
+        kwargs = dict(amsgrad=amsgrad, weight_decay=0.05,
+                      weight_decay_mask=[True, False, True, True])
+        plain, _ = run_both("numpy", np.float32, algorithm, maxulp=0, **kwargs)
+        monkeypatch.setattr(_numba, "PLAIN", 0)  # every feature set takes the full build
+        full, _ = run_both("numpy", np.float32, algorithm, maxulp=0, **kwargs)
+        monkeypatch.undo()
+        assert_close(plain, full, maxulp=0)
+    assert _numba.update_step("adam", _numba.DECAY | _numba.AMSGRAD).py_func.__name__ == (
+        "update_step_adam_plain")
+    assert _numba.update_step("adam", _numba.UNSCALE).py_func.__name__ == "update_step_adam"
+
+
+def test_chunk_table_covers_every_element_once():
+    from kerasopt.kernels import _numba, fused
+
+    chunk = _numba.CHUNK
+    sizes = np.array([0, 5, chunk, chunk + 1, 0, 3 * chunk, 2, 0], np.int64)
+    table = fused.chunk_table(sizes)
+    assert table.shape[1] == 4
+    covered = [np.zeros(s, np.int64) for s in sizes]
+    elements = 0
+    for tensor, start, stop, first in table:
+        assert 0 <= stop - start <= chunk and first == elements
+        covered[tensor][start:stop] += 1
+        elements += stop - start
+    assert all((c == 1).all() for c in covered)
+    assert sorted(set(table[:, 0])) == list(range(len(sizes)))  # empty tensors too
+    assert (np.diff(table[:, 0]) >= 0).all() and (np.diff(table[:, 3]) >= 0).all()
+
+
+def test_a_kernel_error_on_a_worker_thread_reaches_the_caller():
+    from kerasopt.kernels import _threads
+
+    calls = []
+
+    def kernel(cursor):
+        calls.append(cursor)
+        if len(calls) > 1:
+            raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        _threads.run(kernel, ("x",), 2)
+    _threads.run(lambda: None, (), 2)  # the pool still works
+
+
+def test_steps_from_several_threads_at_once(monkeypatch):
+    """Two Python threads stepping at the same time (one of them finds the pool busy and
+    runs its launch alone) get the results of steps taken one after the other."""
+    import threading
+
+    from kerasopt.kernels import fused
+
+    monkeypatch.setattr(fused, "PARALLEL_THRESHOLD", 0)
+    sizes = [5000, 300, 70_000]
+    expected = [_step_once(sizes, seed, clipnorm=1.0) for seed in range(6)]
+    results = [None] * 6
+    barrier = threading.Barrier(2)
+
+    def work(offset):
+        barrier.wait()
+        for seed in range(offset, 6, 2):
+            results[seed] = _step_once(sizes, seed, clipnorm=1.0)
+
+    workers = [threading.Thread(target=work, args=(k,)) for k in (0, 1)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(timeout=120)
+    for got, want in zip(results, expected):
+        for x, y in zip(got, want):
+            np.testing.assert_array_equal(x, y)
+
+
+def test_first_compilation_is_announced_once(tmp_path):
+    """With an empty numba cache, the first step says once (on the ``kerasopt`` logger)
+    that it compiles; a second process, with that cache, says nothing."""
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import numpy as np\n"
+        "from kerasopt import kernels\n"
+        "def step(**options):\n"
+        "    kernels.fused_step('adamax', [np.zeros(5, np.float32)], [np.ones(5, np.float32)],\n"
+        "                       [[np.zeros(5, np.float32)], [np.zeros(5, np.float32)]],\n"
+        "                       learning_rate=0.1, beta_1=0.9, beta_2=0.999, epsilon=1e-7,\n"
+        "                       step=1, **options)\n"
+        "step()\n"
+        "step(clipvalue=1.0)\n"  # a second kernel compiles: no second notice
+    )
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path))
+    runs = [subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                           timeout=600, check=True, env=env).stderr for _ in range(2)]
+    assert runs[0].count("kerasopt: compiling the fused CPU kernels") == 1, runs[0]
+    assert "compiling" not in runs[1], runs[1]
+
+
 def test_starting_the_thread_pool_keeps_torchs_thread_count():
-    """numba's OpenMP pool, when it starts, sets the thread count of the libgomp that torch
-    shares; a user's ``torch.set_num_threads`` must survive the first multi-threaded step."""
+    """The kernels' threads are plain Python threads; a user's ``torch.set_num_threads``
+    survives the first multi-threaded step (numba's OpenMP pool, which kerasopt used before,
+    changed the thread count of the libgomp that torch shares when it started)."""
     import subprocess
     import sys
 
@@ -505,7 +645,7 @@ def test_norm_pass_reassociates_only_the_sum(dtype, features):
     by the reciprocal) would move it by ~1e-8 relative in float32, far beyond 1e-12."""
     import math
 
-    from kerasopt.kernels import _numba, layout
+    from kerasopt.kernels import _numba, fused, layout
 
     rng = np.random.default_rng(7)
     n = 3 * _numba.CHUNK + 123
@@ -519,8 +659,11 @@ def test_norm_pass_reassociates_only_the_sum(dtype, features):
     table = np.zeros((1, layout.COLUMNS), np.int64)
     table[0, layout.G] = g.ctypes.data
     table[0, layout.ACC] = acc.ctypes.data
-    chunks = _numba.chunk_table(np.array([n], np.int64))
-    got = _numba.squared_sums(table, chunks, np.zeros(1, dtype), bits, hyper).sum()
+    chunks = fused.chunk_table(np.array([n], np.int64))
+    partial = np.zeros(chunks.shape[0])
+    _numba.squared_sums(np.zeros(1, np.int64), table, chunks, np.zeros(1, dtype), bits, hyper,
+                        partial)
+    got = partial.sum()
 
     x = g
     if bits & layout.UNSCALE:

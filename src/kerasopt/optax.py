@@ -396,6 +396,33 @@ def _unpack(buffers: tuple, packing: _Packing, n: int) -> list[Any]:
     return leaves
 
 
+def _split(buffers: list[Any], packing: _Packing, n: int) -> list[Any]:
+    """:func:`_unpack` for the step's results: each buffer's leaves as one XLA custom call
+    on the CPU (``kerasopt.kernels.xla.split``: one kernel instead of one per leaf, which
+    XLA compiled one by one), slices elsewhere; the same values."""
+    from kerasopt.kernels import xla
+
+    leaves: list[Any] = [None] * n
+    for buffer, (_, _, members), spans in zip(buffers, packing.groups, packing.segments):
+        for i, leaf in zip(members, xla.split(buffer, spans)):
+            leaves[i] = leaf
+    return leaves
+
+
+def _decay_masks(decays: list[bool], packing: _Packing) -> list[Any]:
+    """Per buffer, whether its leaves are decayed: a bool when all agree, else one flag per
+    element."""
+    masks: list[Any] = []
+    for (_, _, members), spans in zip(packing.groups, packing.segments):
+        flags = [decays[i] for i in members]
+        if all(flags) or not any(flags):
+            masks.append(bool(flags[0]))
+        else:
+            masks.append(jnp.asarray(np.repeat(flags, [stop - start for start, stop, _ in
+                                                       spans])))
+    return masks
+
+
 def _is_sharded(leaf: Any) -> bool:
     sharding = getattr(leaf, "sharding", None)
     return sharding is not None and len(getattr(sharding, "device_set", ())) > 1
@@ -554,21 +581,21 @@ def _transformation(spec: specs.AlgorithmSpec, options: dict[str, Any]
         if packed and dense:  # the step on one buffer per kind of leaf
             buffers = {f: getattr(state, f).buffers for f in fields}
             flat_grads = _pack([g for _, g in pairs], packing, True)
-            masks = [jnp.asarray(np.concatenate(
-                [np.full(stop - start, decays[i]) for i, (start, stop, _) in
-                 zip(members, spans)])) for (_, _, members), spans in
-                zip(packing.groups, packing.segments)]
+            old_weights = list(_pack(leaves, packing, False))
             arrays = engine.Arrays(
-                weights=list(_pack(leaves, packing, False)),
+                weights=old_weights,
                 slots=[tuple(buffers[f][k] for f in slot_names)
                        for k in range(len(packing.groups))],
                 accumulators=list(buffers["accumulator"]) if n_steps is not None else None,
                 averages=list(buffers["average"]) if options["use_ema"] else None,
             )
             new = engine.apply(engine.spec_rule(spec), arrays, list(enumerate(flat_grads)),
-                               step=step, groups=[group], decay_mask=masks,
+                               step=step, groups=[group], decay_mask=_decay_masks(decays,
+                                                                                  packing),
                                ops=ops_for(leaves[0]), segments=packing.segments).arrays
-            weights = _unpack(tuple(new.weights), packing, len(leaves))
+            # w - p per leaf, as one subtraction per buffer, then cut into the leaves
+            deltas = _split([w - p for w, p in zip(new.weights, old_weights)], packing,
+                            len(leaves))
             new_fields = {slot: Packed(tuple(s[k] for s in new.slots))
                           for k, slot in enumerate(slot_names)}
             if n_steps is not None:
@@ -586,7 +613,7 @@ def _transformation(spec: specs.AlgorithmSpec, options: dict[str, Any]
             new = engine.apply(engine.spec_rule(spec), arrays, pairs, step=step,
                                groups=[group], decay_mask=decays,
                                ops=ops_for(leaves[0])).arrays
-            weights = new.weights
+            deltas = [w - p for w, p in zip(new.weights, leaves)]
 
             def stored(values: list[Any]) -> Any:
                 if packed:
@@ -599,7 +626,6 @@ def _transformation(spec: specs.AlgorithmSpec, options: dict[str, Any]
                 new_fields["accumulator"] = stored(new.accumulators)
             if options["use_ema"]:
                 new_fields["average"] = stored(new.averages)
-        deltas = [w - p for w, p in zip(weights, leaves)]
         return treedef.unflatten(deltas), state._replace(count=count + 1, **new_fields)
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
@@ -620,9 +646,14 @@ _OPTAX_DOC = {
              "params are a list).",
     "packed": "Keep each state field as one flat buffer per kind of leaf (parameter dtype "
               "and state dtype) and run the step on those buffers: one XLA loop per field "
-              "instead of one per leaf, for trees with many small leaves. The same results "
-              "as the per-leaf state, bit for bit. A sharded tree keeps the per-leaf layout. "
-              "Read the averages with ``ema_params(state, params)``.",
+              "instead of one per leaf, for trees with many small leaves (on the CPU the "
+              "updates are cut out of the buffers by one custom call, so that compiling the "
+              "step does not build one kernel per leaf). The same results as the per-leaf "
+              "state, bit for bit (``clipnorm`` / ``global_clipnorm`` within a few ulps). A "
+              "sharded tree keeps the per-leaf layout. Read the averages with "
+              "``ema_params(state, params)``. Off by default: the state's structure is then "
+              "optax's (one leaf per parameter), which checkpoints and ``kerasopt.interop`` "
+              "read.",
     "state_dtype": "None (state in the parameter's dtype, as Keras) or a float dtype, e.g. "
                    "``\"float32\"`` to keep the state and compute the step in float32 for "
                    "bfloat16 / float16 parameters.",

@@ -137,3 +137,87 @@ def test_packed_ema_params_needs_the_params():
 def test_packed_is_an_optax_argument_with_a_check():
     with pytest.raises(TypeError, match="packed"):
         kx.adam(packed="yes")
+
+
+def _many_leaves(seed=0):
+    """40 leaves of several shapes (scalars and an empty one too), float32 and bfloat16."""
+    rng = np.random.default_rng(seed)
+    shapes = [(17,), (), (3, 4), (0,), (64,), (5, 1, 2)] * 6 + [(130,), (2,), (9,), (1,)]
+    dtypes = [jnp.float32, jnp.bfloat16] * 20
+    return {f"layer{i}": {"w" if i % 3 else "bias": jnp.asarray(rng.normal(size=s), d)}
+            for i, (s, d) in enumerate(zip(shapes, dtypes))}
+
+
+@pytest.mark.parametrize("algo", ALGORITHMS)
+def test_packed_many_leaves_cut_by_one_custom_call(algo):
+    """With many leaves the updates are cut out of each packed buffer by one XLA custom call
+    (``kerasopt.kernels.xla.split``) instead of one sliced kernel per leaf: the trajectories
+    stay those of the per-leaf state, bit for bit."""
+    from kerasopt.kernels import xla
+
+    if not xla.available():
+        pytest.skip("numba or jax.ffi missing")
+    params = _many_leaves()
+    grads = _grads(params, 4)
+    kwargs = {"learning_rate": 0.02, "weight_decay": 0.05, "use_ema": True,
+              "exclude_from_weight_decay": ["bias"]}
+    factory = kx.FACTORIES[algo]
+    per_leaf, _ = _run(factory(**kwargs), params, grads)
+    tx = factory(**kwargs, packed=True)
+    packed, state = _run(tx, params, grads)
+    assert len(state.momentum.buffers) == 2
+    for a, b in zip(per_leaf, packed):
+        _assert_identical(a, b)
+    hlo = jax.jit(lambda p, s, g: tx.update(g, s, p)).lower(params, state, grads[0]) \
+        .compile().as_text()
+    assert hlo.count(f'custom_call_target="{xla.TARGET}"') == 2  # one per buffer
+    assert " slice(" not in hlo  # no kernel per leaf
+
+
+@pytest.mark.parametrize("dtype", [jnp.float16, jnp.bfloat16, jnp.float32, jnp.float64,
+                                   jnp.int32])
+def test_split_gives_the_slices(dtype):
+    from kerasopt.kernels import xla
+
+    if not xla.available():
+        pytest.skip("numba or jax.ffi missing")
+    shapes = [(3, 4), (), (0,), (7,), (2, 0, 3), (1,)] * 4
+    pieces, start = [], 0
+    for shape in shapes:
+        size = int(np.prod(shape, dtype=np.int64))
+        pieces.append((start, start + size, shape))
+        start += size
+    with jax.enable_x64(dtype == jnp.float64):
+        buffer = jnp.asarray(np.arange(start) * 1.5 - 7, dtype)
+        want = [buffer[a:b].reshape(shape) for a, b, shape in pieces]
+        for got in (xla.split(buffer, pieces), jax.jit(lambda b: xla.split(b, pieces))(buffer)):
+            assert [g.shape for g in got] == [w.shape for w in want]
+            for g, w in zip(got, want):
+                assert g.dtype == w.dtype
+                np.testing.assert_array_equal(np.asarray(g), np.asarray(w))
+
+
+def test_split_under_grad_and_vmap():
+    from kerasopt.kernels import xla
+
+    pieces = [(i * 5, i * 5 + 5, (5,)) for i in range(20)]
+    buffer = jnp.arange(100, dtype=jnp.float32)
+    grad = jax.grad(lambda b: sum(jnp.sum(x * k) for k, x in enumerate(xla.split(b, pieces))))
+    np.testing.assert_array_equal(grad(buffer), np.repeat(np.arange(20.0), 5))
+    batched = jax.vmap(lambda b: xla.split(b, pieces)[3])(jnp.stack([buffer, -buffer]))
+    np.testing.assert_array_equal(batched, np.stack([buffer[15:20], -buffer[15:20]]))
+
+
+def test_split_reads_only_the_ffi_layout_it_knows(tmp_path):
+    """The custom call reads XLA's FFI structs by offset: it is registered only when the
+    jaxlib's header has the major version whose layout it was written for."""
+    from kerasopt.kernels import xla
+
+    api = tmp_path / "xla" / "ffi" / "api"
+    api.mkdir(parents=True)
+    for text, major in (("#define XLA_FFI_API_MAJOR 0\n#define XLA_FFI_API_MINOR 7\n", 0),
+                        ("#define XLA_FFI_API_MAJOR 1\n", 1), ("nothing\n", None)):
+        (api / "c_api.h").write_text(text)
+        assert xla._header_major(str(tmp_path)) == major
+    assert xla._header_major(str(tmp_path / "absent")) is None
+    assert xla.LAYOUT_MAJOR == 0

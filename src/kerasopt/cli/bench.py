@@ -7,12 +7,23 @@ embedding, ``kerasopt.IndexedSlices`` through ``kerasopt.Adamax``).
 
 The in-process contenders are timed round-robin, one step each per round, so slow drifts of
 the machine's bandwidth hit them alike; the table gives each one's median over the rounds.
-Keras (torch and JAX backends) and optax run in subprocesses (``KERAS_BACKEND`` is fixed at
-import), right after the in-process rounds of the same workload. The roofline is a
-STREAM-triad-like kernel (``a = b + s * c``, 12 bytes per element) measured in the same run;
-the model traffic of a step is 28 bytes per parameter for Adam and Adamax (read w, g, m, v;
-write w, m, v), 36 with EMA. Only ratios within one run mean much: on a shared machine the
-bandwidth drifts by up to 2x between runs.
+The order is shuffled each round, and before each timed call the bench sleeps 20 ms, so
+that the threads another contender left spinning (torch's OpenMP threads spin for
+milliseconds after each parallel region) do not run into the next one's time. Keras (torch
+and JAX backends) and optax run in subprocesses (``KERAS_BACKEND`` is fixed at import),
+right after the in-process rounds of the same workload.
+
+The roofline: streaming kernels with the access pattern of each pass of the fused step
+(``kerasopt.kernels.fused.roofline_pass``: the update pass reads w, g, m, v and writes w, m,
+v, 28 bytes per float32 parameter, 36 with the EMA average or the accumulator, 44 with both;
+the micro-step's, the norm pass's), with trivial arithmetic, on kerasopt's threads and chunks,
+timed in the same rounds. A contender's roofline time is the sum of its passes' times;
+"of roofline" is that divided by its own time (100% at most, but for noise). A STREAM-like
+triad (``a = b + s * c``, 12 bytes per element) is kept as a second reference ("vs triad":
+the contender's model bytes at the triad's rate, divided by its time). The cold start (the
+first ``kerasopt.torch.Adamax`` step with an empty numba cache) runs in subprocesses.
+Only ratios within one run mean much: on a shared machine the bandwidth drifts by up to 2x
+between runs.
 
 Needs numba (the fused kernels), torch, and for the subprocess contenders keras, jax and
 optax; tqdm and matplotlib for progress and the chart. What is missing is skipped and said.
@@ -39,10 +50,14 @@ import numpy as np
 
 from kerasopt._install import fix_command
 from kerasopt.cli.common import check_output_directory, positive_int
+from kerasopt.cli.workloads import describe, workload_sizes
 
 BYTES_PER_PARAM = 28
 BYTES_PER_PARAM_EMA = 36
-WORKLOADS = ("a", "b", "c", "sparse")
+SETTLE = 0.02
+"""Seconds to sleep before each timed call (see the module docstring): libgomp's threads
+spin for up to ~300,000 pause instructions (several ms) after each parallel region."""
+WORKLOADS = ("a", "b", "c", "sparse", "cold")
 ANCHOR_FUSED = "torch Adam fused"
 ANCHOR_FOREACH = "torch Adamax foreach"
 SPARSE_FUSED = "kerasopt fused_rows_step Adamax 1% rows (incl. dedup)"
@@ -102,36 +117,16 @@ class Row:
     extra_bytes_per_param: float | None = None
     note: str = ""
     ratios: dict[str, float] = field(default_factory=dict)
+    passes: tuple[str, ...] = ()
+    """The roofline passes (``ROOFLINE_PASSES``) this contender's traffic is made of."""
+    calls: int = 1
+    """Optimizer calls per timed call (the passes' times are divided by it too)."""
+    roofline_ms: float | None = None
 
     def gbps(self) -> float | None:
-        if not self.ms:
+        if not self.ms or not self.bytes_per_param:
             return None
         return self.params * self.bytes_per_param / (self.ms * 1e-3) / 1e9
-
-
-def workload_sizes(name: str, quick: bool) -> list[int]:
-    total = (1 << 16) if quick else 16_000_000
-    if name == "a":
-        return [total]
-    if name == "b":
-        count = 20 if quick else 200
-        rng = np.random.default_rng(0)
-        weights = rng.lognormal(0.0, 1.5, count)
-        sizes = np.maximum(1, (weights / weights.sum() * total).astype(np.int64))
-        sizes[0] += total - sizes.sum()
-        return [int(s) for s in sizes]
-    if name == "c":
-        return [64] * 200 if quick else [1024] * 2000
-    raise ValueError(name)
-
-
-def describe(name: str, sizes: list[int]) -> str:
-    total = sum(sizes)
-    if name == "a":
-        return f"(a) one tensor of {total:,}"
-    if name == "b":
-        return f"(b) {len(sizes)} mixed tensors, {total:,} total"
-    return f"(c) {len(sizes):,} tensors of {sizes[0]:,}"
 
 
 # --------------------------------------------------------------------------- timing
@@ -154,15 +149,22 @@ def _progress(total: int, desc: str):
         return _Null()
 
 
-def time_round_robin(contenders: dict[str, Callable[[], None]], repeats: int, desc: str):
-    """Median milliseconds per call of each contender, timed one call each per round."""
+def time_round_robin(contenders: dict[str, Callable[[], None]], repeats: int, desc: str,
+                     settle: float = SETTLE):
+    """Median milliseconds per call of each contender, timed one call each per round, in a
+    new order each round, after ``settle`` seconds of sleep before each call."""
     for fn in contenders.values():  # warm up (compiles, allocator pools)
         fn()
         fn()
     samples: dict[str, list[float]] = {name: [] for name in contenders}
     bar = _progress(repeats, desc)
+    order = list(contenders.items())
+    shuffle = np.random.default_rng(0).permutation
     for _ in range(repeats):
-        for name, fn in contenders.items():
+        for k in shuffle(len(order)):  # a new order each round: no one always follows
+            name, fn = order[k]         # the same neighbour
+            if settle:
+                time.sleep(settle)
             start = time.perf_counter()
             fn()
             samples[name].append(time.perf_counter() - start)
@@ -213,18 +215,54 @@ def extra_memory_rss(fn: Callable[[], None], params: int, calls: int = 3) -> flo
 # --------------------------------------------------------------------------- roofline
 
 
-TRIAD = "STREAM-like triad a = b + s*c (roofline)"
+TRIAD = "STREAM-like triad a = b + s*c (second reference)"
+ROOFLINE_PASSES = {
+    # name: (kind, with accumulators, with EMA averages, model bytes per float32 parameter)
+    "update": ("update", False, False, 28),
+    "update +EMA": ("update", False, True, 36),
+    "update +acc": ("update", True, False, 36),
+    "update +acc +EMA": ("update", True, True, 44),
+    "norm": ("norm", False, False, 4),
+    "norm +acc": ("norm", True, False, 8),
+    "micro": ("micro", True, False, 12),
+    "micro +EMA": ("micro", True, True, 24),
+}
+"""The streaming passes the fused step's traffic is made of (``roofline_pass``)."""
+
+
+def roofline_label(name: str) -> str:
+    return f"roofline: {name} pass"
+
+
+def roofline_contenders(sizes: list[int], names) -> dict[str, tuple[Callable[[], None], int]]:
+    """``{label: (call, bytes per parameter)}`` of the streaming passes ``names`` over scratch
+    float32 arrays of ``sizes`` (kerasopt's kernels, threads and chunks)."""
+    from kerasopt.kernels import fused
+
+    rng = np.random.default_rng(2)
+    arrays = {role: [rng.random(s, dtype=np.float32) for s in sizes]
+              for role in ("w", "g", "m", "v", "acc", "avg")}
+    out = {}
+    for name in names:
+        kind, acc, ema, nbytes = ROOFLINE_PASSES[name]
+        call = fused.roofline_pass(kind, arrays["w"], arrays["g"], arrays["m"], arrays["v"],
+                                   accumulators=arrays["acc"] if acc else None,
+                                   ema_averages=arrays["avg"] if ema else None)
+        out[roofline_label(name)] = (call, nbytes)
+    return out
 
 
 def make_triad(quick: bool) -> tuple[Callable[[], None], int, int]:
     """``(step, elements, bytes per element)`` of ``a = b + s * c`` over float32 arrays far
-    larger than the caches, with numba's threads when available (as the fused kernels)."""
+    larger than the caches, on kerasopt's kernel threads (NumPy's two passes without
+    numba)."""
     n = (1 << 20) if quick else 32_000_000
     b = np.random.default_rng(1).random(n, dtype=np.float32)
     c = b.copy()
     a = np.empty_like(b)
-    triad = _numba_triad()
-    if triad is None:
+    from kerasopt import kernels
+
+    if not kernels.available():
         tmp = np.empty_like(b)
 
         def step():
@@ -233,32 +271,15 @@ def make_triad(quick: bool) -> tuple[Callable[[], None], int, int]:
 
         return step, n, 20  # two passes, with the temporary
 
-    def step():
-        triad(a, b, c, np.float32(3.0))
-
-    return step, n, 12
+    return kernels.fused.roofline_pass("triad", [a], [b], [c]), n, 12
 
 
 def measure_roofline(repeats: int, quick: bool) -> float:
     """Bytes per second of the triad, timed alone (the machine line; every workload also
     times the triad in its own rounds and uses that)."""
     step, n, nbytes = make_triad(quick)
-    ms = time_round_robin({"triad": step}, max(repeats, 10), "roofline")["triad"]
+    ms = time_round_robin({"triad": step}, max(repeats, 10), "triad")["triad"]
     return n * nbytes / (ms * 1e-3)
-
-
-def _numba_triad():
-    try:
-        from numba import njit, prange
-    except ImportError:  # pragma: no cover
-        return None
-
-    @njit(parallel=True, cache=False)
-    def triad(a, b, c, s):
-        for i in prange(a.shape[0]):
-            a[i] = b[i] + s * c[i]
-
-    return triad
 
 
 # --------------------------------------------------------------------------- contenders
@@ -304,38 +325,43 @@ def kerasopt_contenders(sizes, backend):
     accum = dict(accumulators=acc, accumulation_steps=2, accumulation_phase="update")
     everything = dict(**clip_decay, **ema, loss_scale_factor=2.0)
     tag = f"kerasopt fused ({backend})"
+    # name: (call, model bytes per parameter, roofline passes)
     out = {
-        f"{tag} Adam": (call("adam"), BYTES_PER_PARAM),
-        f"{tag} Adamax": (call("adamax"), BYTES_PER_PARAM),
+        f"{tag} Adam": (call("adam"), BYTES_PER_PARAM, ("update",)),
+        f"{tag} Adamax": (call("adamax"), BYTES_PER_PARAM, ("update",)),
     }
     if backend == "numpy":
         out.update(
             {
-                f"{tag} Adamax +clip +decay": (call("adamax", **clip_decay), BYTES_PER_PARAM),
-                f"{tag} Adamax +EMA": (call("adamax", **ema), BYTES_PER_PARAM_EMA),
+                # global_clipnorm's norm pass reads the gradients once more: 4 bytes
+                f"{tag} Adamax +clip +decay": (call("adamax", **clip_decay), 32,
+                                               ("update", "norm")),
+                f"{tag} Adamax +EMA": (call("adamax", **ema), BYTES_PER_PARAM_EMA,
+                                       ("update +EMA",)),
                 f"{tag} Adamax +accum (update step)": (
-                    call("adamax", **accum),
-                    BYTES_PER_PARAM + 8,
-                ),
+                    call("adamax", **accum), BYTES_PER_PARAM + 8, ("update +acc",)),
                 f"{tag} Adamax +accum (micro-step)": (
-                    call("adamax", **dict(accum, accumulation_phase="micro")),
-                    12,
-                ),
-                f"{tag} Adamax all features": (
-                    call("adamax", **everything, **accum),
-                    BYTES_PER_PARAM_EMA + 8,
-                ),
-                f"{tag} Adamax all features, per call of an accumulation cycle": (
+                    call("adamax", **dict(accum, accumulation_phase="micro")), 12,
+                    ("micro",)),
+                # update 44 (w, g, m, v, acc, avg read; w, m, v, acc, avg written) + norm 8
+                f"{tag} {ALL_FEATURES}": (
+                    call("adamax", **everything, **accum), 52, ("update +acc +EMA", "norm +acc")),
+                f"{tag} {ALL_FEATURES_CYCLE}": (
                     _cycle(
                         call("adamax", **everything, **dict(accum, accumulation_phase="micro")),
                         call("adamax", **everything, **accum),
                     ),
-                    # micro-step 12 + EMA 12; update step 44: per call (24 + 44) / 2
-                    34,
+                    # micro-step 24 (acc, w, avg), update step 52: per call (24 + 52) / 2
+                    38,
+                    ("micro +EMA", "update +acc +EMA", "norm +acc"),
                 ),
             }
         )
     return out
+
+
+ALL_FEATURES = "Adamax all features (update step)"
+ALL_FEATURES_CYCLE = "Adamax all features, per call of an accumulation cycle"
 
 
 def _cycle(*calls: Callable[[], None]) -> Callable[[], None]:
@@ -454,6 +480,15 @@ def keras_step(name):
             state["t"], state["o"] = f(state["o"], grads, state["t"])
         return fn, lambda: jax.block_until_ready(state["t"])
     return (lambda: opt.apply(grads, vs)), (lambda: None)
+def apply_alone():
+    import jax, optax
+    params = [jax.numpy.asarray(w) for w in ws]
+    grads = [jax.numpy.asarray(g) for g in gs]
+    state = {"p": params}
+    step = jax.jit(optax.apply_updates, donate_argnums=(0,))
+    def fn():
+        state["p"] = step(state["p"], grads)
+    return fn, lambda: jax.block_until_ready(state["p"])
 def optax_step(make):
     import jax, optax
     tx = make(1e-3)
@@ -480,39 +515,87 @@ def fused_step(algorithm):
                            beta_1=0.9, beta_2=0.999, epsilon=1e-7, step=n[0])
     return fn, lambda: None
 contenders = {}
+first = {}
 for label in which:
     try:
-        if label.startswith("Keras"):
+        if label.startswith("optax.apply_updates"):
+            contenders[label] = apply_alone()
+        elif label.startswith("Keras"):
             contenders[label] = keras_step(label.split()[-1])
         elif label.startswith("optax"):
             import optax
             contenders[label] = optax_step(getattr(optax, label.split(".")[1].split()[0]))
         elif label.startswith("kerasopt.optax"):
+            import functools
             import kerasopt.optax as ko
-            contenders[label] = optax_step(getattr(ko, label.split(".")[-1].split()[0]))
+            make = getattr(ko, label.split(".")[2].split()[0])
+            if "packed=True" in label:
+                make = functools.partial(make, packed=True)
+            contenders[label] = optax_step(make)
         else:
             contenders[label] = fused_step("adamax" if "Adamax" in label else "adam")
-        for _ in range(2):
-            contenders[label][0]()
+        start = time.perf_counter()
+        contenders[label][0]()
+        contenders[label][1]()
+        first[label] = time.perf_counter() - start  # tracing and compiling included
+        contenders[label][0]()
         contenders[label][1]()
     except Exception as e:
         contenders.pop(label, None)
         out[label] = "error: " + type(e).__name__ + ": " + str(e)[:200]
 samples = {label: [] for label in contenders}
-for _ in range(repeats):  # round robin, as in the main process
-    for label, (fn, sync) in contenders.items():
+order = list(contenders.items())
+shuffle = np.random.default_rng(0).permutation
+for _ in range(repeats):  # round robin, shuffled, with a pause: as in the main process
+    for k in shuffle(len(order)):
+        label, (fn, sync) = order[k]
+        time.sleep(SETTLE)
         t = time.perf_counter(); fn(); sync(); samples[label].append(time.perf_counter() - t)
 for label, ts in samples.items():
-    out[label] = float(np.median(ts)) * 1e3
+    out[label] = {"ms": float(np.median(ts)) * 1e3, "first_call_s": first[label]}
 print("RESULT" + json.dumps(out))
 """
+
+
+OPTAX_PACKED = "kerasopt.optax.adamax packed=True (jit)"
+OPTAX_FLOOR = "optax.apply_updates alone (jit)"
+
+
+def subprocess_rows(label: str, backend: str, labels: list[str], sizes: list[int],
+                    repeats: int) -> list[Row]:
+    """The rows of one subprocess: each against kerasopt's fused Adamax measured there, the
+    optax rows also against optax.adamax, with the first call's time (compilation)."""
+    n = sum(sizes)
+    results = run_subprocess(backend, labels, sizes, repeats)
+
+    def ms(key):
+        value = results.get(key)
+        return value["ms"] if isinstance(value, dict) else None
+
+    own = ms(SUB_FUSED + f" [{'torch' if backend == 'torch' else 'JAX'} subprocess]")
+    optax_ms = ms("optax.adamax (jit)")
+    rows = []
+    for key, value in results.items():
+        if isinstance(value, str):
+            rows.append(Row(label, key, None, n, note=value))
+            continue
+        note = f"{backend} subprocess"
+        if own:
+            note += f"; {value['ms'] / own:.2f}x the time of kerasopt fused Adamax there"
+        if optax_ms and key.startswith(("kerasopt.optax", "optax.apply_updates")):
+            note += f"; {value['ms'] / optax_ms:.2f}x optax.adamax"
+        if key.startswith(("kerasopt.optax", "optax.")):
+            note += f"; first call (compile) {value['first_call_s']:.1f} s"
+        rows.append(Row(label, key, value["ms"], n, note=note))
+    return rows
 
 
 def run_subprocess(backend: str, labels: list[str], sizes, repeats) -> dict[str, Any]:
     env = dict(os.environ, KERAS_BACKEND=backend, XLA_FLAGS=os.environ.get("XLA_FLAGS", ""))
     env.setdefault("JAX_PLATFORMS", "cpu")
     proc = subprocess.run(
-        [sys.executable, "-c", _SUBPROCESS, json.dumps([sizes, repeats, labels])],
+        [sys.executable, "-c", f"SETTLE = {SETTLE!r}\n" + _SUBPROCESS,
+         json.dumps([sizes, repeats, labels])],
         capture_output=True,
         text=True,
         env=env,
@@ -642,6 +725,95 @@ def sparse_rows(quick: bool, repeats: int) -> list[Row]:
     return out
 
 
+# --------------------------------------------------------------------------- cold start
+
+_COLD = r"""
+import json, sys, time
+kind = sys.argv[1]
+if kind == "torch":
+    import torch
+    t1 = time.perf_counter()
+    import kerasopt.torch as kt
+    t2 = time.perf_counter()
+    gen = torch.Generator().manual_seed(0)
+    p = torch.nn.Parameter(torch.randn(1_000_000, generator=gen))
+    p.grad = torch.randn(1_000_000, generator=gen) * 1e-2
+    step = kt.Adamax([p], learning_rate=1e-3).step
+else:
+    import numpy as np
+    t1 = time.perf_counter()
+    import kerasopt
+    t2 = time.perf_counter()
+    variables = [kerasopt.Variable(np.ones(1000, np.float32))]
+    grads = [np.full(1000, 0.01, np.float32)]
+    opt = kerasopt.Adamax(learning_rate=1e-3)
+    def step():
+        opt.apply(grads, variables)
+c0, t3 = time.process_time(), time.perf_counter()
+step()
+t4, c1 = time.perf_counter(), time.process_time()
+warm = []
+for _ in range(21):
+    s = time.perf_counter(); step(); warm.append(time.perf_counter() - s)
+print("RESULT" + json.dumps({"import_s": t2 - t1, "first_s": t4 - t3, "first_cpu_s": c1 - c0,
+                             "warm_ms": sorted(warm)[10] * 1e3}))
+"""
+
+COLD_STARTS = {
+    "torch": "kerasopt.torch.Adamax first step, 1M params",
+    "numpy": "kerasopt.Adamax.apply first call, 1K params",
+}
+COLD_GOAL_S = 1.5
+
+
+def cold_start_rows(runs: int = 3) -> list[Row]:
+    """The first step in a fresh process with an empty numba cache (``NUMBA_CACHE_DIR`` a new
+    directory: what a fresh install meets), then in another process with the cache that
+    the first one filled; ``runs`` times each, medians and ranges."""
+    import shutil
+    import tempfile
+
+    rows = []
+    for kind, name in COLD_STARTS.items():
+        if kind == "torch" and importlib.util.find_spec("torch") is None:
+            continue
+        results: dict[str, list[dict]] = {"empty": [], "filled": []}
+        notices = 0
+        for _ in range(runs):
+            cache = tempfile.mkdtemp(prefix="kerasopt-bench-numba-")
+            try:
+                env = dict(os.environ, NUMBA_CACHE_DIR=cache)
+                for state in ("empty", "filled"):
+                    proc = subprocess.run([sys.executable, "-c", _COLD, kind],
+                                          capture_output=True, text=True, env=env, timeout=900)
+                    found = [json.loads(line[len("RESULT"):]) for line in
+                             proc.stdout.splitlines() if line.startswith("RESULT")]
+                    if not found:
+                        tail = (proc.stderr or "no output").strip().splitlines()[-1:]
+                        return rows + [Row("cold start", name, None, 0, 0,
+                                           note=f"error: {tail[0][:200] if tail else ''}")]
+                    results[state].append(found[0])
+                    notices += state == "empty" and "kerasopt: compiling" in proc.stderr
+            finally:
+                shutil.rmtree(cache, ignore_errors=True)
+        params = 1_000_000 if kind == "torch" else 1000
+        for state, label in (("empty", "empty numba cache"), ("filled", "numba cache filled")):
+            first = sorted(r["first_s"] for r in results[state])
+            cpu = float(np.median([r["first_cpu_s"] for r in results[state]]))
+            warm = float(np.median([r["warm_ms"] for r in results[state]]))
+            imported = float(np.median([r["import_s"] for r in results[state]]))
+            note = (f"median of {runs} processes, {first[0]:.2f}-{first[-1]:.2f} s, CPU "
+                    f"{cpu:.2f} s; warm step {warm:.2f} ms; import {imported:.2f} s")
+            if state == "empty":
+                note += f"; compile notice shown {notices}/{runs}"
+                if kind == "torch":
+                    note += f" (goal <= {COLD_GOAL_S} s)"
+            row = Row("cold start", f"{name} ({label})", float(np.median(first)) * 1e3,
+                      params, 0, note=note)
+            rows.append(row)
+    return rows
+
+
 # --------------------------------------------------------------------------- run
 
 
@@ -709,48 +881,15 @@ def run(args: argparse.Namespace) -> int:
     info = machine()
     bandwidth = measure_roofline(repeats, quick)
     info["roofline_GBps"] = bandwidth / 1e9
-    triad_step, triad_n, triad_bytes = make_triad(quick)
+    triad = make_triad(quick)
     bandwidths: dict[str, float] = {}
     rows: list[Row] = []
-    for name in [w for w in selected if w != "sparse"]:
+    for name in [w for w in selected if w not in ("sparse", "cold")]:
         sizes = workload_sizes(name, quick)
-        n = sum(sizes)
         label = describe(name, sizes)
-        contenders: dict[str, tuple[Callable[[], None], int]] = {}
-        if kernels.available():
-            contenders.update(kerasopt_contenders(sizes, "numpy"))
-            if have_torch:
-                contenders.update(kerasopt_contenders(sizes, "torch"))
-        contenders["kerasopt reference (pure NumPy functions) Adamax"] = (
-            reference_contender(sizes),
-            BYTES_PER_PARAM,
-        )
-        contenders["kerasopt.Adamax.apply (optimizer API)"] = (
-            optimizer_api_contender(sizes),
-            BYTES_PER_PARAM,
-        )
-        if have_torch:
-            contenders["kerasopt.torch.Adamax.step (optimizer API)"] = (
-                torch_optimizer_api_contender(sizes),
-                BYTES_PER_PARAM,
-            )
-            for key, fn in torch_contenders(sizes).items():
-                contenders[key] = (fn, BYTES_PER_PARAM)
-        contenders[TRIAD] = (triad_step, triad_bytes)
-        times = time_round_robin({k: fn for k, (fn, _) in contenders.items()}, repeats, label)
-        for key, (fn, _) in contenders.items():
-            times[key] /= getattr(fn, "calls", 1)  # per optimizer call
-        bandwidths[label] = triad_n * triad_bytes / (times[TRIAD] * 1e-3)
-        for key, (fn, nbytes) in contenders.items():
-            if key == TRIAD:
-                rows.append(Row(label, key, times[key], triad_n, nbytes, note="roofline"))
-                continue
-            row = Row(label, key, times[key], n, nbytes)
-            if key.startswith("kerasopt") and "torch" not in key:
-                row.extra_bytes_per_param = extra_memory_numpy(fn, n)
-            else:
-                row.extra_bytes_per_param = extra_memory_rss(fn, n)
-            rows.append(row)
+        workload_rows, bandwidths[label] = measure_workload(label, sizes, repeats, quick,
+                                                            have_torch, triad)
+        rows.extend(workload_rows)
         if have_torch and not quick and _has_cuda():
             cuda = cuda_rows(label, sizes, repeats)
             rows.extend(cuda)
@@ -768,27 +907,28 @@ def run(args: argparse.Namespace) -> int:
                             "optax.adam (jit)",
                             "optax.adamax (jit)",
                             "kerasopt.optax.adamax (jit)",
+                            OPTAX_PACKED,
+                            OPTAX_FLOOR,
                             SUB_FUSED_ADAM + " [JAX subprocess]",
                             SUB_FUSED + " [JAX subprocess]",
                         ],
                     )
                 )
             for backend, labels in jobs:
-                results = run_subprocess(backend, labels, sizes, sub_repeats)
-                own = [v for k, v in results.items() if k.startswith(SUB_FUSED + " [")]
-                for key, value in results.items():
-                    if isinstance(value, str):
-                        rows.append(Row(label, key, None, n, note=value))
-                        continue
-                    note = f"{backend} subprocess"
-                    if own and not isinstance(own[0], str):
-                        note += f"; {value / own[0]:.2f}x the time of kerasopt fused Adamax there"
-                    rows.append(Row(label, key, value, n, note=note))
+                rows.extend(subprocess_rows(label, backend, labels, sizes, sub_repeats))
     if "sparse" in selected:
         rows.extend(sparse_rows(quick, repeats))
+    if "cold" in selected and kernels.available() and not args.no_subprocess:
+        rows.extend(cold_start_rows(1 if quick else 3))
 
+    keras_rows, keras_table = [], ""
+    workloads = [w for w in selected if w in ("a", "b", "c")]
+    if workloads and not args.no_subprocess:
+        keras_rows, keras_table = keras_optimizer_rows(workloads, repeats, quick)
     _add_ratios(rows)
     table = format_table(rows, bandwidths, bandwidth)
+    if keras_table:
+        table += "\n\n" + keras_table
     print(_machine_line(info))
     print(table)
     print()
@@ -801,6 +941,7 @@ def run(args: argparse.Namespace) -> int:
                 "machine": info,
                 "triad_GBps": {k: v / 1e9 for k, v in bandwidths.items()},
                 "rows": [r.__dict__ | {"GBps": r.gbps()} for r in rows],
+                "keras_rows": keras_rows,
             },
             indent=1,
         )
@@ -811,6 +952,70 @@ def run(args: argparse.Namespace) -> int:
         + (f", {chart}" if chart else " (no chart: matplotlib missing)")
     )
     return 0
+
+
+def measure_workload(label: str, sizes: list[int], repeats: int, quick: bool,
+                     have_torch: bool, triad: tuple[Callable[[], None], int, int]
+                     ) -> tuple[list[Row], float]:
+    """The in-process contenders of one workload, the roofline passes they need and the
+    triad, timed in the same rounds: ``(rows, the triad's bytes per second)``."""
+    from kerasopt import kernels
+
+    n = sum(sizes)
+    triad_step, triad_n, triad_bytes = triad
+    # name: (call, model bytes per parameter, roofline passes)
+    contenders: dict[str, tuple[Callable[[], None], int, tuple[str, ...]]] = {}
+    if kernels.available():
+        contenders.update(kerasopt_contenders(sizes, "numpy"))
+        if have_torch:
+            contenders.update(kerasopt_contenders(sizes, "torch"))
+    plain = ("update",)
+    contenders["kerasopt reference (pure NumPy functions) Adamax"] = (
+        reference_contender(sizes), BYTES_PER_PARAM, plain)
+    contenders["kerasopt.Adamax.apply (optimizer API)"] = (
+        optimizer_api_contender(sizes), BYTES_PER_PARAM, plain)
+    if have_torch:
+        contenders["kerasopt.torch.Adamax.step (optimizer API)"] = (
+            torch_optimizer_api_contender(sizes), BYTES_PER_PARAM, plain)
+        for key, fn in torch_contenders(sizes).items():
+            contenders[key] = (fn, BYTES_PER_PARAM, plain)
+    passes: dict[str, tuple[Callable[[], None], int]] = {}
+    if kernels.available():
+        needed = dict.fromkeys(p for _, _, ps in contenders.values() for p in ps)
+        passes = roofline_contenders(sizes, needed)
+    timed = {k: fn for k, (fn, _, _) in contenders.items()}
+    timed.update({k: fn for k, (fn, _) in passes.items()})
+    timed[TRIAD] = triad_step
+    times = time_round_robin(timed, repeats, label)
+    rows = []
+    for key, (fn, nbytes, row_passes) in contenders.items():
+        calls = getattr(fn, "calls", 1)
+        row = Row(label, key, times[key] / calls, n, nbytes, passes=row_passes, calls=calls)
+        if passes:
+            row.roofline_ms = sum(times[roofline_label(p)] for p in row_passes) / calls
+        if key.startswith("kerasopt") and "torch" not in key:
+            row.extra_bytes_per_param = extra_memory_numpy(fn, n)
+        else:
+            row.extra_bytes_per_param = extra_memory_rss(fn, n)
+        rows.append(row)
+    for key, (_, nbytes) in passes.items():
+        rows.append(Row(label, key, times[key], n, nbytes, note="roofline",
+                        roofline_ms=times[key]))
+    rows.append(Row(label, TRIAD, times[TRIAD], triad_n, triad_bytes, note="second reference"))
+    return rows, triad_n * triad_bytes / (times[TRIAD] * 1e-3)
+
+
+def keras_optimizer_rows(workloads: list[str], repeats: int, quick: bool
+                         ) -> tuple[list[dict], str]:
+    """Keras 3's optimizer step against ``kerasopt.keras``'s per Keras backend
+    (:mod:`kerasopt.cli.bench_keras`, when this install has it): its rows and table."""
+    if importlib.util.find_spec("kerasopt.cli.bench_keras") is None:
+        return [], ""
+    from kerasopt.cli import bench_keras
+
+    rows = bench_keras.measure(workloads=workloads, repeats=repeats, quick=quick)
+    return rows, ("Keras 3's optimizer step vs kerasopt.keras's (one subprocess per backend):"
+                  "\n\n" + bench_keras.format_table(rows))
 
 
 def _has_cuda() -> bool:
@@ -846,23 +1051,28 @@ def _machine_line(info: dict[str, Any]) -> str:
 
 LEGEND = """\
 Columns: ms/step is the median time of one optimizer step (lower is faster); GB/s the model
-traffic (28 bytes per parameter, 36 with EMA) moved per second; roofline = the time that
-traffic takes at the triad's bandwidth measured in the same rounds / the row's time (higher
-is better; 100% = at the triad's bandwidth). "vs torch Adam fused" and "vs torch Adamax
-foreach" = this row's time / that anchor's time in the same workload: below 1.00 the row is
-faster than the anchor (0.50 = twice as fast), above 1.00 slower. extra B/param: the peak of
-the temporary memory one step allocates, per parameter (NumPy's allocations for kerasopt's
-NumPy rows, the growth of the process's resident memory for the others)."""
+traffic (28 bytes per parameter, 36 with EMA) moved per second; of roofline = the time of
+streaming passes with the row's own access pattern (same threads, same rounds) / the row's
+time (higher is better; at most ~100%); vs triad = the time that traffic takes at the STREAM
+triad's bandwidth measured in the same rounds / the row's time (a second reference). "vs
+torch Adam fused" and "vs torch Adamax foreach" = this row's time / that anchor's time in
+the same workload: below 1.00 the row is faster than the anchor (0.50 = twice as fast),
+above 1.00 slower. extra B/param: the peak of the temporary memory one step allocates, per
+parameter (NumPy's allocations for kerasopt's NumPy rows, the growth of the process's
+resident memory for the others)."""
 
 
 def format_table(rows: list[Row], bandwidths: dict[str, float], bandwidth: float) -> str:
-    """The markdown table; "roofline" is the time the model traffic would take at the
-    triad's bandwidth measured in the same workload's rounds, divided by the time taken."""
+    """The markdown table. "of roofline": the time of the contender's streaming passes
+    (measured in the same rounds), divided by its time; "vs triad": the time its model
+    traffic would take at the triad's bandwidth measured in the same workload's rounds,
+    divided by its time."""
     header = (
-        "| workload | implementation | ms/step | GB/s | roofline | vs torch Adam fused "
-        "(time ratio) | vs torch Adamax foreach (time ratio) | extra B/param | note |"
+        "| workload | implementation | ms/step | GB/s | of roofline | vs triad "
+        "| vs torch Adam fused (time ratio) | vs torch Adamax foreach (time ratio) "
+        "| extra B/param | note |"
     )
-    lines = [header, "|" + "---|" * 9]
+    lines = [header, "|" + "---|" * 10]
     for r in rows:
         gbps = r.gbps()
         bw = bandwidths.get(r.workload, bandwidth)
@@ -873,6 +1083,7 @@ def format_table(rows: list[Row], bandwidths: dict[str, float], bandwidth: float
 
         lines.append(
             f"| {r.workload} | {r.name} | {fmt(r.ms, '.2f')} | {fmt(gbps, '.1f')} | "
+            f"{fmt(r.roofline_ms / r.ms if r.roofline_ms and r.ms else None, '.0%')} | "
             f"{fmt(roof / r.ms if roof else None, '.0%')} | "
             f"{fmt(r.ratios.get(ANCHOR_FUSED), '.2f')} | "
             f"{fmt(r.ratios.get(ANCHOR_FOREACH), '.2f')} | "

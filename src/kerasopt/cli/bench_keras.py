@@ -27,6 +27,8 @@ import subprocess
 import sys
 from collections.abc import Sequence
 
+from kerasopt.cli.workloads import describe, workload_sizes
+
 __all__ = ["BACKENDS", "FEATURES", "format_table", "main", "measure", "print_table"]
 
 BACKENDS = ("torch", "jax", "tensorflow")
@@ -36,13 +38,6 @@ FEATURES = {
            "loss_scale_factor": 2.0, "gradient_accumulation_steps": 2},
 }
 ALGORITHMS = ("Adam", "Adamax")
-
-
-def workload_sizes(name: str, quick: bool) -> list[int]:
-    """The tensor sizes of ``kerasopt bench``'s workload ``name`` (tiny with ``quick``)."""
-    from kerasopt.cli.bench import workload_sizes as sizes
-
-    return sizes(name, quick)
 
 
 def measure(backends: Sequence[str] = BACKENDS, workloads: Sequence[str] = ("a", "b", "c"),
@@ -96,12 +91,6 @@ def print_table(rows: list[dict]) -> None:
 
 
 # --------------------------------------------------------------------------- the worker
-
-
-def _describe(name: str, sizes: list[int]) -> str:
-    from kerasopt.cli.bench import describe
-
-    return describe(name, sizes)
 
 
 def _contenders(backend: str, sizes: list[int], algorithm: str, options: dict):
@@ -198,7 +187,7 @@ def _worker(job: dict) -> None:
                         continue
                     print("ROW" + json.dumps({
                         "backend": backend + (" (XLA)" if suffix else ""),
-                        "workload": _describe(name, sizes), "algorithm": algorithm,
+                        "workload": describe(name, sizes), "algorithm": algorithm,
                         "features": features, "keras_ms": medians["keras" + suffix],
                         "kerasopt_ms": medians["kerasopt" + suffix],
                     }), flush=True)

@@ -11,7 +11,8 @@ step; this module runs the same arithmetic, operation by operation, in numba ker
 * take one table of addresses for all tensors, so thousands of small tensors cost one
   kernel launch and a few hundred nanoseconds of Python each, not a Python loop of array
   operations each;
-* run on all cores (numba's ``prange``; ``NUMBA_NUM_THREADS`` sets how many).
+* run on all cores (``kerasopt.kernels._threads``; ``NUMBA_NUM_THREADS`` sets how many),
+  each kernel compiled once, for the calling thread and the workers alike.
 
 Scalars are computed exactly as the reference computes them (the same expressions over
 0-d arrays of the variables' dtype and array library), so the results agree with the
@@ -25,7 +26,7 @@ from __future__ import annotations
 import ctypes
 import sys
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from itertools import repeat
 from operator import attrgetter
 from typing import Any
@@ -33,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from kerasopt.backend import is_torch
-from kerasopt.kernels import layout
+from kerasopt.kernels import _threads, layout
 from kerasopt.kernels.scalars import algorithm_scalars, kernel_scalars_of, step_scalars
 
 try:  # numba is the optional ``fast`` extra
@@ -234,43 +235,54 @@ def fused_step_table(
 
 def chunk_table(sizes: np.ndarray) -> np.ndarray:
     """The work split of a step over tensors of ``sizes`` elements (for
-    :func:`fused_step_table`)."""
-    return _k.chunk_table(sizes)
+    :func:`fused_step_table`): one row per chunk of at most ``layout.CHUNK`` elements,
+    ``(tensor, start, stop, first)``, ``first`` counting the elements of every tensor before
+    (the kernels' threads claim chunks by it); a tensor without elements gets one empty
+    chunk."""
+    sizes = np.asarray(sizes, np.int64).reshape(-1)
+    key = sizes.tobytes()
+    table = _CHUNK_TABLES.get(key)
+    if table is None:
+        if len(_CHUNK_TABLES) >= 16:
+            _CHUNK_TABLES.clear()
+        table = _CHUNK_TABLES[key] = _chunk_table(sizes)
+    return table
+
+
+_CHUNK_TABLES: dict[bytes, np.ndarray] = {}  # the last few work splits (not to be written)
+
+
+def _chunk_table(sizes: np.ndarray) -> np.ndarray:
+    counts = np.maximum(1, -(-sizes // layout.CHUNK))
+    tensor = np.repeat(np.arange(sizes.shape[0], dtype=np.int64), counts)
+    rows = np.arange(tensor.shape[0], dtype=np.int64)
+    start = (rows - np.repeat(np.cumsum(counts) - counts, counts)) * layout.CHUNK
+    table = np.empty((rows.shape[0], 4), np.int64)
+    table[:, 0] = tensor
+    table[:, 1] = start
+    table[:, 2] = np.minimum(start + layout.CHUNK, sizes[tensor])
+    table[:, 3] = np.repeat(np.cumsum(sizes) - sizes, counts) + start
+    return table
 
 
 PARALLEL_THRESHOLD = 1 << 18
-"""Steps over fewer elements than this run on the calling thread alone (each kernel's
-``.serial`` build): waking the other threads costs more than it saves (and, on a loaded
-machine, a sleeping thread can take a whole scheduler time slice to wake)."""
+"""Steps over fewer elements than this run on the calling thread alone: waking the other
+threads costs more than it saves (and, on a loaded machine, a sleeping thread can take a
+whole scheduler time slice to wake)."""
 
 
 def thread_count() -> int:
-    """How many threads the CPU kernels use (numba's count), starting numba's thread pool if
-    it is not running yet without changing torch's thread count.
-
-    With numba's OpenMP threading layer, starting the pool sets the OpenMP thread count of
-    the calling thread to numba's, and torch (which shares the same libgomp) reads its own
-    intra-op thread count from there: a ``torch.set_num_threads(1)`` would silently become 2
-    or more for the forward and backward passes. This puts torch's setting back.
-    """
-    import numba
-
-    torch = sys.modules.get("torch")
-    if torch is None:
-        return numba.get_num_threads()
-    before = torch.get_num_threads()
-    count = numba.get_num_threads()
-    if torch.get_num_threads() != before:
-        torch.set_num_threads(before)
-    return count
+    """How many threads the CPU kernels use: ``NUMBA_NUM_THREADS`` (numba's setting, by
+    default the number of cores). The calling thread is one of them; the others start with
+    the first step of at least ``PARALLEL_THRESHOLD`` elements and sleep between steps."""
+    return _k.thread_count() if _k is not None else 1
 
 
-def _sized(kernel: Any, elements: int) -> Any:
-    """``kernel`` on numba's threads for a step over ``elements`` elements, or its one-thread
-    build for small steps and when numba has one thread."""
-    if elements >= PARALLEL_THRESHOLD and thread_count() > 1:
-        return kernel
-    return kernel.serial
+def _launch(kernel: Any, elements: int, *args: Any) -> None:
+    """``kernel(cursor, *args)`` on every kernel thread for a step over ``elements`` elements
+    (on the calling thread alone for small steps or one thread)."""
+    threads = thread_count() if elements >= PARALLEL_THRESHOLD else 1
+    _threads.run(kernel, (np.zeros(1, np.int64), *args), threads)
 
 
 def _run(algorithm, table, chunks, marker, like, n, elements, micro, amsgrad, params,
@@ -278,19 +290,74 @@ def _run(algorithm, table, chunks, marker, like, n, elements, micro, amsgrad, pa
     """Compute the step's scalars as the reference does, then launch the kernels."""
 
     def squared_norms(features: int, hyper: np.ndarray) -> np.ndarray:
-        partial = _sized(_k.squared_sums, elements)(table, chunks, marker, features, hyper)
-        return _k.tensor_sums(partial, chunks, n, marker)
+        partial = np.zeros(chunks.shape[0], np.float64)
+        _launch(_k.squared_sums, elements, table, chunks, marker, features, hyper, partial)
+        # per tensor, its chunks' sums in order, rounded to the dtype
+        return np.bincount(chunks[:, 0], partial, n).astype(marker.dtype)
 
     s = step_scalars(algorithm, like, marker.dtype, n, micro=micro, amsgrad=amsgrad,
                      squared_norms=squared_norms, **options)
     if micro:
-        _sized(_k.micro_step, elements)(table, chunks, marker, s.features, s.hyper)
+        _launch(_k.micro_step, elements, table, chunks, marker, s.features, s.hyper)
         _bump_versions(params if options.get("ema_overwrite") else (), is_torch_step)
         return
-    _sized(_k.update_step, elements)(table, chunks, marker, s.features, s.hyper, s.clip_c,
-                                     s.clip_d, s.decay_mask,
-                                     kernel_scalars_of(algorithm)[0] == "adamax")
+    kernel = _k.update_step(kernel_scalars_of(algorithm)[0], s.features)
+    _launch(kernel, elements, table, chunks, marker, s.features, s.hyper, s.clip_c, s.clip_d,
+            s.decay_mask)
     _bump_versions(params, is_torch_step)
+
+
+ROOFLINE_PASSES = ("update", "micro", "norm", "triad")
+
+
+def roofline_pass(kind: str, params: Sequence[Any], grads: Sequence[Any],
+                  first: Sequence[Any] | None = None, second: Sequence[Any] | None = None, *,
+                  accumulators: Sequence[Any] | None = None,
+                  ema_averages: Sequence[Any] | None = None) -> Callable[[], None]:
+    """A streaming pass with the access pattern of one pass of :func:`fused_step` over these
+    arrays, on the same chunks and threads, with trivial arithmetic: returns a function that
+    runs it (the address table is built once, here; the arrays' values change: use scratch
+    arrays). How fast this machine moves that pass's bytes, for ``kerasopt bench``.
+
+    ``kind``: ``"update"`` (read w, g, m, v, write w, m, v; with ``accumulators`` also read
+    and zero those, with ``ema_averages`` read and write those: 28, 36 or 44 bytes per
+    float32 parameter), ``"micro"`` (``acc += g``, and ``a += w`` with averages: 12 or 24),
+    ``"norm"`` (read g, and the accumulators when given: 4 or 8), ``"triad"`` (``w = g +
+    3 m``: STREAM's triad, 12).
+    """
+    if _k is None:
+        raise NotFusable("numba is not installed (pip install 'kerasopt[fast]').")
+    if kind not in ROOFLINE_PASSES:
+        raise ValueError(f"kind must be one of {ROOFLINE_PASSES}; received {kind!r}.")
+    roles = [(layout.W, list(params)), (layout.G, list(grads))]
+    if kind in ("update", "triad"):
+        roles.append((layout.M, list(first)))
+    if kind == "update":
+        roles.append((layout.V, list(second)))
+    if accumulators is not None and kind != "triad":
+        roles.append((layout.ACC, list(accumulators)))
+    if ema_averages is not None and kind in ("update", "micro"):
+        roles.append((layout.EMA, list(ema_averages)))
+    table, sizes, like, is_torch_step = _address_table(roles, len(params))
+    marker = np.zeros(1, _numpy_dtype(like) if is_torch_step else like.dtype)
+    chunks = _chunk_table(sizes)
+    elements = int(sizes.sum())
+    features = ((layout.ACCUMULATE if accumulators is not None else 0)
+                | (layout.AVERAGE if ema_averages is not None else 0))
+    if kind == "update":
+        args = (_k.stream_update, elements, table, chunks, marker, features)
+    elif kind == "micro":
+        args = (_k.stream_micro, elements, table, chunks, marker, features)
+    elif kind == "norm":
+        args = (_k.stream_norm, elements, table, chunks, marker, features,
+                np.zeros(chunks.shape[0]))
+    else:
+        args = (_k.stream_triad, elements, table, chunks, marker, marker.dtype.type(3))
+
+    def run(keep=roles):  # (the arrays stay alive as long as the function)
+        _launch(*args)
+
+    return run
 
 
 def sum_rows(inverse: np.ndarray, values: np.ndarray, n_rows: int) -> np.ndarray:
@@ -388,12 +455,13 @@ def fused_rows_step(
     algorithm_scalars(hyper, algorithm, like, learning_rate, step, beta_1=beta_1,
                       beta_2=beta_2, epsilon=epsilon)
     w, g, *state = flat
+    grain = max(1, layout.CHUNK // max(1, w.shape[1]))  # rows claimed at a time
     if kernel == "adam":
         vhat = state[2] if len(state) == 3 else state[1]
-        _sized(_k.adam_rows, g.size)(w, state[0], state[1], vhat, rows, g, hyper,
-                                     len(state) == 3)
+        _launch(_k.adam_rows, g.size, grain, w, state[0], state[1], vhat, rows, g, hyper,
+                len(state) == 3)
     else:
-        _sized(_k.adamax_rows, g.size)(w, state[0], state[1], rows, g, hyper)
+        _launch(_k.adamax_rows, g.size, grain, w, state[0], state[1], rows, g, hyper)
     _bump_versions([param], torch_step)
 
 
@@ -479,10 +547,9 @@ def _numpy_addresses(arrays, dtype, sizes, writeable):
     expected = np.full(n, -1, np.int64) if sizes is None else sizes
     if _HEADER_OFFSET is not None and set(map(type, arrays)) == _NDARRAY:
         ids = np.fromiter(map(id, arrays), np.int64, n)
-        data, found, ok = _k.read_numpy_headers(
-            ids, _HEADER_OFFSET, expected, id(dtype), writeable
-        )
-        if ok.all():
+        data, found = np.empty(n, np.int64), np.empty(n, np.int64)
+        if _k.read_numpy_headers(ids, _HEADER_OFFSET, expected, id(dtype), writeable, data,
+                                 found):
             return data, found
     data = np.empty(n, np.int64)
     found = np.empty(n, np.int64)
