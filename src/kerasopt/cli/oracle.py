@@ -340,6 +340,15 @@ def _constraint_fn(spec: Any, clip: Callable[[Any, float, float], Any]) -> Any:
     return spec
 
 
+def _exclude(optimizer: Any, variables: Sequence[Any], names: Sequence[str] | None,
+             indices: Sequence[int] | None) -> None:
+    """``exclude_from_weight_decay`` on the (inner) optimizer, by names and by variables."""
+    if names is not None or indices is not None:
+        getattr(optimizer, "inner_optimizer", optimizer).exclude_from_weight_decay(
+            var_list=[variables[i] for i in (indices or [])] or None,
+            var_names=list(names) if names else None)
+
+
 def run_optimizer(
     optimizer: Any,
     variables: Sequence[Any],
@@ -359,11 +368,7 @@ def run_optimizer(
     ``grad_sequence`` and record a :class:`Run`. ``stateless``: a (jitted)
     ``optimizer.stateless_apply`` to step with instead of ``apply`` (Keras on JAX)."""
     target = getattr(optimizer, "inner_optimizer", optimizer)
-    if exclude_names is not None or exclude_vars is not None:
-        target.exclude_from_weight_decay(
-            var_list=[variables[i] for i in (exclude_vars or [])] or None,
-            var_names=list(exclude_names) if exclude_names else None,
-        )
+    _exclude(optimizer, variables, exclude_names, exclude_vars)
     run = Run(initial=[np.array(w, copy=True) for w in init_weights], weights=[], state=[],
               state_names=[])
     if stateless is not None:
@@ -498,11 +503,7 @@ def run_keras(
         varies = any(_varies(v) for v in config.values()) or bool(lr_changes)
         if (not varies and not use_apply_gradients and all(c is None for c in constraints)
                 and all(g is not None for step in grad_sequence for g in step)):
-            target = getattr(optimizer, "inner_optimizer", optimizer)
-            if exclude_names is not None or exclude_vars is not None:
-                target.exclude_from_weight_decay(
-                    var_list=[variables[i] for i in (exclude_vars or [])] or None,
-                    var_names=list(exclude_names) if exclude_names else None)
+            _exclude(optimizer, variables, exclude_names, exclude_vars)
             return _run_keras_jax_scan(optimizer, variables, init_weights, grad_sequence)
         stateless = optimizer.stateless_apply
         if not any(_varies(v) for v in config.values()):
