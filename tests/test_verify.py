@@ -8,6 +8,7 @@ import pytest
 import kerasopt
 from kerasopt.cli import main as cli
 from kerasopt.cli import verify as V
+from optimizer_db import AMSGRAD, KERAS_NAMES, SPECS, spec
 
 pytest.importorskip("keras")
 
@@ -25,6 +26,9 @@ def test_kerasopt_matches_keras_on_every_backend(capsys):
     assert "FAIL" not in out
     for backend in V.installed_backends():
         assert f" {backend} " in out
+    for name in KERAS_NAMES:  # every registered algorithm has its rows (AdamW too)
+        rows = [line for line in out.splitlines() if line.startswith(f"{name} ")]
+        assert len(rows) == 3 * len(V.installed_backends()), (name, out)
     assert "max |diff|" in out and "err/tol" in out
 
 
@@ -40,7 +44,7 @@ def _wrong_numpy(algo, kwargs):
     if algo == "Adam":
         return EpsilonAdam(**kwargs)
     rate = kwargs["learning_rate"]
-    return kerasopt.Adamax(**{**kwargs, "learning_rate": rate * 1.001})  # 0.1% lr error
+    return getattr(kerasopt, algo)(**{**kwargs, "learning_rate": rate * 1.001})  # 0.1% off
 
 
 def _wrong_torch(algo, params, kwargs):
@@ -52,7 +56,8 @@ def _wrong_torch(algo, params, kwargs):
 def _wrong_jax(algo, kwargs):
     import kerasopt.optax as ko
 
-    return getattr(ko, algo.lower())(**{**kwargs, "learning_rate": kwargs["learning_rate"] * 1.01})
+    factory = ko.FACTORIES[spec(algo).name]
+    return factory(**{**kwargs, "learning_rate": kwargs["learning_rate"] * 1.01})
 
 
 def test_wrong_optimizers_fail(capsys):
@@ -62,15 +67,17 @@ def test_wrong_optimizers_fail(capsys):
                  factories=factories)
     out = capsys.readouterr().out
     assert code == 1, out
-    results = [line for line in out.splitlines() if line.startswith(("Adam ", "Adamax "))]
-    assert len(results) == 2 * len(V.installed_backends())
+    results = [line for line in out.splitlines()
+               if line.startswith(tuple(f"{name} " for name in KERAS_NAMES))]
+    assert len(results) == len(KERAS_NAMES) * len(V.installed_backends())
     assert all(line.rstrip().endswith("FAIL") for line in results), out
     assert "|diff|" in out and "> tolerance" in out
 
 
 def test_verify_core_reports_failure_rows():
     results = V.verify(["clipvalue"], ["numpy"], steps=4, factories={"numpy": _wrong_numpy})
-    assert [r.passed for r in results] == [False, False]
+    assert [r.algo for r in results] == KERAS_NAMES
+    assert [r.passed for r in results] == [False] * len(KERAS_NAMES)
     assert all(r.normalized > 1 and r.failures for r in results)
 
 
@@ -106,12 +113,14 @@ def test_a_backend_left_out_for_lack_of_its_framework_is_counted_as_skipped(
     assert V.run(_args("--features", "defaults,float64", "--steps", "2")) == 0
     out = capsys.readouterr().out
     assert ran == [["numpy", "torch"]]
-    # defaults and float64 on Adam and Adamax; JAX cannot run float64 (already a row).
+    # defaults and float64 on every algorithm; JAX cannot run float64 (already a row).
+    n = len(KERAS_NAMES)
     jax_runs = len([c for c in V.cases_for(["defaults", "float64"])
                     if ("jax", c.feature) not in V.UNSUPPORTED])
-    assert jax_runs == 2
-    assert f"8/8 runs match Keras ({jax_runs} skipped; backend jax not installed)" in out
-    assert "Skipped the jax backend (kerasopt.optax, 2 runs): jax and optax not installed" in out
+    assert jax_runs == n
+    assert f"{4 * n}/{4 * n} runs match Keras ({n} skipped; backend jax not installed)" in out
+    assert (f"Skipped the jax backend (kerasopt.optax, {n} runs): jax and optax not "
+            "installed") in out
     assert "-m pip install" in out and "[jax]" in out
 
 
@@ -127,3 +136,32 @@ def test_bad_options_are_rejected(capsys):
 def test_every_feature_has_cases():
     assert {c.feature for c in V.cases_for(V.FEATURES)} == set(V.FEATURES)
     assert set(V.QUICK_FEATURES) <= set(V.FEATURES)
+
+
+def test_cases_come_from_the_registry():
+    """Every registered algorithm is verified on every feature, amsgrad on those whose spec
+    has the flag that adds its slot."""
+    cases = V.cases_for(V.FEATURES)
+    assert {c.algo for c in cases} == set(KERAS_NAMES)
+    assert "AdamW" in KERAS_NAMES
+    for feature in V.FEATURES:
+        algos = [c.algo for c in cases if c.feature == feature]
+        expected = AMSGRAD if feature == "amsgrad" else tuple(KERAS_NAMES)
+        assert tuple(algos) == tuple(expected), feature
+    assert [c.algo for c in V.cases_for(["amsgrad"])] == [
+        s.keras_name for s in SPECS if "velocity_hat" in s.optional_slots]
+
+
+def test_a_newly_registered_algorithm_is_verified(monkeypatch):
+    """An algorithm added to the registry is run by verify without naming it there: a copy
+    of Adamax's spec under another name gets its own rows (and Keras is asked for it)."""
+    import dataclasses
+
+    from kerasopt import specs
+
+    twin = dataclasses.replace(spec("adamax"), name="adamax_twin", keras_name="AdamaxTwin")
+    monkeypatch.setitem(specs.REGISTRY, twin.name, twin)
+    assert "AdamaxTwin" in V.algorithm_names()
+    cases = V.cases_for(["defaults", "amsgrad"])
+    assert [c.key for c in cases if c.algo == "AdamaxTwin"] == ["AdamaxTwin:defaults"]
+    assert V.Case("defaults", "AdamaxTwin").as_json()["algo"] == "AdamaxTwin"

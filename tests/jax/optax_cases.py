@@ -1,32 +1,24 @@
-"""Shared helpers of the kerasopt.optax tests: problems, the Keras-on-JAX oracle (run in a
-subprocess, since the test session's Keras runs on torch) and the parity measure."""
+"""Shared helpers of the kerasopt.optax tests: problems, the Keras-on-JAX runs (through
+:mod:`kerasopt.cli.oracle` in a subprocess, since the test session's Keras runs on torch)
+and the parity measure (the oracle's rule)."""
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-import tempfile
-from pathlib import Path
-
 import numpy as np
 
-HERE = Path(__file__).resolve().parent
-ORACLE = HERE / "keras_jax_oracle.py"
+from kerasopt.cli import oracle
+from optimizer_db import SPECS
+
 STEPS = 100
-ATOL, RTOL = 1e-6, 1e-5
 
 # Keras variable name -> path in the params pytree {"dense": {"kernel", "bias"}, "emb"}.
 VARS = {"kernel": ("dense", "kernel"), "bias": ("dense", "bias"), "emb": ("emb",)}
 SHAPES = {"kernel": (4, 3), "bias": (3,), "emb": (6, 2)}
 
-# Keras slot names -> fields of AdamState / AdamaxState.
+# Keras slot names -> fields of the kerasopt.optax states: every registered algorithm's
+# slots, the accumulators and the EMA averages.
 SLOT_FIELDS = {
-    "momentum": "momentum",
-    "velocity": "velocity",
-    "velocity_hat": "velocity_hat",
-    "norm": "norm",
+    **{slot: slot for spec in SPECS for slot in spec.all_slots},
     "average": "average",
     "gradient_accumulator": "accumulator",
 }
@@ -54,44 +46,33 @@ def from_tree(tree) -> dict:
     return {"kernel": tree["dense"]["kernel"], "bias": tree["dense"]["bias"], "emb": tree["emb"]}
 
 
-def run_keras(cases: list[dict], problems: dict[str, dict]) -> dict[str, np.ndarray]:
-    """Run every case through Keras 3 (JAX backend) in one subprocess.
+def run_keras(cases: list[dict], problems: dict[str, tuple]) -> dict[str, oracle.Trajectory]:
+    """Run every case through Keras 3 (JAX backend, ``stateless_apply`` under ``jax.jit``)
+    in one subprocess of the oracle (:mod:`kerasopt.cli.oracle`).
 
-    ``problems[name] = (w0, grads)``; returns ``{f"{name}/{var}": trajectory,
-    f"{name}/state/{keras_var_name}": final value}``.
-    """
-    arrays = {}
+    ``problems[name] = (w0, grads)``; returns ``{name: Trajectory}``: ``weights[var]`` after
+    every step, ``state[keras_name]`` at the end and ``state_scale[keras_name]`` (the largest
+    magnitude that state variable held, the scale of the rule for state)."""
+    json_cases = [{
+        "key": c["name"], "algo": c["keras_name"], "kwargs": c["kwargs"], "lr": c["lr"],
+        "exclude": c.get("exclude_names"), "loss_scale": None, "vars": list(SHAPES),
+    } for c in cases]
+    oracle_problems = {}
     for case in cases:
         w0, grads = problems[case["name"]]
-        for v in SHAPES:
-            arrays[f"{case['name']}/{v}/w0"] = w0[v]
-            arrays[f"{case['name']}/{v}/grads"] = grads[v]
-    cases = [{**c, "vars": list(SHAPES)} for c in cases]
-    with tempfile.TemporaryDirectory() as tmp:
-        problems_path, cases_path, out_path = (
-            os.path.join(tmp, n) for n in ("p.npz", "c.json", "o.npz")
-        )
-        np.savez(problems_path, **arrays)
-        Path(cases_path).write_text(json.dumps(cases))
-        env = {**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu"}
-        env.pop("XLA_FLAGS", None)
-        result = subprocess.run(
-            [sys.executable, str(ORACLE), problems_path, cases_path, out_path],
-            env=env, capture_output=True, text=True, timeout=600,
-        )
-        if result.returncode != 0:
-            raise RuntimeError(f"Keras oracle failed:\n{result.stderr[-4000:]}")
-        with np.load(out_path) as data:
-            return dict(data)
+        steps = len(next(iter(grads.values())))
+        oracle_problems[case["name"]] = oracle.Problem(
+            dict(w0), [{v: grads[v][k] for v in SHAPES} for k in range(steps)])
+    return oracle.run_keras_subprocess("jax", json_cases, oracle_problems)
 
 
 def normalized_error(
     ours: np.ndarray, reference: np.ndarray, w0: np.ndarray
 ) -> tuple[float, float]:
-    """Largest ``|diff| / (1e-6 + 1e-5 * (|w| + distance travelled))`` over every step and
-    element, and the largest absolute difference. Trajectories are (steps, *shape)."""
-    previous = np.concatenate([w0[None].astype(np.float64), reference[:-1].astype(np.float64)])
-    travel = np.cumsum(np.abs(reference.astype(np.float64) - previous), axis=0)
-    diff = np.abs(ours.astype(np.float64) - reference.astype(np.float64))
-    bound = ATOL + RTOL * (np.abs(reference.astype(np.float64)) + travel)
-    return float(np.max(diff / bound)), float(np.max(diff))
+    """Largest ``|diff| / (atol + rtol * (|w| + distance travelled))`` (the oracle's rule)
+    over every step and element, and the largest absolute difference; any other mismatch
+    (NaNs in other places, a shape) is an infinite error. Trajectories are (steps, *shape)."""
+    result, _ = oracle.compare_weights([w0], [[r] for r in reference], [[o] for o in ours])
+    if result.failures and result.normalized <= 1.0:
+        return float("inf"), float("inf")
+    return result.normalized, result.abs_diff

@@ -35,11 +35,11 @@ FEATURES = {
     "none_gradients+accumulation": (
         {"gradient_accumulation_steps": 2, "learning_rate": 0.01}, {"none_every": 3}),
     "schedule:ExponentialDecay": (
-        {"learning_rate": Schedule("ExponentialDecay", (
-            ("initial_learning_rate", 0.02), ("decay_steps", 10), ("decay_rate", 0.8)))}, {}),
+        {"learning_rate": Schedule("ExponentialDecay", initial_learning_rate=0.02,
+                                   decay_steps=10, decay_rate=0.8)}, {}),
     "schedule:CosineDecay+accumulation": (
-        {"learning_rate": Schedule("CosineDecay", (
-            ("initial_learning_rate", 0.02), ("decay_steps", 80), ("alpha", 0.1))),
+        {"learning_rate": Schedule("CosineDecay", initial_learning_rate=0.02, decay_steps=80,
+                                   alpha=0.1),
          "gradient_accumulation_steps": 2}, {}),
     "callable_lr": (
         {"learning_rate": StepCallable(lambda step: 0.02 * 0.97 ** step)}, {}),

@@ -11,7 +11,12 @@ scale) and the EMA-finalized weights. A difference passes when::
 where ``travel`` is the distance the Keras weight has moved since its start (for a state
 tensor: the largest magnitude it has held). float32 uses atol=1e-6, rtol=1e-5, float64
 atol=rtol=1e-12. The table reports the largest absolute difference and the largest ratio
-``|diff| / bound`` ("err/tol"; <= 1 passes).
+``|diff| / bound`` ("err/tol"; <= 1 passes). The rule, the Keras runs and their subprocesses
+live in :mod:`kerasopt.cli.oracle`, which the test suite's parity tests use too.
+
+The algorithms come from the registry (:func:`kerasopt.algorithms.registered`): every
+registered algorithm is verified, and a feature that sets an algorithm's own argument
+(``amsgrad``) runs on the algorithms that take it.
 
 Keras is the reference: the NumPy core and ``kerasopt.torch`` are compared with Keras on
 its torch backend, ``kerasopt.optax`` with Keras on its JAX backend. One process can load
@@ -27,9 +32,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import json
-import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -41,7 +43,10 @@ from typing import Any
 
 import numpy as np
 
+from kerasopt import algorithms
+from kerasopt.cli import oracle
 from kerasopt.cli.common import positive_int
+from kerasopt.cli.oracle import KerasRun, Problem, Trajectory
 
 KERAS_REQUIREMENT = "keras==3.15.1"
 
@@ -61,12 +66,15 @@ def install_hint() -> str:
 # What each optional backend needs, and the extra that installs it.
 BACKEND_PACKAGES = {"torch": (("torch",), "torch"), "jax": (("jax", "optax"), "jax")}
 
-TOLERANCES = {"float32": (1e-6, 1e-5), "float64": (1e-12, 1e-12)}
 DEFAULT_STEPS = 100
 QUICK_STEPS = 20
 
 SHAPES = {"kernel": (5, 4), "bias": (4,), "scale": (3,)}
-ALGORITHMS = ("Adam", "Adamax")
+
+
+def algorithm_names() -> list[str]:
+    """The Keras class names of every registered algorithm, in registration order."""
+    return [spec.keras_name for spec in algorithms.registered()]
 
 # Which Keras backend is the reference for each kerasopt front end.
 BACKENDS = {
@@ -97,7 +105,9 @@ class Feature:
         grad_scale: multiplies every gradient (loss-scaled gradients are large).
         none_every: every this many steps one variable's gradient is ``None``.
         nonfinite_steps: steps on which one gradient holds an inf or a NaN.
-        only: restrict to these algorithms.
+
+    A feature runs on every registered algorithm that takes each of its ``kwargs`` (an
+    algorithm's own argument such as ``amsgrad`` limits it to those that have it).
     """
 
     kwargs: Mapping[str, Any] = field(default_factory=dict)
@@ -108,13 +118,19 @@ class Feature:
     grad_scale: float = 1.0
     none_every: int | None = None
     nonfinite_steps: Sequence[int] = ()
-    only: Sequence[str] = ALGORITHMS
+
+    def applies_to(self, keras_name: str) -> bool:
+        """Whether the algorithm takes every argument of ``kwargs`` that is some registered
+        algorithm's own."""
+        own = {h.name for s in algorithms.registered() for h in s.hyperparameters}
+        takes = algorithms.get(keras_name).defaults()
+        return all(k in takes for k in self.kwargs if k in own)
 
 
 FEATURES: dict[str, Feature] = {
     "defaults": Feature(lr={"type": "float", "value": 0.001}),
     "betas+epsilon": Feature({"beta_1": 0.8, "beta_2": 0.95, "epsilon": 1e-3}),
-    "amsgrad": Feature({"amsgrad": True}, only=("Adam",)),
+    "amsgrad": Feature({"amsgrad": True}),
     "schedule:ExponentialDecay": Feature(lr=_schedule(
         "ExponentialDecay", initial_learning_rate=0.02, decay_steps=10, decay_rate=0.8)),
     "schedule:PiecewiseConstantDecay": Feature(lr=_schedule(
@@ -199,14 +215,6 @@ class Case:
         }
 
 
-@dataclass
-class Problem:
-    """Starting weights and, per step, one gradient (or ``None``) per variable."""
-
-    w0: dict[str, np.ndarray]
-    grads: list[dict[str, np.ndarray | None]]
-
-
 def make_problem(case: Case, steps: int) -> Problem:
     """A seeded problem: gradients of varying magnitude (so clipping bites on some steps),
     an all-zero gradient on step 3, optional ``None`` and non-finite gradients."""
@@ -235,225 +243,13 @@ def make_problem(case: Case, steps: int) -> Problem:
     return Problem(w0, grads)
 
 
-def _problem_arrays(cases: Sequence[Case], problems: Mapping[str, Problem]) -> dict:
-    arrays = {}
-    for case in cases:
-        p = problems[case.key]
-        for v in SHAPES:
-            arrays[f"{case.key}/w0/{v}"] = p.w0[v]
-            present = np.array([g[v] is not None for g in p.grads])
-            zeros = np.zeros(SHAPES[v], p.w0[v].dtype)
-            arrays[f"{case.key}/g/{v}"] = np.stack(
-                [g[v] if g[v] is not None else zeros for g in p.grads])
-            arrays[f"{case.key}/present/{v}"] = present
-    return arrays
-
-
-def _problem_from_arrays(key: str, arrays: Mapping[str, np.ndarray]) -> Problem:
-    w0 = {v: arrays[f"{key}/w0/{v}"] for v in SHAPES}
-    n = len(arrays[f"{key}/present/{next(iter(SHAPES))}"])
-    grads = [
-        {v: (arrays[f"{key}/g/{v}"][k] if arrays[f"{key}/present/{v}"][k] else None)
-         for v in SHAPES}
-        for k in range(n)
-    ]
-    return Problem(w0, grads)
-
-
-class _Counter:
-    step = 0
-
-
-def _learning_rate(spec: Mapping[str, Any], schedules: Any, counter: _Counter) -> Any:
-    if spec["type"] == "float":
-        return float(spec["value"])
-    if spec["type"] == "schedule":
-        return getattr(schedules, spec["class"])(**spec["config"])
-    initial, decay = float(spec["initial"]), float(spec["decay"])
-    return lambda: initial * decay ** counter.step
-
-
-# --------------------------------------------------------------------------- trajectories
-
-
-@dataclass
-class Trajectory:
-    """What one run produced: ``weights[var]`` is ``(steps, *shape)``; ``state`` maps a
-    state variable's Keras name (``iteration``, ``kernel_momentum``, ``scale/dynamic_scale``
-    for a LossScaleOptimizer's own variables...) to its final value; ``state_scale`` the
-    largest magnitude each state variable held (Keras side only); ``finalized`` the weights
-    after ``finalize_variable_values`` (EMA only)."""
-
-    weights: dict[str, np.ndarray]
-    state: dict[str, np.ndarray]
-    state_scale: dict[str, float] = field(default_factory=dict)
-    finalized: dict[str, np.ndarray] | None = None
-
-    def to_arrays(self, key: str) -> dict[str, np.ndarray]:
-        out = {f"{key}/w/{v}": a for v, a in self.weights.items()}
-        out.update({f"{key}/s/{n}": a for n, a in self.state.items()})
-        out.update({f"{key}/scale/{n}": np.float64(a) for n, a in self.state_scale.items()})
-        if self.finalized is not None:
-            out.update({f"{key}/f/{v}": a for v, a in self.finalized.items()})
-        return out
-
-    @classmethod
-    def from_arrays(cls, key: str, arrays: Mapping[str, np.ndarray]) -> Trajectory:
-        def part(tag: str) -> dict[str, np.ndarray]:
-            prefix = f"{key}/{tag}/"
-            return {k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)}
-
-        finalized = part("f")
-        return cls(part("w"), part("s"), {k: float(v) for k, v in part("scale").items()},
-                   finalized or None)
-
-
-def _numpy(x: Any) -> np.ndarray:
-    if hasattr(x, "detach"):
-        x = x.detach().cpu()
-    if hasattr(x, "numpy"):
-        x = x.numpy()
-    return np.array(x, copy=True)
-
-
-def _slot_name(path: str) -> str:
-    return str(path).rsplit("/", 1)[-1]
-
-
-def _track_scales(scales: dict[str, float], state: Mapping[str, Any]) -> None:
-    for name, value in state.items():
-        magnitude = np.abs(np.asarray(value, np.float64))
-        magnitude = magnitude[np.isfinite(magnitude)]
-        biggest = float(magnitude.max()) if magnitude.size else 0.0
-        scales[name] = max(scales.get(name, 0.0), biggest)
-
-
-def _named_state(optimizer: Any) -> dict[str, Any]:
-    """Keras / kerasopt optimizer variables by Keras name (a LossScaleOptimizer's own
-    variables get a ``scale/`` prefix)."""
-    inner = getattr(optimizer, "inner_optimizer", None)
-    if inner is None:
-        return {_slot_name(getattr(v, "path", None) or v.name): v for v in optimizer.variables}
-    own = optimizer.variables[: len(optimizer.variables) - len(inner.variables)]
-    named = {"scale/" + _slot_name(getattr(v, "path", None) or v.name): v for v in own}
-    named.update(_named_state(inner))
-    return named
-
-
-# --------------------------------------------------------------------------- Keras side
-
-
-def _run_keras_case(keras: Any, case: Mapping[str, Any], problem: Problem) -> Trajectory:
-    counter = _Counter()
-    cls = getattr(keras.optimizers, case["algo"])
-    opt = cls(learning_rate=_learning_rate(case["lr"], keras.optimizers.schedules, counter),
-              **case["kwargs"])
-    if case["loss_scale"]:
-        opt = keras.optimizers.LossScaleOptimizer(opt, **case["loss_scale"])
-    names = case["vars"]
-    variables = [keras.Variable(problem.w0[v], name=v, dtype=case["dtype"]) for v in names]
-    target = getattr(opt, "inner_optimizer", opt)
-    if case["exclude"]:
-        target.exclude_from_weight_decay(var_names=case["exclude"])
-    opt.build(variables)
-    weights: dict[str, list[np.ndarray]] = {v: [] for v in names}
-    scales: dict[str, float] = {}
-    stateless = None
-    if keras.backend.backend() == "jax":
-        # Keras on JAX: the stateful LossScaleOptimizer.apply leaks a tracer outside jit, and
-        # eager steps are slow; run the stateless API under jax.jit, as Keras's JAX trainer
-        # does. A callable rate is evaluated when traced, so that case runs eagerly.
-        import jax
-
-        stateless = opt.stateless_apply
-        if case["lr"]["type"] != "callable":
-            stateless = jax.jit(stateless)
-    for grads in problem.grads:
-        converted = [None if grads[v] is None else keras.ops.convert_to_tensor(grads[v])
-                     for v in names]
-        if stateless is not None:
-            opt_vars = [x.value for x in opt.variables]
-            new_w, new_opt = stateless(opt_vars, converted, [x.value for x in variables])
-            for var, value in zip((*variables, *opt.variables), (*new_w, *new_opt)):
-                var.assign(value)
-        else:
-            opt.apply(converted, variables)
-        counter.step += 1
-        for v, var in zip(names, variables):
-            weights[v].append(_numpy(var.value))
-        _track_scales(scales, {k: _numpy(x.value) for k, x in _named_state(opt).items()})
-    state = {k: _numpy(x.value) for k, x in _named_state(opt).items()}
-    finalized = None
-    if target.use_ema:
-        opt.finalize_variable_values(variables)
-        finalized = {v: _numpy(var.value) for v, var in zip(names, variables)}
-    return Trajectory({v: np.stack(w) for v, w in weights.items()}, state, scales, finalized)
-
-
-def keras_worker(cases_path: str, problems_path: str, out_path: str) -> None:
-    """Run every case through Keras (the backend ``KERAS_BACKEND`` names); print one line per
-    finished case (for the progress bar); write the trajectories to ``out_path``."""
-    warnings.filterwarnings("ignore")
-    import keras
-
-    with open(cases_path) as f:
-        cases = json.load(f)
-    with np.load(problems_path) as data:
-        arrays = dict(data)
-    out: dict[str, np.ndarray] = {}
-    for case in cases:
-        problem = _problem_from_arrays(case["key"], arrays)
-        out.update(_run_keras_case(keras, case, problem).to_arrays(case["key"]))
-        print(f"done {case['key']}", flush=True)
-    np.savez(out_path, **out)
-
-
-class KerasRun:
-    """A Keras subprocess running ``cases`` on one Keras backend."""
-
-    def __init__(self, backend: str, cases: Sequence[Case], problems: Mapping[str, Problem],
-                 directory: str) -> None:
-        self.backend = backend
-        self.cases = list(cases)
-        self.out_path = os.path.join(directory, f"keras-{backend}.npz")
-        cases_path = os.path.join(directory, f"cases-{backend}.json")
-        problems_path = os.path.join(directory, f"problems-{backend}.npz")
-        with open(cases_path, "w") as f:
-            json.dump([c.as_json() for c in self.cases], f)
-        np.savez(problems_path, **_problem_arrays(self.cases, problems))
-        env = {**os.environ, "KERAS_BACKEND": backend}
-        if backend == "jax":
-            env.setdefault("JAX_PLATFORMS", "cpu")
-        code = ("import sys; from kerasopt.cli.verify import keras_worker; "
-                "keras_worker(*sys.argv[1:4])")
-        self.stderr = tempfile.TemporaryFile(mode="w+")
-        self.process = subprocess.Popen(
-            [sys.executable, "-c", code, cases_path, problems_path, self.out_path],
-            env=env, stdout=subprocess.PIPE, stderr=self.stderr, text=True,
-        )
-
-    def wait(self, progress: Callable[[], None] | None = None) -> dict[str, Trajectory]:
-        assert self.process.stdout is not None
-        for line in self.process.stdout:
-            if line.startswith("done ") and progress is not None:
-                progress()
-        if self.process.wait() != 0:
-            self.stderr.seek(0)
-            tail = self.stderr.read()[-3000:]
-            raise RuntimeError(
-                f"Keras ({self.backend} backend) failed in its subprocess:\n{tail}")
-        self.stderr.close()
-        with np.load(self.out_path) as data:
-            arrays = dict(data)
-        return {c.key: Trajectory.from_arrays(c.key, arrays) for c in self.cases}
-
-
 # --------------------------------------------------------------------------- kerasopt sides
 #
 # A factory builds the kerasopt optimizer of one front end; verify() takes them as a
-# parameter. numpy: factory(algo, kwargs) -> kerasopt.Adam/Adamax; torch:
-# factory(algo, named_params, kwargs) -> kerasopt.torch.Adam/Adamax; jax:
-# factory(algo, kwargs) -> optax GradientTransformation. ``kwargs`` include learning_rate.
+# parameter. numpy: factory(algo, kwargs) -> kerasopt.<algo>; torch:
+# factory(algo, named_params, kwargs) -> kerasopt.torch.<algo>; jax:
+# factory(algo, kwargs) -> optax GradientTransformation. ``algo`` is the Keras class name;
+# ``kwargs`` include learning_rate.
 
 
 def numpy_factory(algo: str, kwargs: Mapping[str, Any]) -> Any:
@@ -471,7 +267,7 @@ def torch_factory(algo: str, params: Any, kwargs: Mapping[str, Any]) -> Any:
 def jax_factory(algo: str, kwargs: Mapping[str, Any]) -> Any:
     import kerasopt.optax
 
-    return getattr(kerasopt.optax, algo.lower())(**kwargs)
+    return kerasopt.optax.FACTORIES[algorithms.get(algo).name](**kwargs)
 
 
 DEFAULT_FACTORIES: dict[str, Callable[..., Any]] = {
@@ -480,31 +276,13 @@ DEFAULT_FACTORIES: dict[str, Callable[..., Any]] = {
 
 
 def _run_numpy(case: Case, problem: Problem, factory: Callable[..., Any]) -> Trajectory:
-    import kerasopt
-
-    spec, counter = case.spec, _Counter()
-    kwargs = {**spec.kwargs,
-              "learning_rate": _learning_rate(spec.lr, kerasopt.schedules, counter)}
-    opt = factory(case.algo, kwargs)
-    if spec.loss_scale:
-        opt = kerasopt.LossScaleOptimizer(opt, **spec.loss_scale)
-    target = getattr(opt, "inner_optimizer", opt)
-    variables = [kerasopt.Variable(np.array(problem.w0[v]), name=v) for v in SHAPES]
-    if spec.exclude:
-        target.exclude_from_weight_decay(var_names=list(spec.exclude))
-    weights: dict[str, list[np.ndarray]] = {v: [] for v in SHAPES}
-    for grads in problem.grads:
-        opt.apply([None if grads[v] is None else np.array(grads[v]) for v in SHAPES],
-                  variables)
-        counter.step += 1
-        for v, var in zip(SHAPES, variables):
-            weights[v].append(var.numpy())
-    state = {k: _numpy(x.value) for k, x in _named_state(opt).items()}
-    finalized = None
-    if target.use_ema:
-        opt.finalize_variable_values(variables)
-        finalized = {v: var.numpy() for v, var in zip(SHAPES, variables)}
-    return Trajectory({v: np.stack(w) for v, w in weights.items()}, state, {}, finalized)
+    spec, names = case.spec, list(SHAPES)
+    run = oracle.run_kerasopt(
+        case.algo, {**spec.kwargs, "learning_rate": spec.lr}, [problem.w0[v] for v in names],
+        [[g[v] for v in names] for g in problem.grads], var_names=names,
+        exclude_names=list(spec.exclude) if spec.exclude else None,
+        loss_scale=spec.loss_scale, factory=factory)
+    return Trajectory.from_run(run, names)
 
 
 def _run_torch(case: Case, problem: Problem, factory: Callable[..., Any]) -> Trajectory:
@@ -512,11 +290,11 @@ def _run_torch(case: Case, problem: Problem, factory: Callable[..., Any]) -> Tra
 
     import kerasopt
 
-    spec, counter = case.spec, _Counter()
+    spec, counter = case.spec, oracle.Counter()
     dtype = getattr(torch, spec.dtype)
     params = {v: torch.nn.Parameter(torch.tensor(problem.w0[v], dtype=dtype)) for v in SHAPES}
     kwargs = {**spec.kwargs,
-              "learning_rate": _learning_rate(spec.lr, kerasopt.schedules, counter)}
+              "learning_rate": oracle.resolve(spec.lr, kerasopt.schedules, counter)}
     opt = factory(case.algo, list(params.items()), kwargs)
     if spec.exclude:
         opt.exclude_from_weight_decay(var_names=list(spec.exclude))
@@ -530,26 +308,30 @@ def _run_torch(case: Case, problem: Problem, factory: Callable[..., Any]) -> Tra
         opt.step()
         counter.step += 1
         for v, p in params.items():
-            weights[v].append(_numpy(p))
+            weights[v].append(oracle.to_numpy(p))
     state: dict[str, np.ndarray] = {"iteration": np.array(inner.raw_iterations)}
     group = inner.param_groups[0]
     if group.get("learning_rate") is None:
         state["learning_rate"] = np.array(group["lr"], np.float32)
     for v, p in params.items():
         for slot, value in inner.state[p].items():
-            state[f"{v}_{slot}"] = _numpy(value)
+            state[f"{v}_{slot}"] = oracle.to_numpy(value)
     if spec.loss_scale:
         state["scale/step_counter"] = np.array(opt.step_counter)
         state["scale/dynamic_scale"] = np.array(opt.dynamic_scale, np.float32)
     finalized = None
     if group["use_ema"]:
         inner.finalize_variable_values()
-        finalized = {v: _numpy(p) for v, p in params.items()}
+        finalized = {v: oracle.to_numpy(p) for v, p in params.items()}
     return Trajectory({v: np.stack(w) for v, w in weights.items()}, state, {}, finalized)
 
 
-_OPTAX_FIELDS = {"momentum": "momentum", "velocity": "velocity", "velocity_hat": "velocity_hat",
-                 "norm": "norm", "accumulator": "gradient_accumulator", "average": "average"}
+def _optax_fields(algo: str) -> dict[str, str]:
+    """kerasopt.optax state field -> Keras slot name: the algorithm's slots (from the
+    registry), the accumulators and the EMA averages."""
+    slots = algorithms.get(algo).all_slots
+    return {**{s: s for s in slots}, "accumulator": "gradient_accumulator",
+            "average": "average"}
 
 
 def _run_jax(case: Case, problem: Problem, factory: Callable[..., Any]) -> Trajectory:
@@ -560,9 +342,9 @@ def _run_jax(case: Case, problem: Problem, factory: Callable[..., Any]) -> Traje
     import kerasopt
     import kerasopt.optax as ko
 
-    spec, counter = case.spec, _Counter()
+    spec, counter = case.spec, oracle.Counter()
     kwargs = {**spec.kwargs,
-              "learning_rate": _learning_rate(spec.lr, kerasopt.schedules, counter)}
+              "learning_rate": oracle.resolve(spec.lr, kerasopt.schedules, counter)}
     if spec.exclude:
         kwargs["exclude_from_weight_decay"] = list(spec.exclude)
     tx = factory(case.algo, kwargs)
@@ -593,7 +375,7 @@ def _run_jax(case: Case, problem: Problem, factory: Callable[..., Any]) -> Traje
         named["scale/dynamic_scale"] = np.asarray(state.dynamic_scale)
         inner = state.inner_state
     named["iteration"] = np.asarray(inner.count)
-    for field_name, slot in _OPTAX_FIELDS.items():
+    for field_name, slot in _optax_fields(case.algo).items():
         tree = getattr(inner, field_name, None)
         if tree is not None:
             for v in SHAPES:
@@ -631,44 +413,19 @@ class Result:
     def passed(self) -> bool:
         return self.skipped is not None or not self.failures
 
-
-def _measure(ref: np.ndarray, got: np.ndarray, scale: Any, tol: tuple[float, float],
-             label: str, result: Result) -> None:
-    ref64, got64 = np.asarray(ref, np.float64), np.asarray(got, np.float64)
-    if ref64.shape != got64.shape:
-        result.failures.append(f"{label}: shape {got64.shape}, Keras {ref64.shape}")
-        return
-    if not np.array_equal(np.isnan(ref64), np.isnan(got64)):
-        result.failures.append(f"{label}: NaN in different places")
-        return
-    ok = ~np.isnan(ref64)
-    ref64, got64 = ref64[ok], got64[ok]
-    scale = np.broadcast_to(np.asarray(scale, np.float64), ok.shape)[ok]
-    if ref64.size == 0:
-        return
-    with np.errstate(invalid="ignore"):
-        diff = np.where(ref64 == got64, 0.0, np.abs(got64 - ref64))
-    atol, rtol = tol
-    bound = atol + rtol * (np.where(np.isfinite(ref64), np.abs(ref64), 0.0) + scale)
-    ratio = diff / bound
-    result.abs_diff = max(result.abs_diff, float(np.max(diff)))
-    with np.errstate(divide="ignore", invalid="ignore"):
-        rel = np.where(diff == 0, 0.0, diff / np.maximum(np.abs(ref64), atol))
-    result.rel_diff = max(result.rel_diff, float(np.max(rel)))
-    worst = float(np.max(ratio))
-    result.normalized = max(result.normalized, worst)
-    if not worst <= 1.0:
-        i = int(np.argmax(ratio))
-        result.failures.append(
-            f"{label}: |diff| {diff[i]:.3g} > tolerance {bound[i]:.3g} "
-            f"(Keras {ref64[i]!r}, kerasopt {got64[i]!r})")
+    def add(self, m: oracle.Measure) -> None:
+        self.abs_diff = max(self.abs_diff, m.abs_diff)
+        self.rel_diff = max(self.rel_diff, m.rel_diff)
+        self.normalized = max(self.normalized, m.normalized)
+        self.failures.extend(m.failures)
 
 
 def compare(case: Case, backend: str, ref: Trajectory, got: Trajectory,
             w0: Mapping[str, np.ndarray]) -> Result:
-    """Compare a kerasopt trajectory with Keras's: weights after every step, the final
-    state (by Keras name) and the EMA-finalized weights."""
-    tol = TOLERANCES[case.spec.dtype]
+    """Compare a kerasopt trajectory with Keras's under :func:`kerasopt.cli.oracle.measure`:
+    weights after every step, the final state (by Keras name) and the EMA-finalized
+    weights."""
+    tol = oracle.tolerance(case.spec.dtype)
     steps = len(next(iter(ref.weights.values())))
     result = Result(case.feature, case.algo, backend, steps)
     travel_end = {}
@@ -677,14 +434,11 @@ def compare(case: Case, backend: str, ref: Trajectory, got: Trajectory,
         if got_w is None or got_w.shape != ref_w.shape:
             result.failures.append(f"weights of {v}: missing or of another shape")
             continue
-        ref64 = ref_w.astype(np.float64)
-        previous = np.concatenate([np.asarray(w0[v], np.float64)[None], ref64[:-1]])
-        with np.errstate(invalid="ignore"):
-            delta = np.abs(ref64 - previous)
-        travel = np.cumsum(np.where(np.isfinite(delta), delta, 0.0), axis=0)
+        travel = oracle.travel(w0[v], ref_w)
         travel_end[v] = travel[-1]
         for k in range(steps):
-            _measure(ref_w[k], got_w[k], travel[k], tol, f"step {k + 1}, {v}", result)
+            result.add(oracle.measure(ref_w[k], got_w[k], travel[k], tol,
+                                      f"step {k + 1}, {v}"))
             if len(result.failures) > 3:
                 return result
     for name, got_value in got.state.items():
@@ -693,15 +447,8 @@ def compare(case: Case, backend: str, ref: Trajectory, got: Trajectory,
                 continue
             result.failures.append(f"state {name!r}: Keras has no such variable")
             continue
-        ref_value = ref.state[name]
-        if np.asarray(ref_value).dtype.kind in "iub" or np.asarray(got_value).dtype.kind in "iub":
-            if int(np.asarray(ref_value)) != int(np.asarray(got_value)):
-                result.failures.append(
-                    f"state {name!r}: {int(np.asarray(got_value))}, Keras "
-                    f"{int(np.asarray(ref_value))}")
-            continue
-        _measure(ref_value, got_value, ref.state_scale.get(name, 0.0), tol, f"state {name!r}",
-                 result)
+        result.add(oracle.measure(ref.state[name], got_value, ref.state_scale.get(name, 0.0),
+                                  tol, f"state {name!r}"))
     missing = [n for n in ref.state
                if "_" in n and not n.startswith("scale/") and n not in got.state
                and n != "learning_rate"]
@@ -711,8 +458,8 @@ def compare(case: Case, backend: str, ref: Trajectory, got: Trajectory,
         result.failures.append("finalize_variable_values: only one side ran it")
     elif ref.finalized is not None and got.finalized is not None:
         for v, ref_f in ref.finalized.items():
-            _measure(ref_f, got.finalized[v], travel_end.get(v, 0.0), tol,
-                     f"finalized {v}", result)
+            result.add(oracle.measure(ref_f, got.finalized[v], travel_end.get(v, 0.0), tol,
+                                      f"finalized {v}"))
     return result
 
 
@@ -734,7 +481,9 @@ def installed_backends() -> list[str]:
 
 
 def cases_for(features: Iterable[str]) -> list[Case]:
-    return [Case(f, a) for f in features for a in ALGORITHMS if a in FEATURES[f].only]
+    """Every (feature, registered algorithm) pair the feature applies to."""
+    return [Case(f, a) for f in features for a in algorithm_names()
+            if FEATURES[f].applies_to(a)]
 
 
 class _Progress:
@@ -786,7 +535,8 @@ def verify(
         for kb in keras_backends:
             kb_cases = {c.key: c for b in backends if BACKENDS[b][1] == kb
                         for c in per_backend[b]}
-            keras_runs[kb] = KerasRun(kb, list(kb_cases.values()), problems, directory)
+            keras_runs[kb] = KerasRun(kb, [c.as_json() for c in kb_cases.values()],
+                                      problems, directory)
         try:
             ours: dict[tuple[str, str], Trajectory | Exception] = {}
             total = sum(len(v) for v in per_backend.values())
@@ -809,9 +559,7 @@ def verify(
                 bar.close()
         finally:
             for run in keras_runs.values():
-                if run.process.poll() is None:
-                    run.process.kill()
-                    run.process.wait()
+                run.kill()
     for b in backends:
         for case in cases:
             if (b, case.feature) in UNSUPPORTED:
@@ -897,8 +645,8 @@ def run(args: argparse.Namespace, factories: Mapping[str, Callable[..., Any]] | 
     failed = [r for r in results if not r.passed]
     print()
     print("err/tol = max |kerasopt - keras| / (atol + rtol*(|keras| + travel)); <= 1 passes "
-          "(float32: atol 1e-6, rtol 1e-5; float64: 1e-12, 1e-12). Weights are compared after "
-          "every step; state, counters and EMA weights at the end.")
+          f"({oracle.describe_tolerances()}). Weights are compared after every step; state, "
+          "counters and EMA weights at the end.")
     for r in failed:
         print(f"\nFAIL {r.algo} {r.feature} [{r.backend}]:")
         for message in r.failures[:4]:
