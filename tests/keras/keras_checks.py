@@ -31,6 +31,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 import kerasopt.keras  # noqa: E402
+from kerasopt.cli import oracle  # noqa: E402
 
 assert keras.backend.backend() == BACKEND, keras.backend.backend()
 
@@ -38,7 +39,7 @@ ALGORITHMS = ("Adam", "Adamax", "AdamW")
 CHECKS = {}
 
 # Parity: float32 rounding after 3 epochs (issue 16): |a - b| <= 1e-6 + 1e-5 * |b|.
-RTOL, ATOL = 1e-5, 1e-6
+ATOL, RTOL = oracle.tolerance(np.float32)  # the one parity rule, with no travel term
 
 
 def check(fn):

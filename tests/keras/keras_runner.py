@@ -10,13 +10,17 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+
+from kerasopt.cli import oracle
 
 HERE = Path(__file__).resolve().parent
 CHECKS = HERE / "keras_checks.py"
 
-RTOL, ATOL = 1e-5, 1e-6
-"""Parity (issue 16): |ours - Keras| <= ATOL + RTOL * |Keras| after every epoch."""
+ATOL, RTOL = oracle.tolerance(np.float32)
+"""Parity (issue 16): |ours - Keras| <= ATOL + RTOL * |Keras| after every epoch (the parity
+rule of ``kerasopt.cli.oracle`` for float32, without its travel term)."""
 
 PARITY_CASES = [
     "defaults/Adam", "defaults/Adamax", "defaults/AdamW",
