@@ -93,7 +93,7 @@ class GroupPlan:
     """The fused step's view of one param group, valid while :meth:`matches` says so."""
 
     __slots__ = ("group", "params", "param_ptrs", "shapes", "numels", "states", "columns",
-                 "slots", "table", "sizes", "chunks", "like", "dtype", "device",
+                 "slots", "table", "sizes", "elements", "chunks", "like", "dtype", "device",
                  "kernels", "decay_key", "decay_mask")
 
     @classmethod
@@ -137,6 +137,7 @@ class GroupPlan:
         plan.columns = columns
         plan.sizes = np.fromiter(map(_NUMEL, params), np.int64, len(params))
         plan.numels = plan.sizes.tolist()
+        plan.elements = sum(plan.numels)
         plan.chunks = kernels.chunk_table(plan.sizes) if module is kernels else None
         plan.like = torch.zeros((), dtype=dtype)
         plan.dtype, plan.device, plan.kernels = dtype, device, module

@@ -238,6 +238,7 @@ def _group_rules(spec: Any) -> dict[str, Callable[[str, Any], Any]]:
 
 
 _CLIP_KEYS = frozenset(config.CLIPS)
+_PLAIN_NUMBERS = frozenset((int, float, bool))
 
 
 
@@ -284,6 +285,11 @@ class KerasOptimizer(torch.optim.Optimizer):
         self._excluded_params: list[torch.Tensor] = []
         self._checked_groups: list | None = None
         self._step_lock = threading.RLock()
+        # Per group, the resolved hyperparameters of the groups last checked (plain numbers
+        # only: a callable is resolved at every step); float rates as float32 0-d tensors.
+        self._resolved: dict[int, tuple[Any, ...]] = {}
+        self._rate_tensors: dict[float, torch.Tensor] = {}
+        self._columns: dict[tuple[int, int | None], tuple[dict, list]] = {}
         self._excluded_ids: set[int] = set()
         self._excluded_pattern: re.Pattern[str] | None = None
         self._validate_state_dtype(defaults["state_dtype"])
@@ -482,7 +488,8 @@ class KerasOptimizer(torch.optim.Optimizer):
     # Not carried by deepcopy/pickle: torch.optim drops its hooks (and an LR scheduler's
     # per-instance ``step`` wrapper), and the caches below are rebuilt on the next step.
     _TRANSIENT = ("step", "_opt_called", "_plans", "_state_snapshot", "_checked_groups",
-                  "_watch", "_tensor_rates", "_step_lock")
+                  "_watch", "_tensor_rates", "_step_lock", "_resolved", "_rate_tensors",
+                  "_columns")
 
     def __getstate__(self) -> dict[str, Any]:
         """Everything a copy needs to step exactly like this optimizer: torch's ``defaults``,
@@ -496,6 +503,7 @@ class KerasOptimizer(torch.optim.Optimizer):
         self._excluded_ids = {id(p) for p in getattr(self, "_excluded_params", ())}
         self._checked_groups = None
         self._step_lock = threading.RLock()
+        self._resolved, self._rate_tensors, self._columns = {}, {}, {}
 
     def __deepcopy__(self, memo: dict[int, Any]) -> KerasOptimizer:
         # A process group cannot be copied: the copy reduces over the same one.
@@ -540,6 +548,7 @@ class KerasOptimizer(torch.optim.Optimizer):
         getter = self._watch = itemgetter(*self._watched_keys())
         groups = self.param_groups
         self._checked_groups = [(group, len(group), getter(group)) for group in groups]
+        self._resolved, self._columns = {}, {}  # the values may have changed
         self._schedule_groups = any(group["learning_rate"] is not None for group in groups)
         self._tensor_rates = [(index, group) for index, group in enumerate(groups)
                               if isinstance(group["lr"], torch.Tensor)]
@@ -636,7 +645,14 @@ class KerasOptimizer(torch.optim.Optimizer):
             value = group["lr"]
             if isinstance(value, torch.Tensor):
                 return value.detach().to(device="cpu", dtype=torch.float32)
-            return torch.tensor(float(value), dtype=torch.float32)
+            value = float(value)
+            tensor = self._rate_tensors.get(value)
+            if tensor is None or not value:  # (0.0 and -0.0 are one key)
+                tensor = torch.tensor(value, dtype=torch.float32)
+                if len(self._rate_tensors) >= 16:
+                    self._rate_tensors.clear()
+                self._rate_tensors[value] = tensor
+            return tensor
         reported = group.get("reported_lr")
         if reported is not None and group.get("lr") != reported:
             # Someone else wrote group["lr"] since the last step (torch.distributed.checkpoint
@@ -970,8 +986,7 @@ class KerasOptimizer(torch.optim.Optimizer):
         unchanged = snapshot is not None and snapshot.unchanged(self.state)
         self._state_snapshot = None
         for index, group in enumerate(self.param_groups):
-            columns = state_columns(self._slot_names(group), ACCUMULATOR if n else None,
-                                    AVERAGE if group["use_ema"] else None)
+            columns = self._state_columns(group, n)
             decay_key = (self._excluded_ids, self._excluded_pattern, group.get("param_names"))
             plan = plans[index]
             if plan is None or not plan.matches(self.state, group, columns, decay_key,
@@ -993,12 +1008,25 @@ class KerasOptimizer(torch.optim.Optimizer):
         for group, plan in zip(self.param_groups, plans):
             plan.kernels.fused_step_table(
                 algorithm, plan.table, plan.sizes, plan.like, plan.params, chunks=plan.chunks,
-                amsgrad=bool(group.get("amsgrad")), averaging=bool(group["use_ema"]),
+                elements=plan.elements, amsgrad=bool(group.get("amsgrad")),
+                averaging=bool(group["use_ema"]),
                 **self._kernel_scalars(group, checked, raw, plan.decay_mask),
             )
         for group in self.param_groups:
             group["iterations"] = raw + 1
         return True
+
+    def _state_columns(self, group: dict[str, Any], n: int | None) -> list[tuple[str, int]]:
+        """:func:`state_columns` of ``group`` (kept with its checked values, see
+        :meth:`_hyperparameters`)."""
+        key = (id(group), n)
+        cached = self._columns.get(key)
+        if cached is not None and cached[0] is group:
+            return cached[1]
+        columns = state_columns(self._slot_names(group), ACCUMULATOR if n else None,
+                                AVERAGE if group["use_ema"] else None)
+        self._columns[key] = (group, columns)
+        return columns
 
     def _fused_step(
         self,
@@ -1075,10 +1103,14 @@ class KerasOptimizer(torch.optim.Optimizer):
         """Every group's learning rate for this step, and the rule's hyperparameters of
         ``groups`` (callable betas resolved once), so that a callable returning a bad value
         raises before the step changes anything; both keyed by ``id(group)``."""
-        with validation.evaluating_learning_rate(f"{type(self).__name__}.step()"):
+        if self._schedule_groups or self._tensor_rates:
+            with validation.evaluating_learning_rate(f"{type(self).__name__}.step()"):
+                rates = {id(group): self._learning_rate(group, raw)
+                         for group in self.param_groups}
+                for rate in rates.values():
+                    float(rate)
+        else:  # float rates, checked by _check_groups: their float32 tensors
             rates = {id(group): self._learning_rate(group, raw) for group in self.param_groups}
-            for rate in rates.values():
-                float(rate)
         hypers = {id(group): self._hyperparameters(group) for group in groups}
         return rates, hypers
 
@@ -1092,11 +1124,18 @@ class KerasOptimizer(torch.optim.Optimizer):
             rate, hyper = 0.0, self._hyperparameters(group)
         else:
             rate, hyper = checked[0][id(group)], checked[1][id(group)]
-        options = engine.Group(
-            learning_rate=rate, hyperparameters=hyper,
-            **{key: group[key] for key in ("weight_decay", "clipnorm", "clipvalue",
-                                           "global_clipnorm", "use_ema", "ema_momentum",
-                                           "ema_overwrite_frequency")})
+        cached = self._resolved.get(id(group))
+        if (cached is not None and cached[0] is group and cached[1] is hyper
+                and len(cached) > 2 and cached[2] is rate):
+            options = cached[3]  # the same rate and values as the last step's
+        else:
+            options = engine.Group(
+                learning_rate=rate, hyperparameters=hyper,
+                **{key: group[key] for key in ("weight_decay", "clipnorm", "clipvalue",
+                                               "global_clipnorm", "use_ema", "ema_momentum",
+                                               "ema_overwrite_frequency")})
+            if cached is not None and cached[0] is group and cached[1] is hyper:
+                self._resolved[id(group)] = (group, hyper, rate, options)
         step = engine.Step(raw=raw, loss_scale_factor=self.loss_scale_factor,
                            accumulation_steps=self.gradient_accumulation_steps)
         return engine.kernel_arguments(options, step, decay_mask=decay_mask,
@@ -1205,8 +1244,18 @@ class KerasOptimizer(torch.optim.Optimizer):
         return torch.sqrt(total)
 
     def _hyperparameters(self, group: dict[str, Any]) -> dict[str, Any]:
-        """The rule's hyperparameters for this step (callables called and checked)."""
-        return self.spec.resolved(group)
+        """The rule's hyperparameters for this step (callables called and checked). Those
+        of a group of plain numbers are kept until the groups are checked again (a value
+        written into a group between steps is checked, and they are forgotten, by
+        :meth:`_check_groups`), with the :class:`kerasopt.engine.Group` of the last step
+        (:meth:`_kernel_scalars`); the result is shared, not to be changed."""
+        cached = self._resolved.get(id(group))
+        if cached is not None and cached[0] is group:
+            return cached[1]
+        hyper = self.spec.resolved(group)
+        if all(type(group[name]) in _PLAIN_NUMBERS for name in hyper):
+            self._resolved[id(group)] = (group, hyper)
+        return hyper
 
     # ----------------------------------------------------------------- state_dict
 

@@ -206,6 +206,7 @@ def fused_step_table(
     amsgrad: bool,
     accumulation_phase: str | None,
     chunks: np.ndarray | None = None,
+    elements: int | None = None,
     **options: Any,
 ) -> None:
     """:func:`fused_step` on a prebuilt table of addresses, for frontends that keep one
@@ -220,17 +221,22 @@ def fused_step_table(
     :func:`fused_step`'s scalar keywords, with ``averaging`` (bool) in place of
     ``ema_averages``. Nothing is checked: the caller vouches that every address is a
     C-contiguous, aligned, writeable (gradients: readable) buffer of ``sizes[i]`` elements
-    of ``like``'s dtype.
+    of ``like``'s dtype; ``elements``, when given, is ``sizes.sum()``.
     """
     if _k is None:
         raise NotFusable("numba is not installed (kerasopt's \"fast\" extra installs it).")
     is_torch_step = is_torch(like)
-    marker = np.zeros(1, _numpy_dtype(like) if is_torch_step else like.dtype)
+    marker = _MARKERS[_numpy_dtype(like) if is_torch_step else like.dtype]
     if chunks is None:
         chunks = chunk_table(sizes)
+    if elements is None:
+        elements = int(sizes.sum())
     micro = accumulation_phase == "micro"
-    _run(algorithm, table, chunks, marker, like, len(sizes), int(sizes.sum()), micro, amsgrad,
+    _run(algorithm, table, chunks, marker, like, len(sizes), elements, micro, amsgrad,
          params, is_torch_step, accumulation_phase=accumulation_phase, **options)
+
+
+_MARKERS = {dtype: np.zeros(1, dtype) for dtype in _DTYPES}  # the kernels' dtype argument
 
 
 def chunk_table(sizes: np.ndarray) -> np.ndarray:
