@@ -270,7 +270,12 @@ def cast(value: Any, like: Any, dtype: np.dtype) -> Any:
     """``cast_scalar(value, like)`` as a NumPy scalar of ``dtype`` (``like``'s dtype). A
     Python number is cast by NumPy directly: rounding it to float32 / float64 is IEEE
     round-to-nearest in every library, so the result is the same, without a 0-d tensor of
-    ``like``'s library (a few microseconds each for torch)."""
+    ``like``'s library (a few microseconds each for torch). So is a floating torch tensor
+    (a float32 learning rate): its value is exact as a Python float, rounded once to
+    ``dtype``."""
     if type(value) in (int, float):
         return dtype.type(value)
+    torch = sys.modules.get("torch")
+    if torch is not None and type(value) is torch.Tensor and value.is_floating_point():
+        return dtype.type(value.item())
     return dtype.type(float(cast_scalar(value, like)))
