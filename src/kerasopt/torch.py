@@ -797,10 +797,10 @@ class KerasOptimizer(torch.optim.Optimizer):
 
     # ----------------------------------------------------------------- step
 
-    @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
         """One Keras ``apply()``: unscale, accumulate, clip, decay, update, count, EMA.
 
+        Runs with gradients off (as under ``torch.no_grad()``; the closure with them on).
         Steps are serialized by a per-optimizer lock: two threads stepping one optimizer
         take turns (the closure, if any, runs inside the turn)."""
         with self._step_lock:
@@ -808,15 +808,23 @@ class KerasOptimizer(torch.optim.Optimizer):
             if closure is not None:
                 with torch.enable_grad():
                     loss = closure()
-            self._check_groups()
-            if not self._planned_step():
-                entries = self._collect()
-                if not entries:  # torch.optim's convention: nothing to do, nothing counted
-                    return loss
-                self._general_step(entries)
-            if self._schedule_groups:  # the step wrote their "lr": valid, remember it
-                self._remember_groups()
-            return loss
+            enabled = torch.is_grad_enabled()
+            torch.set_grad_enabled(False)  # (as a function: cheaper than no_grad's decorator)
+            try:
+                return self._step(loss)
+            finally:
+                torch.set_grad_enabled(enabled)
+
+    def _step(self, loss: Any) -> Any:
+        self._check_groups()
+        if not self._planned_step():
+            entries = self._collect()
+            if not entries:  # torch.optim's convention: nothing to do, nothing counted
+                return loss
+            self._general_step(entries)
+        if self._schedule_groups:  # the step wrote their "lr": valid, remember it
+            self._remember_groups()
+        return loss
 
     def _general_step(self, entries: list[_Entry]) -> None:
         """The step of :meth:`step` when the cached plans do not apply: the checks, then the
