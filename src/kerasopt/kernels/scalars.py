@@ -185,6 +185,8 @@ class ScalarMath:
             self._torch = torch
 
     def cast(self, value: Any) -> Any:
+        if type(value) in _NUMBERS:
+            return self.dtype.type(value)
         return cast(value, self.like, self.dtype)
 
     def power(self, base: Any, exponent: Any) -> Any:
