@@ -60,6 +60,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import math
 import re
 import threading
@@ -797,6 +798,33 @@ class KerasOptimizer(torch.optim.Optimizer):
 
     # ----------------------------------------------------------------- step
 
+    @staticmethod
+    def profile_hook_step(func: Callable[..., Any]) -> Callable[..., Any]:
+        """torch.optim's wrapper of ``step`` (installed by ``Optimizer.__init__``: the
+        profiler range ``Optimizer.step#<class>.step`` around the global and per-optimizer
+        step pre/post hooks and the step), taken whenever it has something to do: a hook is
+        registered or a profiler is recording. Otherwise the step runs without the range, which
+        only a profiler would see (its ``record_function`` alone costs ~5 us a step)."""
+        hooked = torch.optim.Optimizer.profile_hook_step(func)
+        from torch.optim import optimizer as torch_optimizer
+
+        pre = getattr(torch_optimizer, "_global_optimizer_pre_hooks", None)
+        post = getattr(torch_optimizer, "_global_optimizer_post_hooks", None)
+        profiling = getattr(torch.autograd, "_profiler_enabled", None)
+        if pre is None or post is None or profiling is None:  # another torch: always its own
+            return hooked
+
+        @functools.wraps(func)
+        def step(self: KerasOptimizer, *args: Any, **kwargs: Any) -> Any:
+            if (pre or post or self._optimizer_step_pre_hooks
+                    or self._optimizer_step_post_hooks or profiling()):
+                return hooked(self, *args, **kwargs)
+            out = func(self, *args, **kwargs)
+            self._optimizer_step_code()
+            return out
+
+        return step
+
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
         """One Keras ``apply()``: unscale, accumulate, clip, decay, update, count, EMA.
 
@@ -987,8 +1015,9 @@ class KerasOptimizer(torch.optim.Optimizer):
                 or sum(1 for group in self.param_groups if group["global_clipnorm"]) > 1):
             return False
         count = len(self.param_groups)
-        plans = (getattr(self, "_plans", []) + [None] * count)[:count]
-        self._plans = plans
+        plans = getattr(self, "_plans", [])
+        if len(plans) != count:
+            plans = self._plans = (plans + [None] * count)[:count]
         n = self.gradient_accumulation_steps
         snapshot = getattr(self, "_state_snapshot", None)
         unchanged = snapshot is not None and snapshot.unchanged(self.state)

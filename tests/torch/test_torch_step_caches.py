@@ -144,3 +144,38 @@ def test_kept_operands_give_torchs_own_0d_pow_and_sqrt(dtype):
             x = math.one - got
             root = torch.sqrt(torch.tensor(x, dtype=dtype))
             assert np.array_equal(np.array(math.sqrt(x)), root.numpy()), x
+
+
+def test_torchs_step_wrapper_runs_whenever_it_has_work():
+    """Hooks (global and per-optimizer, pre hooks that replace the arguments) and the profiler
+    range ``Optimizer.step#<class>.step`` are torch.optim's, also now that a step without
+    either skips torch's wrapper."""
+    from torch.optim import optimizer as torch_optimizer
+
+    p = torch.zeros(3, requires_grad=True)
+    p.grad = torch.ones(3)
+    opt = kt.Adam([p], learning_rate=0.1)
+    calls = []
+
+    def replace_closure(optimizer, args, kwargs):
+        calls.append("pre")
+        return args, {"closure": lambda: calls.append("closure") or 1.5}
+
+    handles = [opt.register_step_pre_hook(replace_closure),
+               opt.register_step_post_hook(lambda *a: calls.append("post")),
+               torch_optimizer.register_optimizer_step_pre_hook(
+                   lambda *a: calls.append("global pre")),
+               torch_optimizer.register_optimizer_step_post_hook(
+                   lambda *a: calls.append("global post"))]
+    try:
+        assert opt.step() == 1.5
+        assert calls == ["global pre", "pre", "closure", "post", "global post"]
+    finally:
+        for handle in handles:
+            handle.remove()
+    calls.clear()
+    assert opt.step() is None and calls == []
+    with torch.profiler.profile() as profile:
+        opt.step()
+    assert "Optimizer.step#Adam.step" in {event.name for event in profile.events()}
+    assert opt.param_groups[0]["iterations"] == 3
