@@ -92,9 +92,9 @@ def _unchanged(tensors: list[torch.Tensor], pointers: list[int], sizes: list[int
 class GroupPlan:
     """The fused step's view of one param group, valid while :meth:`matches` says so."""
 
-    __slots__ = ("group", "params", "param_ptrs", "shapes", "numels", "states", "columns",
-                 "slots", "table", "sizes", "chunks", "like", "dtype", "device",
-                 "kernels", "decay_key", "decay_mask")
+    __slots__ = ("group", "params", "shapes", "states", "columns", "keys", "slot_tensors",
+                 "tensors", "pointers", "numels", "table", "sizes", "elements", "chunks",
+                 "like", "dtype", "device", "kernels", "decay_key", "decay_mask")
 
     @classmethod
     def build(cls, state: dict, group: dict[str, Any], columns: list[tuple[str, int]],
@@ -117,9 +117,9 @@ class GroupPlan:
         shapes = list(map(_SHAPE, params))
         plan = cls()
         plan.table = np.zeros((len(params), layout.COLUMNS), np.int64)
-        plan.param_ptrs = list(map(_DATA_PTR, params))
-        plan.table[:, layout.W] = plan.param_ptrs
-        plan.slots = []
+        pointers = list(map(_DATA_PTR, params))
+        plan.table[:, layout.W] = pointers
+        plan.keys, plan.slot_tensors = [], []
         for key, column in columns:
             try:
                 tensors = list(map(itemgetter(key), states))
@@ -130,13 +130,17 @@ class GroupPlan:
                     or not all(map(_IS_CONTIGUOUS, tensors))
                     or list(map(_SHAPE, tensors)) != shapes):
                 return None
-            pointers = list(map(_DATA_PTR, tensors))
-            plan.table[:, column] = pointers
-            plan.slots.append((key, tensors, pointers))
+            plan.table[:, column] = addresses = list(map(_DATA_PTR, tensors))
+            pointers += addresses
+            plan.keys.append(key)
+            plan.slot_tensors += tensors
         plan.group, plan.params, plan.shapes, plan.states = group, params, shapes, states
         plan.columns = columns
         plan.sizes = np.fromiter(map(_NUMEL, params), np.int64, len(params))
-        plan.numels = plan.sizes.tolist()
+        # Every tensor the kernel writes, in one list: the weights, then each slot's.
+        plan.tensors, plan.pointers = params + plan.slot_tensors, pointers
+        plan.numels = plan.sizes.tolist() * (1 + len(plan.keys))
+        plan.elements = int(plan.sizes.sum())
         plan.chunks = kernels.chunk_table(plan.sizes) if module is kernels else None
         plan.like = torch.zeros((), dtype=dtype)
         plan.dtype, plan.device, plan.kernels = dtype, device, module
@@ -150,21 +154,19 @@ class GroupPlan:
         ``state_unchanged``: the optimizer's state maps the same parameters to the same dicts
         as when every plan last matched (then they need not be looked up again)."""
         params = group["params"]
-        numels = self.numels
         if (self.group is not group or len(params) != len(self.params)
                 or not all(map(is_, params, self.params)) or columns != self.columns
-                or not all(map(is_, decay_key, self.decay_key))
-                or not _unchanged(params, self.param_ptrs, numels)):
+                or not all(map(is_, decay_key, self.decay_key))):
             return False
         states = self.states
         if not state_unchanged and not all(map(is_, map(state.get, params), states)):
             return False
         try:
-            return all(all(map(is_, map(itemgetter(key), states), tensors))
-                       and _unchanged(tensors, pointers, numels)
-                       for key, tensors, pointers in self.slots)
+            current = [slots[key] for key in self.keys for slots in states]
         except KeyError:
             return False
+        return (all(map(is_, current, self.slot_tensors))
+                and _unchanged(self.tensors, self.pointers, self.numels))
 
     def read_gradients(self) -> bool:
         """Put this step's gradient addresses into the table; False (table untouched) when a

@@ -60,6 +60,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import math
 import re
 import threading
@@ -238,6 +239,7 @@ def _group_rules(spec: Any) -> dict[str, Callable[[str, Any], Any]]:
 
 
 _CLIP_KEYS = frozenset(config.CLIPS)
+_PLAIN_NUMBERS = frozenset((int, float, bool))
 
 
 
@@ -284,6 +286,11 @@ class KerasOptimizer(torch.optim.Optimizer):
         self._excluded_params: list[torch.Tensor] = []
         self._checked_groups: list | None = None
         self._step_lock = threading.RLock()
+        # Per group, the resolved hyperparameters of the groups last checked (plain numbers
+        # only: a callable is resolved at every step); float rates as float32 0-d tensors.
+        self._resolved: dict[int, tuple[Any, ...]] = {}
+        self._rate_tensors: dict[float, torch.Tensor] = {}
+        self._columns: dict[tuple[int, int | None], tuple[dict, list]] = {}
         self._excluded_ids: set[int] = set()
         self._excluded_pattern: re.Pattern[str] | None = None
         self._validate_state_dtype(defaults["state_dtype"])
@@ -482,7 +489,8 @@ class KerasOptimizer(torch.optim.Optimizer):
     # Not carried by deepcopy/pickle: torch.optim drops its hooks (and an LR scheduler's
     # per-instance ``step`` wrapper), and the caches below are rebuilt on the next step.
     _TRANSIENT = ("step", "_opt_called", "_plans", "_state_snapshot", "_checked_groups",
-                  "_watch", "_tensor_rates", "_step_lock")
+                  "_watch", "_tensor_rates", "_step_lock", "_resolved", "_rate_tensors",
+                  "_columns")
 
     def __getstate__(self) -> dict[str, Any]:
         """Everything a copy needs to step exactly like this optimizer: torch's ``defaults``,
@@ -496,6 +504,7 @@ class KerasOptimizer(torch.optim.Optimizer):
         self._excluded_ids = {id(p) for p in getattr(self, "_excluded_params", ())}
         self._checked_groups = None
         self._step_lock = threading.RLock()
+        self._resolved, self._rate_tensors, self._columns = {}, {}, {}
 
     def __deepcopy__(self, memo: dict[int, Any]) -> KerasOptimizer:
         # A process group cannot be copied: the copy reduces over the same one.
@@ -540,6 +549,7 @@ class KerasOptimizer(torch.optim.Optimizer):
         getter = self._watch = itemgetter(*self._watched_keys())
         groups = self.param_groups
         self._checked_groups = [(group, len(group), getter(group)) for group in groups]
+        self._resolved, self._columns = {}, {}  # the values may have changed
         self._schedule_groups = any(group["learning_rate"] is not None for group in groups)
         self._tensor_rates = [(index, group) for index, group in enumerate(groups)
                               if isinstance(group["lr"], torch.Tensor)]
@@ -636,7 +646,14 @@ class KerasOptimizer(torch.optim.Optimizer):
             value = group["lr"]
             if isinstance(value, torch.Tensor):
                 return value.detach().to(device="cpu", dtype=torch.float32)
-            return torch.tensor(float(value), dtype=torch.float32)
+            value = float(value)
+            tensor = self._rate_tensors.get(value)
+            if tensor is None or not value:  # (0.0 and -0.0 are one key)
+                tensor = torch.tensor(value, dtype=torch.float32)
+                if len(self._rate_tensors) >= 16:
+                    self._rate_tensors.clear()
+                self._rate_tensors[value] = tensor
+            return tensor
         reported = group.get("reported_lr")
         if reported is not None and group.get("lr") != reported:
             # Someone else wrote group["lr"] since the last step (torch.distributed.checkpoint
@@ -781,10 +798,37 @@ class KerasOptimizer(torch.optim.Optimizer):
 
     # ----------------------------------------------------------------- step
 
-    @torch.no_grad()
+    @staticmethod
+    def profile_hook_step(func: Callable[..., Any]) -> Callable[..., Any]:
+        """torch.optim's wrapper of ``step`` (installed by ``Optimizer.__init__``: the
+        profiler range ``Optimizer.step#<class>.step`` around the global and per-optimizer
+        step pre/post hooks and the step), taken whenever it has something to do: a hook is
+        registered or a profiler is recording. Otherwise the step runs without the range, which
+        only a profiler would see (its ``record_function`` alone costs ~5 us a step)."""
+        hooked = torch.optim.Optimizer.profile_hook_step(func)
+        from torch.optim import optimizer as torch_optimizer
+
+        pre = getattr(torch_optimizer, "_global_optimizer_pre_hooks", None)
+        post = getattr(torch_optimizer, "_global_optimizer_post_hooks", None)
+        profiling = getattr(torch.autograd, "_profiler_enabled", None)
+        if pre is None or post is None or profiling is None:  # another torch: always its own
+            return hooked
+
+        @functools.wraps(func)
+        def step(self: KerasOptimizer, *args: Any, **kwargs: Any) -> Any:
+            if (pre or post or self._optimizer_step_pre_hooks
+                    or self._optimizer_step_post_hooks or profiling()):
+                return hooked(self, *args, **kwargs)
+            out = func(self, *args, **kwargs)
+            self._optimizer_step_code()
+            return out
+
+        return step
+
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
         """One Keras ``apply()``: unscale, accumulate, clip, decay, update, count, EMA.
 
+        Runs with gradients off (as under ``torch.no_grad()``; the closure with them on).
         Steps are serialized by a per-optimizer lock: two threads stepping one optimizer
         take turns (the closure, if any, runs inside the turn)."""
         with self._step_lock:
@@ -792,15 +836,23 @@ class KerasOptimizer(torch.optim.Optimizer):
             if closure is not None:
                 with torch.enable_grad():
                     loss = closure()
-            self._check_groups()
-            if not self._planned_step():
-                entries = self._collect()
-                if not entries:  # torch.optim's convention: nothing to do, nothing counted
-                    return loss
-                self._general_step(entries)
-            if self._schedule_groups:  # the step wrote their "lr": valid, remember it
-                self._remember_groups()
-            return loss
+            enabled = torch.is_grad_enabled()
+            torch.set_grad_enabled(False)  # (as a function: cheaper than no_grad's decorator)
+            try:
+                return self._step(loss)
+            finally:
+                torch.set_grad_enabled(enabled)
+
+    def _step(self, loss: Any) -> Any:
+        self._check_groups()
+        if not self._planned_step():
+            entries = self._collect()
+            if not entries:  # torch.optim's convention: nothing to do, nothing counted
+                return loss
+            self._general_step(entries)
+        if self._schedule_groups:  # the step wrote their "lr": valid, remember it
+            self._remember_groups()
+        return loss
 
     def _general_step(self, entries: list[_Entry]) -> None:
         """The step of :meth:`step` when the cached plans do not apply: the checks, then the
@@ -963,15 +1015,15 @@ class KerasOptimizer(torch.optim.Optimizer):
                 or sum(1 for group in self.param_groups if group["global_clipnorm"]) > 1):
             return False
         count = len(self.param_groups)
-        plans = (getattr(self, "_plans", []) + [None] * count)[:count]
-        self._plans = plans
+        plans = getattr(self, "_plans", [])
+        if len(plans) != count:
+            plans = self._plans = (plans + [None] * count)[:count]
         n = self.gradient_accumulation_steps
         snapshot = getattr(self, "_state_snapshot", None)
         unchanged = snapshot is not None and snapshot.unchanged(self.state)
         self._state_snapshot = None
         for index, group in enumerate(self.param_groups):
-            columns = state_columns(self._slot_names(group), ACCUMULATOR if n else None,
-                                    AVERAGE if group["use_ema"] else None)
+            columns = self._state_columns(group, n)
             decay_key = (self._excluded_ids, self._excluded_pattern, group.get("param_names"))
             plan = plans[index]
             if plan is None or not plan.matches(self.state, group, columns, decay_key,
@@ -993,12 +1045,25 @@ class KerasOptimizer(torch.optim.Optimizer):
         for group, plan in zip(self.param_groups, plans):
             plan.kernels.fused_step_table(
                 algorithm, plan.table, plan.sizes, plan.like, plan.params, chunks=plan.chunks,
-                amsgrad=bool(group.get("amsgrad")), averaging=bool(group["use_ema"]),
+                elements=plan.elements, amsgrad=bool(group.get("amsgrad")),
+                averaging=bool(group["use_ema"]),
                 **self._kernel_scalars(group, checked, raw, plan.decay_mask),
             )
         for group in self.param_groups:
             group["iterations"] = raw + 1
         return True
+
+    def _state_columns(self, group: dict[str, Any], n: int | None) -> list[tuple[str, int]]:
+        """:func:`state_columns` of ``group`` (kept with its checked values, see
+        :meth:`_hyperparameters`)."""
+        key = (id(group), n)
+        cached = self._columns.get(key)
+        if cached is not None and cached[0] is group:
+            return cached[1]
+        columns = state_columns(self._slot_names(group), ACCUMULATOR if n else None,
+                                AVERAGE if group["use_ema"] else None)
+        self._columns[key] = (group, columns)
+        return columns
 
     def _fused_step(
         self,
@@ -1075,10 +1140,14 @@ class KerasOptimizer(torch.optim.Optimizer):
         """Every group's learning rate for this step, and the rule's hyperparameters of
         ``groups`` (callable betas resolved once), so that a callable returning a bad value
         raises before the step changes anything; both keyed by ``id(group)``."""
-        with validation.evaluating_learning_rate(f"{type(self).__name__}.step()"):
+        if self._schedule_groups or self._tensor_rates:
+            with validation.evaluating_learning_rate(f"{type(self).__name__}.step()"):
+                rates = {id(group): self._learning_rate(group, raw)
+                         for group in self.param_groups}
+                for rate in rates.values():
+                    float(rate)
+        else:  # float rates, checked by _check_groups: their float32 tensors
             rates = {id(group): self._learning_rate(group, raw) for group in self.param_groups}
-            for rate in rates.values():
-                float(rate)
         hypers = {id(group): self._hyperparameters(group) for group in groups}
         return rates, hypers
 
@@ -1092,11 +1161,18 @@ class KerasOptimizer(torch.optim.Optimizer):
             rate, hyper = 0.0, self._hyperparameters(group)
         else:
             rate, hyper = checked[0][id(group)], checked[1][id(group)]
-        options = engine.Group(
-            learning_rate=rate, hyperparameters=hyper,
-            **{key: group[key] for key in ("weight_decay", "clipnorm", "clipvalue",
-                                           "global_clipnorm", "use_ema", "ema_momentum",
-                                           "ema_overwrite_frequency")})
+        cached = self._resolved.get(id(group))
+        if (cached is not None and cached[0] is group and cached[1] is hyper
+                and len(cached) > 2 and cached[2] is rate):
+            options = cached[3]  # the same rate and values as the last step's
+        else:
+            options = engine.Group(
+                learning_rate=rate, hyperparameters=hyper,
+                **{key: group[key] for key in ("weight_decay", "clipnorm", "clipvalue",
+                                               "global_clipnorm", "use_ema", "ema_momentum",
+                                               "ema_overwrite_frequency")})
+            if cached is not None and cached[0] is group and cached[1] is hyper:
+                self._resolved[id(group)] = (group, hyper, rate, options)
         step = engine.Step(raw=raw, loss_scale_factor=self.loss_scale_factor,
                            accumulation_steps=self.gradient_accumulation_steps)
         return engine.kernel_arguments(options, step, decay_mask=decay_mask,
@@ -1205,8 +1281,18 @@ class KerasOptimizer(torch.optim.Optimizer):
         return torch.sqrt(total)
 
     def _hyperparameters(self, group: dict[str, Any]) -> dict[str, Any]:
-        """The rule's hyperparameters for this step (callables called and checked)."""
-        return self.spec.resolved(group)
+        """The rule's hyperparameters for this step (callables called and checked). Those
+        of a group of plain numbers are kept until the groups are checked again (a value
+        written into a group between steps is checked, and they are forgotten, by
+        :meth:`_check_groups`), with the :class:`kerasopt.engine.Group` of the last step
+        (:meth:`_kernel_scalars`); the result is shared, not to be changed."""
+        cached = self._resolved.get(id(group))
+        if cached is not None and cached[0] is group:
+            return cached[1]
+        hyper = self.spec.resolved(group)
+        if all(type(group[name]) in _PLAIN_NUMBERS for name in hyper):
+            self._resolved[id(group)] = (group, hyper)
+        return hyper
 
     # ----------------------------------------------------------------- state_dict
 

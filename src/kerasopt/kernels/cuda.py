@@ -173,6 +173,7 @@ def fused_step_table(
     amsgrad: bool,
     accumulation_phase: str | None,
     chunks: Any = None,
+    elements: int | None = None,
     **options: Any,
 ) -> None:
     """:func:`fused_step` on a prebuilt table of addresses, as
@@ -182,11 +183,12 @@ def fused_step_table(
     ``table`` is ``(n, layout.COLUMNS)`` int64 data addresses on that device, filled in the
     columns the step uses; ``sizes`` the element counts; ``like`` a 0-d tensor of the
     variables' dtype (any device); ``options`` :func:`fused_step`'s scalar keywords with
-    ``averaging`` (bool) in place of ``ema_averages``. ``chunks`` is ignored (the kernels'
-    block table is cached by address). Nothing is checked: the caller vouches that every
-    address is a contiguous buffer of ``sizes[i]`` elements of the dtype on the device.
+    ``averaging`` (bool) in place of ``ema_averages``. ``chunks`` and ``elements`` are
+    ignored (the kernels' block table is cached by address). Nothing is checked: the caller
+    vouches that every address is a contiguous buffer of ``sizes[i]`` elements of the dtype
+    on the device.
     """
-    del chunks
+    del chunks, elements
     if not available():
         raise NotFusable("Triton or a CUDA device is missing (pip install triton).")
     sizes = np.asarray(sizes, np.int64)

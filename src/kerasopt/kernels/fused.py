@@ -206,6 +206,7 @@ def fused_step_table(
     amsgrad: bool,
     accumulation_phase: str | None,
     chunks: np.ndarray | None = None,
+    elements: int | None = None,
     **options: Any,
 ) -> None:
     """:func:`fused_step` on a prebuilt table of addresses, for frontends that keep one
@@ -220,17 +221,40 @@ def fused_step_table(
     :func:`fused_step`'s scalar keywords, with ``averaging`` (bool) in place of
     ``ema_averages``. Nothing is checked: the caller vouches that every address is a
     C-contiguous, aligned, writeable (gradients: readable) buffer of ``sizes[i]`` elements
-    of ``like``'s dtype.
+    of ``like``'s dtype; ``elements``, when given, is ``sizes.sum()``.
     """
     if _k is None:
         raise NotFusable("numba is not installed (kerasopt's \"fast\" extra installs it).")
     is_torch_step = is_torch(like)
-    marker = np.zeros(1, _numpy_dtype(like) if is_torch_step else like.dtype)
+    marker = _MARKERS[_numpy_dtype(like) if is_torch_step else like.dtype]
     if chunks is None:
         chunks = chunk_table(sizes)
+    if elements is None:
+        elements = int(sizes.sum())
+    n = len(sizes)
+
+    def squared_norms(features: int, hyper: np.ndarray) -> np.ndarray:
+        partial = np.zeros(chunks.shape[0], np.float64)
+        _launch(_k.squared_sums, elements, table, chunks, marker, features, hyper, partial)
+        # per tensor, its chunks' sums in order, rounded to the dtype
+        return np.bincount(chunks[:, 0], partial, n).astype(marker.dtype)
+
+    # The step's scalars as the reference computes them, then the kernels.
     micro = accumulation_phase == "micro"
-    _run(algorithm, table, chunks, marker, like, len(sizes), int(sizes.sum()), micro, amsgrad,
-         params, is_torch_step, accumulation_phase=accumulation_phase, **options)
+    s = step_scalars(algorithm, like, marker.dtype, n, micro=micro, amsgrad=amsgrad,
+                     squared_norms=squared_norms, accumulation_phase=accumulation_phase,
+                     **options)
+    if micro:
+        _launch(_k.micro_step, elements, table, chunks, marker, s.features, s.hyper)
+        _bump_versions(params if options.get("ema_overwrite") else (), is_torch_step)
+        return
+    kernel = _k.update_step(kernel_scalars_of(algorithm)[0], s.features)
+    _launch(kernel, elements, table, chunks, marker, s.features, s.hyper, s.clip_c, s.clip_d,
+            s.decay_mask)
+    _bump_versions(params, is_torch_step)
+
+
+_MARKERS = {dtype: np.zeros(1, dtype) for dtype in _DTYPES}  # the kernels' dtype argument
 
 
 def chunk_table(sizes: np.ndarray) -> np.ndarray:
@@ -283,28 +307,6 @@ def _launch(kernel: Any, elements: int, *args: Any) -> None:
     (on the calling thread alone for small steps or one thread)."""
     threads = thread_count() if elements >= PARALLEL_THRESHOLD else 1
     _threads.run(kernel, (np.zeros(1, np.int64), *args), threads)
-
-
-def _run(algorithm, table, chunks, marker, like, n, elements, micro, amsgrad, params,
-         is_torch_step, **options):
-    """Compute the step's scalars as the reference does, then launch the kernels."""
-
-    def squared_norms(features: int, hyper: np.ndarray) -> np.ndarray:
-        partial = np.zeros(chunks.shape[0], np.float64)
-        _launch(_k.squared_sums, elements, table, chunks, marker, features, hyper, partial)
-        # per tensor, its chunks' sums in order, rounded to the dtype
-        return np.bincount(chunks[:, 0], partial, n).astype(marker.dtype)
-
-    s = step_scalars(algorithm, like, marker.dtype, n, micro=micro, amsgrad=amsgrad,
-                     squared_norms=squared_norms, **options)
-    if micro:
-        _launch(_k.micro_step, elements, table, chunks, marker, s.features, s.hyper)
-        _bump_versions(params if options.get("ema_overwrite") else (), is_torch_step)
-        return
-    kernel = _k.update_step(kernel_scalars_of(algorithm)[0], s.features)
-    _launch(kernel, elements, table, chunks, marker, s.features, s.hyper, s.clip_c, s.clip_d,
-            s.decay_mask)
-    _bump_versions(params, is_torch_step)
 
 
 ROOFLINE_PASSES = ("update", "micro", "norm", "triad")
