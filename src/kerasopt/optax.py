@@ -646,7 +646,9 @@ _OPTAX_DOC = {
              "params are a list).",
     "packed": "Keep each state field as one flat buffer per kind of leaf (parameter dtype "
               "and state dtype) and run the step on those buffers: one XLA loop per field "
-              "instead of one per leaf, for trees with many small leaves (on the CPU the "
+              "instead of one per leaf, for trees with many small leaves (2,000 leaves of 1,024: "
+              "about half optax's step time; on large leaves it is slower, as the gradients "
+              "are copied into the buffer each step: 200 leaves totalling 16M, ~5x; on the CPU the "
               "updates are cut out of the buffers by one custom call, so that compiling the "
               "step does not build one kernel per leaf). The same results as the per-leaf "
               "state, bit for bit (``clipnorm`` / ``global_clipnorm`` within a few ulps). A "
