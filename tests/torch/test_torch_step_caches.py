@@ -179,3 +179,39 @@ def test_torchs_step_wrapper_runs_whenever_it_has_work():
         opt.step()
     assert "Optimizer.step#Adam.step" in {event.name for event in profile.events()}
     assert opt.param_groups[0]["iterations"] == 3
+
+
+def test_a_step_under_inference_mode_leaves_later_steps_working():
+    """The kept 0-d operands are normal tensors even when the first step that builds them runs
+    under ``torch.inference_mode()`` (in-place writes into inference tensors outside it would
+    raise, for every later step of every optimizer of the thread)."""
+    import threading
+
+    errors, results = [], []
+
+    def run():  # a thread of its own: the kept operands are built afresh in it
+        try:
+            w = torch.nn.Parameter(torch.linspace(-1, 1, 10))
+            first = kt.Adam([w], learning_rate=0.0123, beta_1=0.8123)
+            w.grad = torch.ones(10)
+            with torch.inference_mode():
+                first.step()
+            v = torch.nn.Parameter(torch.linspace(-1, 1, 10))
+            later = kt.Adam([v], learning_rate=0.0123, beta_1=0.8123)
+            v.grad = torch.ones(10)
+            later.step()
+            later.step()
+            results.append(v.detach().clone())
+        except Exception as error:  # noqa: BLE001 - reported below
+            errors.append(error)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join(60)
+    assert not errors, errors
+    reference = torch.nn.Parameter(torch.linspace(-1, 1, 10))
+    opt = kt.Adam([reference], learning_rate=0.0123, beta_1=0.8123)
+    for _ in range(2):
+        reference.grad = torch.ones(10)
+        opt.step()
+    assert torch.equal(results[0], reference.detach())

@@ -181,7 +181,8 @@ class ScalarMath:
             arrays = [np.zeros((), self.dtype) for _ in range(3)]
             self._bases: dict[tuple[type, Any], Any] = {}
             self._arrays = arrays  # (operand, result, exponent)
-            self._tensors = [torch.from_numpy(a) for a in arrays]
+            with torch.inference_mode(False):  # normal tensors, whatever mode builds them:
+                self._tensors = [torch.from_numpy(a) for a in arrays]  # (kept for the thread)
             self._torch = torch
 
     def cast(self, value: Any) -> Any:
@@ -199,7 +200,8 @@ class ScalarMath:
             if cached is None:
                 if len(self._bases) >= 64:
                     self._bases.clear()
-                cached = self._bases[key] = cast_scalar(base, like)
+                with self._torch.inference_mode(False):
+                    cached = self._bases[key] = cast_scalar(base, like)
             _, result, power = self._arrays
             power[()] = exponent  # rounded to the dtype as torch.tensor(exponent, dtype) is
             self._torch.pow(cached, self._tensors[2], out=self._tensors[1])
