@@ -175,7 +175,8 @@ def test_packed_many_leaves_cut_by_one_custom_call(algo):
 
 
 @pytest.mark.parametrize("dtype", [jnp.float16, jnp.bfloat16, jnp.float32, jnp.float64,
-                                   jnp.int32])
+                                   jnp.int32, jnp.int8, jnp.bool_, jnp.float8_e4m3fn,
+                                   jnp.float8_e5m2, jnp.complex64])
 def test_split_gives_the_slices(dtype):
     from kerasopt.kernels import xla
 

@@ -27,6 +27,11 @@ TARGET = "kerasopt_split"
 MIN_PIECES = 16
 """Fewer pieces than this are sliced in XLA (few kernels to compile, and no copy)."""
 
+COPYABLE = frozenset({"bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32",
+                      "uint64", "float16", "bfloat16", "float32", "float64"})
+"""The dtypes whose element size the handler knows (its table of XLA's type codes); others
+(float8 kinds, complex, sub-byte types) are sliced."""
+
 _registered: bool | None = None
 
 
@@ -148,7 +153,8 @@ def split(buffer: Any, pieces: Sequence[tuple[int, int, tuple[int, ...]]]) -> li
     one custom call on the CPU when there are many, slices otherwise."""
     import jax
 
-    if len(pieces) < MIN_PIECES or not available():
+    if (len(pieces) < MIN_PIECES or np.dtype(buffer.dtype).name not in COPYABLE
+            or not available()):
         return _sliced(buffer, pieces)
     pieces = [tuple(p) for p in pieces]
     shapes = [jax.ShapeDtypeStruct(shape, buffer.dtype) for _, _, shape in pieces]
