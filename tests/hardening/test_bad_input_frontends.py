@@ -21,13 +21,13 @@ import numpy as np
 import pytest
 import torch
 from hardening_helpers import assert_same_numpy, assert_same_torch, snapshot_numpy, snapshot_torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 import kerasopt
 import kerasopt.optax as ko
 import kerasopt.torch as kt
-from optimizer_db import ALGORITHMS, core_class, has_amsgrad, optax_factory, torch_class
+from optimizer_db import ALGORITHMS, core_class, has_amsgrad, optax_factory, spec, torch_class
 
 F = np.float32
 FRONTENDS = ["numpy", "torch", "optax"]
@@ -132,12 +132,15 @@ def _one_step(frontend, opt):
 @FUZZ
 @given(frontend=st.sampled_from(FRONTENDS), algo=st.sampled_from(ALGOS),
        argument=st.sampled_from(sorted(ORACLES)), value=VALUES)
+@example(frontend="numpy", algo="adamw", argument="weight_decay", value=None)
 def test_fuzz_constructor_arguments_all_frontends(frontend, algo, argument, value,
                                                    hardening_count):
     if argument == "amsgrad" and not has_amsgrad(algo):
         algo = "adam"
     hardening_count(f"bad-input cases: constructor ({frontend})")
     expected = ORACLES[argument](value)
+    if value is None and argument in spec(algo).required:
+        expected = False  # AdamW refuses weight_decay=None, as Keras does
     if (frontend == "optax" and argument in ("gradient_accumulation_steps",
                                              "ema_overwrite_frequency")
             and _int(value) and value > np.iinfo(np.int32).max):
